@@ -1,0 +1,2 @@
+//! The `wsfleet` command.
+fn main() {}

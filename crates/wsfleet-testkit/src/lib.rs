@@ -1,0 +1,1 @@
+//! Real WebSocket peers on loopback for wsfleet tests.

@@ -1,0 +1,1 @@
+//! Fleets of persistent WebSocket client connections on tokio.
