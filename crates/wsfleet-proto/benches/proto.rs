@@ -1,1 +1,105 @@
-fn main() {}
+//! Throughput benchmarks of the protocol core's hot loops.
+//!
+//! One `bench_*` function per group; add new groups to `criterion_group!` at the bottom.
+//!
+//! ```text
+//! cargo bench -p wsfleet-proto --bench proto -- --warm-up-time 1 --measurement-time 2
+//! ```
+
+use std::hint::black_box;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_main};
+use wsfleet_proto::mask::{apply_mask, mask_into};
+use wsfleet_proto::utf8::{Utf8Validator, validate};
+
+const KIB: usize = 1024;
+const MIB: usize = 1024 * KIB;
+const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+/// Deterministic pseudo-random numbers (xorshift64), so runs are comparable.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// `len` bytes of printable ASCII.
+fn ascii_text(len: usize) -> Vec<u8> {
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    (0..len).map(|_| b' ' + (rng.next() % 95) as u8).collect()
+}
+
+/// `len` bytes of valid UTF-8 where about 30% of the characters are multi-byte
+/// (2, 3 and 4 bytes long), padded with ASCII to the exact length.
+fn mixed_text(len: usize) -> Vec<u8> {
+    const MULTI: [char; 8] = ['é', 'ß', 'κ', 'ж', '€', '中', '語', '😀'];
+    let mut rng = Rng(0xD1B5_4A32_D192_ED03);
+    let mut s = String::with_capacity(len);
+    while s.len() + 4 <= len {
+        let r = rng.next();
+        if r % 100 < 30 {
+            s.push(MULTI[(r >> 8) as usize % MULTI.len()]);
+        } else {
+            s.push((b' ' + ((r >> 8) % 95) as u8) as char);
+        }
+    }
+    while s.len() < len {
+        s.push('.');
+    }
+    s.into_bytes()
+}
+
+fn bench_unmask(c: &mut Criterion) {
+    let mut group = c.benchmark_group("unmask");
+    for size in [64 * KIB, MIB] {
+        let mut buf = vec![0x5Au8; size];
+        group.throughput(Throughput::Bytes(size as u64));
+        for offset in [0, 1] {
+            group.bench_with_input(
+                BenchmarkId::new(format!("apply_mask/offset{offset}"), size),
+                &offset,
+                |b, &offset| b.iter(|| apply_mask(black_box(&mut buf), black_box(KEY), offset)),
+            );
+        }
+    }
+    let src = vec![0x5Au8; 64 * KIB];
+    let mut dst = vec![0u8; 64 * KIB];
+    group.throughput(Throughput::Bytes(src.len() as u64));
+    group.bench_function(BenchmarkId::new("mask_into", src.len()), |b| {
+        b.iter(|| mask_into(black_box(&mut dst), black_box(&src), black_box(KEY)))
+    });
+    group.finish();
+}
+
+fn bench_utf8(c: &mut Criterion) {
+    let mut group = c.benchmark_group("utf8");
+    for (name, text) in [("ascii", ascii_text(MIB)), ("mixed", mixed_text(MIB))] {
+        assert!(std::str::from_utf8(&text).is_ok());
+        group.throughput(Throughput::Bytes(text.len() as u64));
+        group.bench_with_input(BenchmarkId::new("validate", name), &text, |b, text| {
+            b.iter(|| validate(black_box(text)).unwrap())
+        });
+        group.bench_with_input(BenchmarkId::new("feed_4k", name), &text, |b, text| {
+            b.iter(|| {
+                let mut v = Utf8Validator::new();
+                for chunk in black_box(text).chunks(4 * KIB) {
+                    v.feed(chunk).unwrap();
+                }
+                v.finish().unwrap()
+            })
+        });
+    }
+    group.finish();
+}
+
+// `criterion_group!` expands to an undocumented `pub fn`.
+#[allow(missing_docs)]
+mod groups {
+    criterion::criterion_group!(benches, super::bench_unmask, super::bench_utf8);
+}
+criterion_main!(groups::benches);

@@ -1,0 +1,14 @@
+//! Frame layer: header parse/encode, opcodes, close codes and close frames.
+
+mod close;
+mod header;
+mod opcode;
+
+pub use close::{CloseCode, CloseFrame};
+pub use header::{FrameHeader, MAX_HEADER_LEN, encode_header, parse_header};
+pub use opcode::OpCode;
+
+/// Largest payload of a control frame (RFC 6455 §5.5).
+pub const MAX_CONTROL_PAYLOAD: usize = 125;
+/// Longest close reason that fits a control frame next to its 2-byte code.
+pub const MAX_CLOSE_REASON: usize = MAX_CONTROL_PAYLOAD - 2;

@@ -1,0 +1,405 @@
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+
+use super::{HandshakeError, accept_key, has_token, header, header_tokens};
+use crate::limits::Limits;
+
+/// Headers the handshake sets itself; a caller may not send them again.
+const RESERVED: [&str; 5] = [
+    "host",
+    "upgrade",
+    "connection",
+    "sec-websocket-key",
+    "sec-websocket-version",
+];
+
+/// A client's opening handshake request (RFC 6455 §4.1).
+///
+/// ```
+/// use wsfleet_proto::handshake::HandshakeRequest;
+/// let req = HandshakeRequest::new("example.com", "/chat", [7; 16]).protocol("mqtt");
+/// let bytes = req.encode().unwrap();
+/// assert!(bytes.starts_with(b"GET /chat HTTP/1.1\r\nHost: example.com\r\n"));
+/// ```
+#[derive(Debug, Clone)]
+pub struct HandshakeRequest {
+    host: String,
+    path: String,
+    key: String,
+    origin: Option<String>,
+    protocols: Vec<String>,
+    headers: Vec<(String, String)>,
+}
+
+impl HandshakeRequest {
+    /// A request for `path` (with query) on `host` (the `Host` header value,
+    /// with a non-default port). `nonce` must be 16 random bytes: it becomes
+    /// `Sec-WebSocket-Key`.
+    pub fn new(host: impl Into<String>, path: impl Into<String>, nonce: [u8; 16]) -> Self {
+        Self {
+            host: host.into(),
+            path: path.into(),
+            key: STANDARD.encode(nonce),
+            origin: None,
+            protocols: Vec::new(),
+            headers: Vec::new(),
+        }
+    }
+
+    /// Sends an `Origin` header.
+    #[must_use]
+    pub fn origin(mut self, origin: impl Into<String>) -> Self {
+        self.origin = Some(origin.into());
+        self
+    }
+
+    /// Offers a subprotocol (in order of preference).
+    #[must_use]
+    pub fn protocol(mut self, protocol: impl Into<String>) -> Self {
+        self.protocols.push(protocol.into());
+        self
+    }
+
+    /// Adds a header (for example `Authorization`).
+    #[must_use]
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// The `Sec-WebSocket-Key` value.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The subprotocols offered.
+    pub fn protocols(&self) -> &[String] {
+        &self.protocols
+    }
+
+    /// The request bytes.
+    ///
+    /// # Errors
+    /// [`HandshakeError::InvalidRequestHeader`] for a header name or value
+    /// with CR, LF or NUL (header injection), an empty or non-token name, or a
+    /// header the handshake sets itself.
+    pub fn encode(&self) -> Result<Vec<u8>, HandshakeError> {
+        let bad = |s: &str| s.bytes().any(|b| matches!(b, b'\r' | b'\n' | 0));
+        let bad_name = |s: &str| s.is_empty() || s.bytes().any(|b| !is_token_byte(b));
+        for (name, value) in &self.headers {
+            if bad_name(name)
+                || bad(value)
+                || RESERVED.contains(&name.to_ascii_lowercase().as_str())
+            {
+                return Err(HandshakeError::InvalidRequestHeader(name.clone()));
+            }
+        }
+        for (what, value) in [("Host", &self.host), ("path", &self.path)] {
+            if bad(value) || value.contains(' ') {
+                return Err(HandshakeError::InvalidRequestHeader(what.to_owned()));
+            }
+        }
+        if let Some(origin) = &self.origin {
+            if bad(origin) {
+                return Err(HandshakeError::InvalidRequestHeader("Origin".to_owned()));
+            }
+        }
+        if self.protocols.iter().any(|p| bad_name(p)) {
+            return Err(HandshakeError::InvalidRequestHeader(
+                "Sec-WebSocket-Protocol".to_owned(),
+            ));
+        }
+        let mut out = String::with_capacity(256);
+        out.push_str("GET ");
+        out.push_str(&self.path);
+        out.push_str(" HTTP/1.1\r\nHost: ");
+        out.push_str(&self.host);
+        out.push_str("\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ");
+        out.push_str(&self.key);
+        out.push_str("\r\nSec-WebSocket-Version: 13\r\n");
+        if let Some(origin) = &self.origin {
+            out.push_str("Origin: ");
+            out.push_str(origin);
+            out.push_str("\r\n");
+        }
+        if !self.protocols.is_empty() {
+            out.push_str("Sec-WebSocket-Protocol: ");
+            out.push_str(&self.protocols.join(", "));
+            out.push_str("\r\n");
+        }
+        for (name, value) in &self.headers {
+            out.push_str(name);
+            out.push_str(": ");
+            out.push_str(value);
+            out.push_str("\r\n");
+        }
+        out.push_str("\r\n");
+        Ok(out.into_bytes())
+    }
+}
+
+/// RFC 7230 `tchar`.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// What a successful handshake response told us.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HandshakeResponse {
+    /// The subprotocol the server chose, if any.
+    pub protocol: Option<String>,
+    /// All response headers, names as sent.
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+/// Validates the server's answer to a [`HandshakeRequest`].
+#[derive(Debug, Clone)]
+pub struct ClientHandshake {
+    expected_accept: String,
+    protocols: Vec<String>,
+    max_bytes: usize,
+    max_headers: usize,
+}
+
+impl ClientHandshake {
+    /// Expects the answer to `request`, within `limits`' handshake bounds.
+    pub fn new(request: &HandshakeRequest, limits: &Limits) -> Self {
+        Self {
+            expected_accept: accept_key(request.key().as_bytes()),
+            protocols: request.protocols.clone(),
+            max_bytes: limits.max_handshake_bytes,
+            max_headers: limits.max_handshake_headers,
+        }
+    }
+
+    /// Parses the response from the start of `buf` (everything received so
+    /// far). `Ok(None)`: incomplete, read more. On success, also returns how
+    /// many bytes the response used: the rest is the first WebSocket data.
+    ///
+    /// # Errors
+    /// Every way the response can fail RFC 6455 §4.1 or the limits; a 3xx
+    /// is [`HandshakeError::Redirect`], any other non-101 status
+    /// [`HandshakeError::Status`].
+    pub fn parse_response(
+        &self,
+        buf: &[u8],
+    ) -> Result<Option<(HandshakeResponse, usize)>, HandshakeError> {
+        let mut headers = vec![httparse::EMPTY_HEADER; self.max_headers];
+        let mut response = httparse::Response::new(&mut headers);
+        let used = match response.parse(buf) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => {
+                if buf.len() >= self.max_bytes {
+                    return Err(HandshakeError::TooLarge {
+                        bytes: buf.len(),
+                        max: self.max_bytes,
+                    });
+                }
+                return Ok(None);
+            }
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(HandshakeError::TooManyHeaders {
+                    max: self.max_headers,
+                });
+            }
+            Err(e) => return Err(HandshakeError::Malformed(e.to_string())),
+        };
+        if used > self.max_bytes {
+            return Err(HandshakeError::TooLarge {
+                bytes: used,
+                max: self.max_bytes,
+            });
+        }
+        let status = response.code.unwrap_or(0);
+        let headers = response.headers;
+        let text = |name| header(headers, name).map(|v| String::from_utf8_lossy(v).into_owned());
+        match status {
+            101 => {}
+            300..=399 => {
+                return Err(HandshakeError::Redirect {
+                    status,
+                    location: text("location"),
+                });
+            }
+            _ => {
+                return Err(HandshakeError::Status {
+                    status,
+                    reason: response.reason.unwrap_or("").to_owned(),
+                    retry_after: text("retry-after"),
+                });
+            }
+        }
+        let require = |name: &'static str, token: &str| match header(headers, name) {
+            Some(v) if has_token(v, token) => Ok(()),
+            v => Err(HandshakeError::BadHeader {
+                name,
+                value: v
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                    .unwrap_or_default(),
+            }),
+        };
+        require("Upgrade", "websocket")?;
+        require("Connection", "upgrade")?;
+        match header(headers, "sec-websocket-accept") {
+            Some(got) if got.trim_ascii() == self.expected_accept.as_bytes() => {}
+            got => {
+                return Err(HandshakeError::BadAccept {
+                    expected: self.expected_accept.clone(),
+                    got: got
+                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                        .unwrap_or_default(),
+                });
+            }
+        }
+        let mut chosen = header_tokens(headers, "sec-websocket-protocol");
+        let protocol = chosen.next().map(str::to_owned);
+        if let Some(p) = &protocol {
+            if chosen.next().is_some() || !self.protocols.iter().any(|o| o == p) {
+                return Err(HandshakeError::UnexpectedProtocol(p.clone()));
+            }
+        }
+        if let Some(ext) = header_tokens(headers, "sec-websocket-extensions").next() {
+            return Err(HandshakeError::UnexpectedExtension(ext.to_owned()));
+        }
+        let headers = headers
+            .iter()
+            .map(|h| (h.name.to_owned(), h.value.to_vec()))
+            .collect();
+        Ok(Some((HandshakeResponse { protocol, headers }, used)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair() -> (HandshakeRequest, ClientHandshake) {
+        let req = HandshakeRequest::new("h", "/", [0; 16])
+            .protocol("a")
+            .protocol("b");
+        let hs = ClientHandshake::new(&req, &Limits::default());
+        (req, hs)
+    }
+
+    fn ok_response(req: &HandshakeRequest, extra: &str) -> Vec<u8> {
+        format!(
+            "HTTP/1.1 101 Switching Protocols\r\nupgrade: WebSocket\r\nconnection: keep-alive, Upgrade\r\nSec-WebSocket-Accept: {}\r\n{extra}\r\n",
+            accept_key(req.key().as_bytes())
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn accepts_valid_response_and_reports_leftover() {
+        let (req, hs) = pair();
+        let mut bytes = ok_response(&req, "Sec-WebSocket-Protocol: b\r\n");
+        let n = bytes.len();
+        bytes.extend_from_slice(&[0x81, 0x00]);
+        let (resp, used) = hs.parse_response(&bytes).unwrap().unwrap();
+        assert_eq!((resp.protocol.as_deref(), used), (Some("b"), n));
+    }
+
+    #[test]
+    fn every_prefix_is_incomplete() {
+        let (req, hs) = pair();
+        let bytes = ok_response(&req, "");
+        for cut in 0..bytes.len() {
+            assert_eq!(hs.parse_response(&bytes[..cut]).unwrap(), None, "cut {cut}");
+        }
+    }
+
+    #[test]
+    fn rejects_wrong_accept_protocol_extension_and_headers() {
+        let (req, hs) = pair();
+        let bad_accept = b"HTTP/1.1 101 OK\r\nUpgrade: websocket\r\nConnection: upgrade\r\nSec-WebSocket-Accept: x\r\n\r\n";
+        assert!(matches!(
+            hs.parse_response(bad_accept),
+            Err(HandshakeError::BadAccept { .. })
+        ));
+        let proto = ok_response(&req, "Sec-WebSocket-Protocol: c\r\n");
+        assert_eq!(
+            hs.parse_response(&proto),
+            Err(HandshakeError::UnexpectedProtocol("c".into()))
+        );
+        let ext = ok_response(&req, "Sec-WebSocket-Extensions: permessage-deflate\r\n");
+        assert!(matches!(
+            hs.parse_response(&ext),
+            Err(HandshakeError::UnexpectedExtension(_))
+        ));
+        let no_upgrade = b"HTTP/1.1 101 OK\r\nConnection: upgrade\r\n\r\n";
+        assert!(matches!(
+            hs.parse_response(no_upgrade),
+            Err(HandshakeError::BadHeader {
+                name: "Upgrade",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn reports_redirect_and_status_with_retry_after() {
+        let (_, hs) = pair();
+        let redirect = b"HTTP/1.1 302 Found\r\nLocation: ws://other/\r\n\r\n";
+        assert_eq!(
+            hs.parse_response(redirect),
+            Err(HandshakeError::Redirect {
+                status: 302,
+                location: Some("ws://other/".into())
+            })
+        );
+        let busy = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 7\r\n\r\n";
+        assert_eq!(
+            hs.parse_response(busy),
+            Err(HandshakeError::Status {
+                status: 503,
+                reason: "Service Unavailable".into(),
+                retry_after: Some("7".into())
+            })
+        );
+    }
+
+    #[test]
+    fn endless_headers_hit_the_byte_limit() {
+        let req = HandshakeRequest::new("h", "/", [0; 16]);
+        let limits = Limits::default().with_max_handshake_bytes(1024);
+        let hs = ClientHandshake::new(&req, &limits);
+        let mut bytes = b"HTTP/1.1 101 OK\r\n".to_vec();
+        while bytes.len() < 2000 {
+            bytes.extend_from_slice(b"X-Junk: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");
+        }
+        assert!(matches!(
+            hs.parse_response(&bytes),
+            Err(HandshakeError::TooLarge { max: 1024, .. })
+        ));
+    }
+
+    #[test]
+    fn too_many_headers_is_reported() {
+        let req = HandshakeRequest::new("h", "/", [0; 16]);
+        let hs = ClientHandshake::new(&req, &Limits::default().with_max_handshake_headers(8));
+        let mut bytes = b"HTTP/1.1 101 OK\r\n".to_vec();
+        for i in 0..9 {
+            bytes.extend_from_slice(format!("X-{i}: 1\r\n").as_bytes());
+        }
+        bytes.extend_from_slice(b"\r\n");
+        assert_eq!(
+            hs.parse_response(&bytes),
+            Err(HandshakeError::TooManyHeaders { max: 8 })
+        );
+    }
+
+    #[test]
+    fn header_injection_is_refused() {
+        let req = HandshakeRequest::new("h", "/", [0; 16]).header("X-A", "1\r\nEvil: 2");
+        assert!(req.encode().is_err());
+        let req = HandshakeRequest::new("h", "/", [0; 16]).header("Sec-WebSocket-Key", "x");
+        assert!(req.encode().is_err());
+        let req = HandshakeRequest::new("h", "/", [0; 16]).header("Authorization", "Bearer t");
+        assert!(
+            String::from_utf8(req.encode().unwrap())
+                .unwrap()
+                .contains("\r\nAuthorization: Bearer t\r\n")
+        );
+    }
+}

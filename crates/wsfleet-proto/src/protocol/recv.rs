@@ -1,0 +1,348 @@
+//! Receiving: read buffer growth, header admission, payload, reassembly.
+
+use bytes::buf::Limit;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use super::{InFrame, Protocol, Reassembly, Role};
+use crate::error::ProtocolError;
+use crate::event::Event;
+use crate::frame::{
+    CloseCode, CloseFrame, FrameHeader, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN, OpCode, parse_header,
+};
+use crate::mask::apply_mask;
+use crate::message::{Message, Utf8Bytes};
+use crate::utf8;
+
+/// Payloads up to this size are copied out of the read buffer instead of
+/// split from it: a small message kept by the user then cannot pin a whole
+/// read-buffer allocation, and the buffer can be reused in place.
+const COPY_OUT_MAX: usize = 1024;
+
+impl Protocol {
+    /// Lends spare capacity of the read buffer, to append received bytes to
+    /// (for example with `tokio_util::io::poll_read_buf`). The buffer grows
+    /// only here, by [`Limits::read_chunk`](crate::Limits::read_chunk) or by
+    /// doubling what has arrived of the current frame, charged to the budget
+    /// before it is allocated.
+    ///
+    /// # Errors
+    /// [`ProtocolError::BudgetExhausted`] when the budget refuses the growth
+    /// (the error is sticky, as any other).
+    pub fn read_buf(&mut self) -> Result<Limit<&mut BytesMut>, ProtocolError> {
+        let spare = self.rbuf.capacity() - self.rbuf.len();
+        if spare == 0 {
+            if let Err(e) = self.grow_rbuf() {
+                return Err(self.fail(e));
+            }
+        }
+        let spare = self.rbuf.capacity() - self.rbuf.len();
+        Ok((&mut self.rbuf).limit(spare))
+    }
+
+    /// Copies `bytes` into the read buffer (a convenience for tests and
+    /// fuzzers; the runtime reads into [`read_buf`](Self::read_buf)).
+    ///
+    /// # Errors
+    /// As [`read_buf`](Self::read_buf).
+    pub fn feed(&mut self, mut bytes: &[u8]) -> Result<(), ProtocolError> {
+        while !bytes.is_empty() {
+            let mut buf = self.read_buf()?;
+            let n = buf.remaining_mut().min(bytes.len());
+            buf.put_slice(&bytes[..n]);
+            bytes = &bytes[n..];
+        }
+        Ok(())
+    }
+
+    fn grow_rbuf(&mut self) -> Result<(), ProtocolError> {
+        let len = self.rbuf.len();
+        let chunk = self.limits.read_chunk;
+        // Bytes still due for a frame kept whole in the buffer: grow by
+        // doubling what arrived, capped by what the frame still needs, and
+        // never by the claim alone.
+        let due = match self.frame {
+            Some(f) if !f.streaming => f.len.saturating_sub(len),
+            _ => 0,
+        };
+        let grow = chunk.max(due.min(len));
+        // The most the buffer can legitimately need: one whole frame plus
+        // one chunk of the next. More means poll_event was not drained.
+        let hard_cap = self.limits.max_frame_payload + MAX_HEADER_LEN + chunk;
+        let grow = grow.min(hard_cap.saturating_sub(len));
+        if grow == 0 {
+            return Err(ProtocolError::MessageTooLarge {
+                len: len as u64,
+                max: hard_cap,
+            });
+        }
+        if self.rbuf_charge > 0 && self.rbuf.try_reclaim(grow) {
+            return Ok(());
+        }
+        let new_cap = len + grow;
+        self.account.charge(new_cap)?;
+        let mut fresh = BytesMut::with_capacity(new_cap);
+        fresh.extend_from_slice(&self.rbuf);
+        self.rbuf = fresh;
+        self.account.refund(self.rbuf_charge);
+        self.rbuf_charge = new_cap;
+        Ok(())
+    }
+
+    /// Parses buffered input into the next event.
+    ///
+    /// `Ok(None)`: more bytes are needed (or the peer's close was received:
+    /// nothing after it is parsed).
+    ///
+    /// # Errors
+    /// The first protocol violation, again on every later call.
+    pub fn poll_event(&mut self) -> Result<Option<Event>, ProtocolError> {
+        if let Some(e) = &self.error {
+            let e = e.clone();
+            self.discard_input();
+            return Err(e);
+        }
+        if self.close_received {
+            self.discard_input();
+            return Ok(None);
+        }
+        match self.next_event() {
+            Ok(None) => {
+                if self.rbuf.is_empty() && self.frame.is_none_or(|f| f.streaming) {
+                    self.release_idle_buffers();
+                }
+                Ok(None)
+            }
+            Ok(some) => Ok(some),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    fn next_event(&mut self) -> Result<Option<Event>, ProtocolError> {
+        loop {
+            let mut f = match self.frame {
+                Some(f) => f,
+                None => {
+                    let Some((header, n)) = parse_header(&self.rbuf)? else {
+                        return Ok(None);
+                    };
+                    let f = self.admit(header)?;
+                    self.rbuf.advance(n);
+                    f
+                }
+            };
+            // Unmask and validate the payload bytes that arrived since last time.
+            let in_buf = f.processed - f.consumed;
+            let avail = self.rbuf.len().min(f.len - f.consumed);
+            if avail > in_buf {
+                let fresh = &mut self.rbuf[in_buf..avail];
+                if let Some(key) = f.mask {
+                    apply_mask(fresh, key, f.processed);
+                }
+                if f.text {
+                    self.utf8
+                        .feed(fresh)
+                        .map_err(|_| ProtocolError::InvalidUtf8)?;
+                }
+                f.processed += avail - in_buf;
+            }
+            if f.streaming {
+                let take = f.processed - f.consumed;
+                if take > 0 {
+                    self.append_to_message(take)?;
+                    f.consumed += take;
+                }
+                if f.consumed < f.len {
+                    self.frame = Some(f);
+                    return Ok(None);
+                }
+                self.frame = None;
+                if f.fin {
+                    return self.finish_message().map(Some);
+                }
+                continue;
+            }
+            if f.processed < f.len {
+                self.frame = Some(f);
+                return Ok(None);
+            }
+            self.frame = None;
+            let payload = self.take_payload(f.len);
+            return self.complete_frame(f.opcode, payload).map(Some);
+        }
+    }
+
+    /// Checks a header against the role, the limits and the message state,
+    /// before any byte of its payload is buffered.
+    fn admit(&mut self, h: FrameHeader) -> Result<InFrame, ProtocolError> {
+        if h.rsv != 0 {
+            return Err(ProtocolError::ReservedBits(h.rsv));
+        }
+        match (self.role, h.mask.is_some()) {
+            (Role::Client, true) => return Err(ProtocolError::MaskedFrame),
+            (Role::Server, false) => return Err(ProtocolError::UnmaskedFrame),
+            _ => {}
+        }
+        if h.opcode.is_control() {
+            if !h.fin {
+                return Err(ProtocolError::FragmentedControlFrame);
+            }
+            if h.payload_len > MAX_CONTROL_PAYLOAD as u64 {
+                return Err(ProtocolError::ControlFrameTooLarge { len: h.payload_len });
+            }
+        }
+        let max_frame = self.limits.max_frame_payload;
+        if h.payload_len > max_frame as u64 {
+            return Err(ProtocolError::FrameTooLarge {
+                len: h.payload_len,
+                max: max_frame,
+            });
+        }
+        // Within max_frame_payload, so it fits usize.
+        let len = h.payload_len as usize;
+        let mut text = false;
+        let mut streaming = false;
+        match (h.opcode, &mut self.reasm) {
+            (OpCode::Continuation, None) => return Err(ProtocolError::UnexpectedContinuation),
+            (OpCode::Continuation, Some(r)) => {
+                let total = r.buf.len() as u64 + h.payload_len;
+                if total > self.limits.max_message as u64 {
+                    return Err(ProtocolError::MessageTooLarge {
+                        len: total,
+                        max: self.limits.max_message,
+                    });
+                }
+                r.frames += 1;
+                if r.frames > self.limits.max_fragments {
+                    return Err(ProtocolError::TooManyFragments {
+                        max: self.limits.max_fragments,
+                    });
+                }
+                text = r.text;
+                streaming = true;
+            }
+            (OpCode::Text | OpCode::Binary, Some(_)) => {
+                return Err(ProtocolError::ExpectedContinuation);
+            }
+            (op @ (OpCode::Text | OpCode::Binary), None) => {
+                text = op == OpCode::Text;
+                self.utf8.reset();
+                if !h.fin {
+                    streaming = true;
+                    self.reasm = Some(Reassembly {
+                        text,
+                        buf: Vec::new(),
+                        frames: 1,
+                    });
+                }
+            }
+            (OpCode::Close | OpCode::Ping | OpCode::Pong, _) => {}
+        }
+        Ok(InFrame {
+            fin: h.fin,
+            opcode: h.opcode,
+            mask: h.mask,
+            len,
+            processed: 0,
+            consumed: 0,
+            streaming,
+            text,
+        })
+    }
+
+    /// Moves `n` processed payload bytes from the read buffer into the
+    /// message being reassembled, growing it (charged) by doubling up to
+    /// `max_message`.
+    fn append_to_message(&mut self, n: usize) -> Result<(), ProtocolError> {
+        let Some(r) = &mut self.reasm else {
+            return Err(ProtocolError::UnexpectedContinuation);
+        };
+        let need = r.buf.len() + n;
+        if need > r.buf.capacity() {
+            let cap = r.buf.capacity();
+            let new_cap = need.max(cap.saturating_mul(2).min(self.limits.max_message));
+            self.account.charge(new_cap - cap)?;
+            r.buf.reserve_exact(new_cap - r.buf.len());
+            // Keep the books on the true capacity.
+            let actual = r.buf.capacity();
+            if actual > new_cap {
+                self.account.charge_forced(actual - new_cap);
+            }
+        }
+        r.buf.extend_from_slice(&self.rbuf[..n]);
+        self.rbuf.advance(n);
+        Ok(())
+    }
+
+    fn finish_message(&mut self) -> Result<Event, ProtocolError> {
+        let Some(r) = self.reasm.take() else {
+            return Err(ProtocolError::UnexpectedContinuation);
+        };
+        self.account.refund(r.buf.capacity());
+        let payload = Bytes::from(r.buf);
+        let message = if r.text {
+            self.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
+            Message::Text(Utf8Bytes::from_validated(payload))
+        } else {
+            Message::Binary(payload)
+        };
+        Ok(Event::Message(message))
+    }
+
+    /// Takes a complete, unmasked payload off the front of the read buffer.
+    fn take_payload(&mut self, len: usize) -> Bytes {
+        if len <= COPY_OUT_MAX {
+            let payload = Bytes::copy_from_slice(&self.rbuf[..len]);
+            self.rbuf.advance(len);
+            payload
+        } else {
+            self.rbuf.split_to(len).freeze()
+        }
+    }
+
+    fn complete_frame(&mut self, opcode: OpCode, payload: Bytes) -> Result<Event, ProtocolError> {
+        Ok(match opcode {
+            OpCode::Text => {
+                self.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
+                Event::Message(Message::Text(Utf8Bytes::from_validated(payload)))
+            }
+            OpCode::Binary => Event::Message(Message::Binary(payload)),
+            OpCode::Ping => {
+                if !self.close_sent() {
+                    self.pending_pong = Some(payload.clone());
+                }
+                Event::Ping(payload)
+            }
+            OpCode::Pong => Event::Pong(payload),
+            OpCode::Close => {
+                let frame = parse_close_payload(payload)?;
+                self.close_received = true;
+                if !self.close_sent() {
+                    // Echo the peer's code, as RFC 6455 §5.5.1 suggests.
+                    self.pending_close = Some(frame.as_ref().map(|f| CloseFrame::new(f.code, "")));
+                }
+                self.discard_input();
+                Event::Close(frame)
+            }
+            OpCode::Continuation => return Err(ProtocolError::UnexpectedContinuation),
+        })
+    }
+}
+
+fn parse_close_payload(payload: Bytes) -> Result<Option<CloseFrame>, ProtocolError> {
+    match payload.len() {
+        0 => Ok(None),
+        1 => Err(ProtocolError::InvalidClosePayload),
+        _ => {
+            let code = CloseCode::from(u16::from_be_bytes([payload[0], payload[1]]));
+            if !code.is_valid_on_wire() {
+                return Err(ProtocolError::InvalidCloseCode(code.as_u16()));
+            }
+            let reason = payload.slice(2..);
+            utf8::validate(&reason).map_err(|_| ProtocolError::InvalidUtf8)?;
+            Ok(Some(CloseFrame {
+                code,
+                reason: Utf8Bytes::from_validated(reason),
+            }))
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! Sending: the bounded outbound queue, reply slots and the close frame.
+
+use bytes::Bytes;
+
+use super::{Protocol, Role};
+use crate::error::{ConfigError, SendError};
+use crate::frame::{
+    CloseCode, CloseFrame, FrameHeader, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN, OpCode, encode_header,
+};
+use crate::mask::mask_into;
+use crate::message::Message;
+
+impl Protocol {
+    /// Queues a message as one frame (masked in the client role, which copies
+    /// the payload once into the outbound buffer).
+    ///
+    /// # Errors
+    /// The message comes back in a [`SendError`]: `Full` when the queue
+    /// already holds data and this message would take it past
+    /// [`Limits::max_outbound_bytes`](crate::Limits::max_outbound_bytes)
+    /// (a larger message is accepted into an empty queue), `Closed` after a
+    /// close frame was queued or the connection failed, `BudgetExhausted`
+    /// when the budget refuses the bytes.
+    pub fn send(&mut self, message: Message) -> Result<(), SendError> {
+        if self.error.is_some() || self.close_sent() {
+            return Err(SendError::Closed(message));
+        }
+        let (opcode, payload) = match &message {
+            Message::Text(t) => (OpCode::Text, t.as_bytes()),
+            Message::Binary(b) => (OpCode::Binary, b),
+        };
+        let frame_len = MAX_HEADER_LEN + payload.len();
+        let pending = self.pending_out();
+        if pending > 0 && pending + frame_len > self.limits.max_outbound_bytes {
+            return Err(SendError::Full(message));
+        }
+        if self.reserve_out(frame_len, false).is_err() {
+            return Err(SendError::BudgetExhausted(message));
+        }
+        self.write_frame(opcode, payload);
+        Ok(())
+    }
+
+    /// Queues a ping. A control frame carries at most 125 bytes (RFC 6455
+    /// §5.5), so a longer `payload` is cut to its first 125 bytes.
+    ///
+    /// # Errors
+    /// `Full`, `Closed` or `BudgetExhausted` as for [`send`](Self::send),
+    /// with the payload handed back as a binary message.
+    pub fn ping(&mut self, payload: Bytes) -> Result<(), SendError> {
+        let payload = payload.slice(..payload.len().min(MAX_CONTROL_PAYLOAD));
+        if self.error.is_some() || self.close_sent() {
+            return Err(SendError::Closed(Message::Binary(payload)));
+        }
+        let pending = self.pending_out();
+        let frame_len = MAX_HEADER_LEN + payload.len();
+        if pending > 0 && pending + frame_len > self.limits.max_outbound_bytes {
+            return Err(SendError::Full(Message::Binary(payload)));
+        }
+        if self.reserve_out(frame_len, false).is_err() {
+            return Err(SendError::BudgetExhausted(Message::Binary(payload)));
+        }
+        self.write_frame(OpCode::Ping, &payload);
+        Ok(())
+    }
+
+    /// Starts the close handshake: a close frame with `code` and `reason`
+    /// (cut to 123 bytes at a character boundary) goes out after what is
+    /// already queued. Later sends are refused. Calling it again, or after
+    /// the peer's close was answered, does nothing.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] if `code` may not be sent (1005, 1006, 1015, codes
+    /// outside 1000–4999, reserved ones).
+    pub fn close(&mut self, code: CloseCode, reason: &str) -> Result<(), ConfigError> {
+        if !code.is_valid_on_wire() {
+            return Err(ConfigError {
+                field: "close code",
+                value: code.as_u16().to_string(),
+                problem: "may not be sent in a close frame",
+            });
+        }
+        if !self.close_sent() {
+            self.pending_close = Some(Some(CloseFrame::new(code, reason)));
+        }
+        Ok(())
+    }
+
+    /// The bytes to write next (empty when there is nothing to send). Due
+    /// control replies are appended here: the close frame first, which also
+    /// cancels a pending pong; else the newest pong.
+    pub fn poll_transmit(&mut self) -> &[u8] {
+        if let Some(close) = self.pending_close.take() {
+            self.pending_pong = None;
+            let mut payload = [0u8; MAX_CONTROL_PAYLOAD];
+            let n = match &close {
+                None => 0,
+                Some(f) => {
+                    payload[..2].copy_from_slice(&f.code.as_u16().to_be_bytes());
+                    payload[2..2 + f.reason.len()].copy_from_slice(f.reason.as_bytes());
+                    2 + f.reason.len()
+                }
+            };
+            // Forced: the close must go out even when the budget is spent.
+            let _ = self.reserve_out(MAX_HEADER_LEN + n, true);
+            self.write_frame(OpCode::Close, &payload[..n]);
+            self.close_sent = true;
+        } else if let Some(pong) = self.pending_pong.take() {
+            if !self.close_sent {
+                let _ = self.reserve_out(MAX_HEADER_LEN + pong.len(), true);
+                self.write_frame(OpCode::Pong, &pong);
+            }
+        }
+        &self.wbuf[self.wpos..]
+    }
+
+    /// Marks `n` bytes returned by [`poll_transmit`](Self::poll_transmit) as
+    /// written. A fully written buffer is freed.
+    pub fn advance_transmit(&mut self, n: usize) {
+        self.wpos = (self.wpos + n).min(self.wbuf.len());
+        if self.wpos == self.wbuf.len() {
+            self.wbuf.clear();
+            self.wpos = 0;
+            if self.wbuf.capacity() > 0 {
+                self.account.refund(self.wbuf.capacity());
+                self.wbuf = Vec::new();
+            }
+        }
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn pending_out(&self) -> usize {
+        self.wbuf.len() - self.wpos
+    }
+
+    /// True when there are bytes to write or a control reply is due.
+    pub fn has_transmit(&self) -> bool {
+        self.pending_out() > 0
+            || self.pending_close.is_some()
+            || (self.pending_pong.is_some() && !self.close_sent)
+    }
+
+    /// Makes room for `n` more bytes in the write buffer, compacting written
+    /// bytes away first and charging any growth.
+    fn reserve_out(&mut self, n: usize, forced: bool) -> Result<(), ()> {
+        if self.wbuf.capacity() - self.wbuf.len() >= n {
+            return Ok(());
+        }
+        if self.wpos > 0 {
+            self.wbuf.drain(..self.wpos);
+            self.wpos = 0;
+            if self.wbuf.capacity() - self.wbuf.len() >= n {
+                return Ok(());
+            }
+        }
+        let cap = self.wbuf.capacity();
+        let need = self.wbuf.len() + n;
+        // Double for amortised growth, but not past the outbound limit
+        // unless this one frame needs it.
+        let new_cap = need.max(cap.saturating_mul(2).min(self.limits.max_outbound_bytes));
+        if forced {
+            self.account.charge_forced(new_cap - cap);
+        } else {
+            self.account.charge(new_cap - cap).map_err(|_| ())?;
+        }
+        self.wbuf.reserve_exact(new_cap - self.wbuf.len());
+        let actual = self.wbuf.capacity();
+        if actual > new_cap {
+            self.account.charge_forced(actual - new_cap);
+        }
+        Ok(())
+    }
+
+    /// Appends one whole frame; room was reserved by the caller.
+    fn write_frame(&mut self, opcode: OpCode, payload: &[u8]) {
+        let mask = match (self.role, &mut self.keys) {
+            (Role::Client, Some(keys)) => Some(keys.next_key()),
+            _ => None,
+        };
+        let header = FrameHeader {
+            fin: true,
+            rsv: 0,
+            opcode,
+            mask,
+            payload_len: payload.len() as u64,
+        };
+        let mut head = [0u8; MAX_HEADER_LEN];
+        let n = encode_header(&header, &mut head);
+        self.wbuf.extend_from_slice(&head[..n]);
+        match mask {
+            Some(key) => {
+                let start = self.wbuf.len();
+                self.wbuf.resize(start + payload.len(), 0);
+                mask_into(&mut self.wbuf[start..], payload, key);
+            }
+            None => self.wbuf.extend_from_slice(payload),
+        }
+    }
+}

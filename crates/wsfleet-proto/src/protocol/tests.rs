@@ -1,0 +1,534 @@
+//! Whole-machine tests: split-invariance, lying peers, limits, close handshake.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::{BufMut, Bytes};
+use proptest::prelude::*;
+
+use crate::frame::{FrameHeader, MAX_HEADER_LEN, OpCode, encode_header};
+use crate::mask::apply_mask;
+use crate::{
+    CloseCode, CloseFrame, Event, FixedKey, Limits, MemoryBudget, Message, Protocol, ProtocolError,
+    SendError,
+};
+
+/// Raw frame bytes, for any (even invalid) combination of fields.
+fn frame(fin: bool, opcode: OpCode, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+    let h = FrameHeader {
+        fin,
+        rsv: 0,
+        opcode,
+        mask,
+        payload_len: payload.len() as u64,
+    };
+    let mut head = [0; MAX_HEADER_LEN];
+    let n = encode_header(&h, &mut head);
+    let mut out = head[..n].to_vec();
+    let start = out.len();
+    out.extend_from_slice(payload);
+    if let Some(key) = mask {
+        apply_mask(&mut out[start..], key, 0);
+    }
+    out
+}
+
+/// The status code in a close frame written by `client()` (masked).
+fn sent_close_code(out: &[u8]) -> u16 {
+    assert_eq!(
+        &out[..2],
+        &[0x88, 0x80 | (out[1] & 0x7F)],
+        "not a masked close frame"
+    );
+    let mut code = [out[6], out[7]];
+    apply_mask(&mut code, [9, 8, 7, 6], 0);
+    u16::from_be_bytes(code)
+}
+
+fn client() -> Protocol {
+    Protocol::client(Limits::default(), Box::new(FixedKey([9, 8, 7, 6])))
+}
+
+/// Feeds `bytes` in pieces cut at `cuts`, each piece read into the lent
+/// buffer and events drained after every read, as the runtime does. Stops at
+/// the first error.
+fn drive(p: &mut Protocol, bytes: &[u8], cuts: &[usize]) -> (Vec<Event>, Option<ProtocolError>) {
+    let mut events = Vec::new();
+    let mut points: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+    points.push(bytes.len());
+    points.sort_unstable();
+    let mut at = 0;
+    for end in points {
+        while at < end {
+            let n = match p.read_buf() {
+                Ok(buf) => buf.remaining_mut().min(end - at),
+                Err(e) => return (events, Some(e)),
+            };
+            if let Err(e) = p.feed(&bytes[at..at + n]) {
+                return (events, Some(e));
+            }
+            at += n;
+            loop {
+                match p.poll_event() {
+                    Ok(Some(ev)) => events.push(ev),
+                    Ok(None) => break,
+                    Err(e) => return (events, Some(e)),
+                }
+            }
+        }
+    }
+    (events, None)
+}
+
+/// A valid stream from a server: messages (fragmented or not) with control
+/// frames interleaved, and the events a client must report for it.
+#[derive(Debug, Clone)]
+enum Part {
+    Whole(bool, Vec<u8>),
+    Fragmented(bool, Vec<Vec<u8>>, Vec<u8>),
+    Ping(Vec<u8>),
+}
+
+fn part() -> impl Strategy<Value = Part> {
+    let text = ".{0,40}".prop_map(String::into_bytes);
+    prop_oneof![
+        (any::<bool>(), prop::collection::vec(any::<u8>(), 0..300)).prop_map(|(t, p)| if t {
+            Part::Whole(true, String::from_utf8_lossy(&p).into_owned().into_bytes())
+        } else {
+            Part::Whole(false, p)
+        }),
+        (
+            prop::collection::vec(text, 1..5),
+            prop::collection::vec(any::<u8>(), 0..20)
+        )
+            .prop_map(|(chunks, ping)| Part::Fragmented(true, chunks, ping)),
+        prop::collection::vec(any::<u8>(), 0..125).prop_map(Part::Ping),
+    ]
+}
+
+fn encode_parts(parts: &[Part], mask: Option<[u8; 4]>) -> (Vec<u8>, Vec<Event>) {
+    let mut wire = Vec::new();
+    let mut events = Vec::new();
+    let msg = |text: bool, p: Vec<u8>| {
+        if text {
+            Message::Text(String::from_utf8(p).unwrap().into())
+        } else {
+            Message::Binary(p.into())
+        }
+    };
+    for part in parts {
+        match part {
+            Part::Whole(text, p) => {
+                let op = if *text { OpCode::Text } else { OpCode::Binary };
+                wire.extend(frame(true, op, p, mask));
+                events.push(Event::Message(msg(*text, p.clone())));
+            }
+            Part::Fragmented(text, chunks, ping) => {
+                // Split the text at arbitrary byte positions (mid code point too).
+                let all: Vec<u8> = chunks.concat();
+                let n = chunks.len();
+                let step = all.len() / n + 1;
+                let pieces: Vec<&[u8]> = all.chunks(step).collect();
+                let pieces = if pieces.is_empty() {
+                    vec![&all[..]]
+                } else {
+                    pieces
+                };
+                for (i, piece) in pieces.iter().enumerate() {
+                    let op = if i == 0 {
+                        OpCode::Text
+                    } else {
+                        OpCode::Continuation
+                    };
+                    wire.extend(frame(i + 1 == pieces.len(), op, piece, mask));
+                    if i + 1 == pieces.len() {
+                        events.push(Event::Message(msg(*text, all.clone())));
+                    }
+                    if i == 0 {
+                        wire.extend(frame(true, OpCode::Ping, ping, mask));
+                        events.push(Event::Ping(ping.clone().into()));
+                    }
+                }
+            }
+            Part::Ping(p) => {
+                wire.extend(frame(true, OpCode::Ping, p, mask));
+                events.push(Event::Ping(p.clone().into()));
+            }
+        }
+    }
+    (wire, events)
+}
+
+proptest! {
+    #[test]
+    fn any_split_of_a_valid_stream_gives_the_same_events(
+        parts in prop::collection::vec(part(), 1..8),
+        cuts in prop::collection::vec(any::<usize>(), 0..12),
+        server_role: bool,
+    ) {
+        let (mask, mut p) = if server_role {
+            (Some([1, 2, 3, 4]), Protocol::server(Limits::default()))
+        } else {
+            (None, client())
+        };
+        let (wire, expected) = encode_parts(&parts, mask);
+        let (events, err) = drive(&mut p, &wire, &cuts);
+        prop_assert_eq!(err, None);
+        prop_assert_eq!(events, expected);
+        prop_assert_eq!(p.buffered_bytes(), 0, "idle connection still holds buffers");
+    }
+
+    #[test]
+    fn junk_never_panics_and_stays_bounded(
+        junk in prop::collection::vec(any::<u8>(), 0..4000),
+        cuts in prop::collection::vec(any::<usize>(), 0..8),
+    ) {
+        let limits = Limits::default().with_max_frame_payload(1000).with_max_message(2000);
+        let mut p = Protocol::client(limits, Box::new(FixedKey([0; 4])));
+        let _ = drive(&mut p, &junk, &cuts);
+        prop_assert!(p.peak_buffered_bytes() <= limits.max_buffered());
+    }
+
+    #[test]
+    fn send_then_receive_round_trips(payload in prop::collection::vec(any::<u8>(), 0..70_000), text: bool) {
+        let message = if text {
+            Message::text(String::from_utf8_lossy(&payload).into_owned())
+        } else {
+            Message::binary(payload)
+        };
+        let mut c = client();
+        let mut s = Protocol::server(Limits::default());
+        c.send(message.clone()).unwrap();
+        let wire = c.poll_transmit().to_vec();
+        c.advance_transmit(wire.len());
+        let (events, err) = drive(&mut s, &wire, &[]);
+        prop_assert_eq!(err, None);
+        prop_assert_eq!(events, vec![Event::Message(message)]);
+    }
+}
+
+#[test]
+fn every_single_byte_boundary_parses_the_same() {
+    let parts = vec![
+        Part::Whole(true, "héllo wörld ☃".as_bytes().to_vec()),
+        Part::Fragmented(true, vec!["ab€".into(), "c😀d".into()], b"p".to_vec()),
+        Part::Whole(false, vec![7; 300]),
+        Part::Ping(vec![1, 2]),
+    ];
+    let (wire, expected) = encode_parts(&parts, None);
+    for cut in 0..=wire.len() {
+        let (events, err) = drive(&mut client(), &wire, &[cut]);
+        assert_eq!((&events, err), (&expected, None), "cut at {cut}");
+    }
+    let all_cuts: Vec<usize> = (0..wire.len()).collect();
+    assert_eq!(drive(&mut client(), &wire, &all_cuts), (expected, None));
+}
+
+#[test]
+fn lying_header_allocates_nothing() {
+    let mut p = client();
+    // Binary frame claiming 2^62 bytes.
+    let mut wire = vec![0x82, 127];
+    wire.extend_from_slice(&(1u64 << 62).to_be_bytes());
+    wire.extend_from_slice(b"some payload");
+    let (_, err) = drive(&mut p, &wire, &[]);
+    assert_eq!(
+        err,
+        Some(ProtocolError::FrameTooLarge {
+            len: 1 << 62,
+            max: Limits::default().max_frame_payload
+        })
+    );
+    assert!(p.peak_buffered_bytes() <= Limits::default().read_chunk);
+    // The close frame it deserves is ready; nothing else is held.
+    let out = p.poll_transmit().to_vec();
+    assert_eq!(sent_close_code(&out), 1009);
+    p.advance_transmit(out.len());
+    assert_eq!(p.buffered_bytes(), 0);
+}
+
+#[test]
+fn claimed_length_is_not_reserved_while_payload_trickles() {
+    let mut p = client();
+    // Claims 16 MiB (allowed) but sends 100 KiB in 1 KiB pieces.
+    let mut wire = vec![0x82, 127];
+    wire.extend_from_slice(&(16u64 << 20).to_be_bytes());
+    let (_, err) = drive(&mut p, &wire, &[]);
+    assert_eq!(err, None);
+    let mut arrived = 0;
+    for _ in 0..100 {
+        p.feed(&[0u8; 1024]).unwrap();
+        arrived += 1024;
+        assert_eq!(p.poll_event(), Ok(None));
+        assert!(p.buffered_bytes() <= 2 * arrived + Limits::default().read_chunk);
+    }
+}
+
+#[test]
+fn endless_one_byte_fragments_stop_at_max_message() {
+    let limits = Limits::default()
+        .with_max_message(4096)
+        .with_max_frame_payload(4096);
+    let mut p = Protocol::client(limits, Box::new(FixedKey([0; 4])));
+    let mut wire = frame(false, OpCode::Binary, b"x", None);
+    for _ in 0..10_000 {
+        wire.extend(frame(false, OpCode::Continuation, b"x", None));
+    }
+    let (events, err) = drive(&mut p, &wire, &[100, 5000, 20_000]);
+    assert!(events.is_empty());
+    assert_eq!(
+        err,
+        Some(ProtocolError::MessageTooLarge {
+            len: 4097,
+            max: 4096
+        })
+    );
+    assert!(p.peak_buffered_bytes() <= 4096 + 2 * limits.read_chunk);
+}
+
+#[test]
+fn empty_fragments_are_capped() {
+    let limits = Limits::default().with_max_fragments(100);
+    let mut p = Protocol::client(limits, Box::new(FixedKey([0; 4])));
+    let mut wire = frame(false, OpCode::Text, b"", None);
+    for _ in 0..200 {
+        wire.extend(frame(false, OpCode::Continuation, b"", None));
+    }
+    let (_, err) = drive(&mut p, &wire, &[]);
+    assert_eq!(err, Some(ProtocolError::TooManyFragments { max: 100 }));
+    assert_eq!(err.unwrap().close_code(), CloseCode::POLICY_VIOLATION);
+}
+
+#[test]
+fn invalid_utf8_fails_before_the_frame_completes() {
+    let mut p = client();
+    // A 1000-byte text frame whose 11th byte is invalid; only 20 bytes arrive.
+    let mut payload = vec![b'a'; 1000];
+    payload[10] = 0xFF;
+    let wire = frame(true, OpCode::Text, &payload, None);
+    let (_, err) = drive(&mut p, &wire[..24], &[]);
+    assert_eq!(err, Some(ProtocolError::InvalidUtf8));
+    assert_eq!(
+        ProtocolError::InvalidUtf8.close_code(),
+        CloseCode::INVALID_PAYLOAD
+    );
+}
+
+#[test]
+fn invalid_utf8_across_fragments_fails_at_the_bad_fragment() {
+    let mut p = client();
+    let mut wire = frame(false, OpCode::Text, "ok €".as_bytes(), None);
+    wire.extend(frame(
+        false,
+        OpCode::Continuation,
+        &[0xED, 0xA0, 0x80],
+        None,
+    )); // surrogate
+    let (_, err) = drive(&mut p, &wire, &[]);
+    assert_eq!(err, Some(ProtocolError::InvalidUtf8));
+}
+
+#[test]
+fn protocol_rules_are_enforced() {
+    let cases: Vec<(Vec<u8>, ProtocolError)> = vec![
+        (
+            frame(true, OpCode::Text, b"x", Some([1; 4])),
+            ProtocolError::MaskedFrame,
+        ),
+        (vec![0x91, 0x00], ProtocolError::ReservedBits(1)),
+        (vec![0x83, 0x00], ProtocolError::UnknownOpcode(3)),
+        (
+            frame(false, OpCode::Ping, b"", None),
+            ProtocolError::FragmentedControlFrame,
+        ),
+        (
+            frame(true, OpCode::Ping, &[0; 126], None),
+            ProtocolError::ControlFrameTooLarge { len: 126 },
+        ),
+        (
+            frame(true, OpCode::Continuation, b"x", None),
+            ProtocolError::UnexpectedContinuation,
+        ),
+        (
+            [
+                frame(false, OpCode::Text, b"a", None),
+                frame(true, OpCode::Text, b"b", None),
+            ]
+            .concat(),
+            ProtocolError::ExpectedContinuation,
+        ),
+        (
+            frame(true, OpCode::Close, &[3], None),
+            ProtocolError::InvalidClosePayload,
+        ),
+        (
+            frame(true, OpCode::Close, &1005u16.to_be_bytes(), None),
+            ProtocolError::InvalidCloseCode(1005),
+        ),
+        (
+            frame(true, OpCode::Close, &[0x03, 0xE8, 0xFF], None),
+            ProtocolError::InvalidUtf8,
+        ),
+    ];
+    for (wire, expected) in cases {
+        let mut p = client();
+        let (_, err) = drive(&mut p, &wire, &[]);
+        assert_eq!(err.as_ref(), Some(&expected), "wire {wire:02x?}");
+        // Sticky: asked again, same error; the close frame carries its code.
+        assert_eq!(p.poll_event(), Err(expected.clone()));
+        assert_eq!(
+            sent_close_code(p.poll_transmit()),
+            expected.close_code().as_u16()
+        );
+    }
+    let mut server = Protocol::server(Limits::default());
+    let (_, err) = drive(&mut server, &frame(true, OpCode::Text, b"x", None), &[]);
+    assert_eq!(err, Some(ProtocolError::UnmaskedFrame));
+}
+
+#[test]
+fn ping_flood_keeps_one_pong() {
+    let mut p = client();
+    let mut wire = Vec::new();
+    for i in 0..10_000u32 {
+        wire.extend(frame(true, OpCode::Ping, &i.to_be_bytes(), None));
+    }
+    let (events, err) = drive(&mut p, &wire, &[]);
+    assert_eq!((events.len(), err), (10_000, None));
+    let out = p.poll_transmit().to_vec();
+    // One masked pong carrying the newest ping's payload.
+    assert_eq!(out.len(), 2 + 4 + 4);
+    assert_eq!(out[0], 0x8A);
+    let mut payload = out[6..].to_vec();
+    apply_mask(&mut payload, [9, 8, 7, 6], 0);
+    assert_eq!(payload, 9_999u32.to_be_bytes());
+}
+
+#[test]
+fn close_handshake_completes_both_ways() {
+    let mut c = client();
+    let mut s = Protocol::server(Limits::default());
+    c.close(CloseCode::GOING_AWAY, "bye").unwrap();
+    assert!(matches!(
+        c.send(Message::text("late")),
+        Err(SendError::Closed(_))
+    ));
+    let wire = c.poll_transmit().to_vec();
+    c.advance_transmit(wire.len());
+    let (events, err) = drive(&mut s, &wire, &[]);
+    assert_eq!(err, None);
+    assert_eq!(
+        events,
+        vec![Event::Close(Some(CloseFrame::new(
+            CloseCode::GOING_AWAY,
+            "bye"
+        )))]
+    );
+    let reply = s.poll_transmit().to_vec();
+    s.advance_transmit(reply.len());
+    assert!(s.is_closed());
+    let (events, err) = drive(&mut c, &reply, &[]);
+    assert_eq!(err, None);
+    assert_eq!(
+        events,
+        vec![Event::Close(Some(CloseFrame::new(
+            CloseCode::GOING_AWAY,
+            ""
+        )))]
+    );
+    assert!(c.is_closed());
+    assert!(c.poll_transmit().is_empty(), "no second close");
+}
+
+#[test]
+fn reserved_close_codes_cannot_be_sent() {
+    for code in [1005, 1006, 1015, 999, 5000] {
+        assert!(client().close(CloseCode::from(code), "").is_err(), "{code}");
+    }
+}
+
+#[test]
+fn full_outbound_queue_hands_the_message_back() {
+    let limits = Limits::default().with_max_outbound_bytes(1000);
+    let mut p = Protocol::client(limits, Box::new(FixedKey([0; 4])));
+    // A message larger than the limit is accepted into an empty queue...
+    p.send(Message::binary(vec![0; 5000])).unwrap();
+    assert!(!p.wants_read());
+    // ...but nothing more until it drains.
+    let back = p.send(Message::text("x")).unwrap_err();
+    assert_eq!(back, SendError::Full(Message::text("x")));
+    let n = p.poll_transmit().len();
+    p.advance_transmit(n);
+    assert!(p.wants_read());
+    assert_eq!(p.buffered_bytes(), 0);
+    p.send(Message::text("x")).unwrap();
+}
+
+#[derive(Debug)]
+struct CountingBudget {
+    used: AtomicUsize,
+    max: usize,
+}
+
+impl MemoryBudget for CountingBudget {
+    fn try_reserve(&self, bytes: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                (u + bytes <= self.max).then_some(u + bytes)
+            })
+            .is_ok()
+    }
+    fn force_reserve(&self, bytes: usize) {
+        self.used.fetch_add(bytes, Ordering::Relaxed);
+    }
+    fn release(&self, bytes: usize) {
+        self.used.fetch_sub(bytes, Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn budget_refusal_fails_the_connection_with_1009_and_is_returned() {
+    let budget = Arc::new(CountingBudget {
+        used: AtomicUsize::new(0),
+        max: 64 * 1024,
+    });
+    let mut p = client().with_budget(budget.clone());
+    let wire = frame(true, OpCode::Binary, &vec![1; 200_000], None);
+    let (events, err) = drive(&mut p, &wire, &[]);
+    assert!(events.is_empty());
+    let err = err.unwrap();
+    assert!(
+        matches!(err, ProtocolError::BudgetExhausted { .. }),
+        "{err}"
+    );
+    assert_eq!(err.close_code(), CloseCode::MESSAGE_TOO_BIG);
+    assert!(budget.used.load(Ordering::Relaxed) <= 64 * 1024 + 200);
+    drop(p);
+    assert_eq!(
+        budget.used.load(Ordering::Relaxed),
+        0,
+        "every byte returned"
+    );
+}
+
+#[test]
+fn budget_is_balanced_after_large_messages() {
+    let budget = Arc::new(CountingBudget {
+        used: AtomicUsize::new(0),
+        max: usize::MAX,
+    });
+    let mut p = client().with_budget(budget.clone());
+    let mut wire = frame(true, OpCode::Binary, &vec![1; 100_000], None);
+    wire.extend(frame(false, OpCode::Binary, &vec![2; 50_000], None));
+    wire.extend(frame(true, OpCode::Continuation, &vec![3; 50_000], None));
+    let (events, err) = drive(&mut p, &wire, &[777, 40_000, 120_000]);
+    assert_eq!((events.len(), err), (2, None));
+    assert_eq!(budget.used.load(Ordering::Relaxed), 0);
+    assert_eq!(p.buffered_bytes(), 0);
+    p.send(Message::binary(Bytes::from(vec![0; 10_000])))
+        .unwrap();
+    assert!(budget.used.load(Ordering::Relaxed) >= 10_000);
+    let n = p.poll_transmit().len();
+    p.advance_transmit(n);
+    assert_eq!(budget.used.load(Ordering::Relaxed), 0);
+}
