@@ -1,1 +1,20 @@
-//! Fleets of persistent WebSocket client connections on tokio.
+//! Fleets of persistent WebSocket client connections on tokio: bounded,
+//! supervised, observable.
+//!
+//! The protocol lives in [`wsfleet_proto`] (sans-I/O); this crate moves its
+//! bytes: [`connect`] opens the transport (DNS, TCP, TLS) with a deadline
+//! per phase, [`Connection`] runs one WebSocket on it.
+//!
+//! Dependencies, and what each saves us from writing: `tokio` (runtime,
+//! sockets, timers), `tokio-util` (reading into uninitialised buffer space
+//! without `unsafe` here), `rustls` + `tokio-rustls` + `webpki-roots` /
+//! `rustls-native-certs` (TLS and its trust roots), `url` (URL parsing),
+//! `getrandom` (OS CSPRNG for masking keys), `tracing` (structured logs).
+
+pub mod connect;
+mod connection;
+mod keys;
+
+pub use connection::{Connection, ConnectionConfig, ConnectionStats, Error, Keepalive};
+pub use keys::OsRngKeys;
+pub use wsfleet_proto::{self as proto, CloseCode, CloseFrame, Limits, Message, Utf8Bytes};

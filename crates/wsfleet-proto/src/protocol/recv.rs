@@ -307,9 +307,7 @@ impl Protocol {
             }
             OpCode::Binary => Event::Message(Message::Binary(payload)),
             OpCode::Ping => {
-                if !self.close_sent() {
-                    self.pending_pong = Some(payload.clone());
-                }
+                self.answer_ping(payload.clone());
                 Event::Ping(payload)
             }
             OpCode::Pong => Event::Pong(payload),

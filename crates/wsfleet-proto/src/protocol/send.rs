@@ -128,6 +128,26 @@ impl Protocol {
         }
     }
 
+    /// Queues the pong for a received ping. While the outbound queue has
+    /// room, every ping gets its pong, in order with what we send after it
+    /// (so an echoed message never overtakes the pong for a ping received
+    /// before it). Beyond [`Limits::max_outbound_bytes`](crate::Limits)
+    /// only the newest waits, in one slot: a ping flood against a peer that
+    /// does not read costs at most 125 bytes more.
+    pub(super) fn answer_ping(&mut self, payload: Bytes) {
+        if self.close_sent() {
+            return;
+        }
+        let frame_len = MAX_HEADER_LEN + payload.len();
+        if self.pending_out() + frame_len <= self.limits.max_outbound_bytes {
+            self.pending_pong = None;
+            let _ = self.reserve_out(frame_len, true);
+            self.write_frame(OpCode::Pong, &payload);
+        } else {
+            self.pending_pong = Some(payload);
+        }
+    }
+
     /// Bytes queued and not yet written.
     pub fn pending_out(&self) -> usize {
         self.wbuf.len() - self.wpos

@@ -175,6 +175,8 @@ proptest! {
         let (events, err) = drive(&mut p, &wire, &cuts);
         prop_assert_eq!(err, None);
         prop_assert_eq!(events, expected);
+        let pongs = p.poll_transmit().len();
+        p.advance_transmit(pongs);
         prop_assert_eq!(p.buffered_bytes(), 0, "idle connection still holds buffers");
     }
 
@@ -387,19 +389,45 @@ fn protocol_rules_are_enforced() {
 }
 
 #[test]
-fn ping_flood_keeps_one_pong() {
+fn every_ping_is_answered_in_order_while_there_is_room() {
     let mut p = client();
+    let mut wire = Vec::new();
+    for i in 0..10u8 {
+        wire.extend(frame(true, OpCode::Ping, &[i], None));
+    }
+    wire.extend(frame(true, OpCode::Text, b"after", None));
+    let (events, err) = drive(&mut p, &wire, &[]);
+    assert_eq!((events.len(), err), (11, None));
+    // The user echoes the message: it must go out after the ten pongs.
+    p.send(Message::text("after")).unwrap();
+    let out = p.poll_transmit().to_vec();
+    let mut server = Protocol::server(Limits::default());
+    let (seen, err) = drive(&mut server, &out, &[]);
+    assert_eq!(err, None);
+    let mut expected: Vec<Event> = (0..10u8)
+        .map(|i| Event::Pong(Bytes::from(vec![i])))
+        .collect();
+    expected.push(Event::Message(Message::text("after")));
+    assert_eq!(seen, expected);
+}
+
+#[test]
+fn ping_flood_against_a_peer_that_does_not_read_is_bounded() {
+    let limits = Limits::default().with_max_outbound_bytes(1000);
+    let mut p = Protocol::client(limits, Box::new(FixedKey([9, 8, 7, 6])));
     let mut wire = Vec::new();
     for i in 0..10_000u32 {
         wire.extend(frame(true, OpCode::Ping, &i.to_be_bytes(), None));
     }
     let (events, err) = drive(&mut p, &wire, &[]);
     assert_eq!((events.len(), err), (10_000, None));
+    // The queue stopped at the limit; beyond it one slot holds the newest.
     let out = p.poll_transmit().to_vec();
-    // One masked pong carrying the newest ping's payload.
-    assert_eq!(out.len(), 2 + 4 + 4);
-    assert_eq!(out[0], 0x8A);
-    let mut payload = out[6..].to_vec();
+    assert!(out.len() <= 1000 + 10, "{} bytes queued", out.len());
+    assert!(p.peak_buffered_bytes() <= 2 * 1000 + 2 * limits.read_chunk);
+    let tail = &out[out.len() - 10..];
+    assert_eq!(tail[0], 0x8A);
+    let mut payload = tail[6..].to_vec();
     apply_mask(&mut payload, [9, 8, 7, 6], 0);
     assert_eq!(payload, 9_999u32.to_be_bytes());
 }

@@ -1,0 +1,303 @@
+//! [`ConnectError`]: what went wrong while opening a connection, in which phase, to where.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Phases of establishing a connection, for errors and logs.
+///
+/// Displays in lowercase (`dns`, `tcp`, `tls`, ...), which is also what
+/// [`Phase::as_str`] returns, so it can be used as a log field or metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Phase {
+    /// Parsing and validating the `ws://` / `wss://` URL.
+    Url,
+    /// Resolving the host name to addresses.
+    Dns,
+    /// Opening the TCP connection.
+    Tcp,
+    /// Building the TLS configuration or running the TLS handshake.
+    Tls,
+    /// Tunnelling through a proxy (HTTP CONNECT, SOCKS5).
+    Proxy,
+    /// The WebSocket opening handshake (HTTP Upgrade).
+    Handshake,
+}
+
+impl Phase {
+    /// The lowercase name of the phase, as displayed.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Phase::Url => "url",
+            Phase::Dns => "dns",
+            Phase::Tcp => "tcp",
+            Phase::Tls => "tls",
+            Phase::Proxy => "proxy",
+            Phase::Handshake => "handshake",
+        }
+    }
+
+    /// What the phase does to its target, as the start of an error message
+    /// ("tcp connect to 127.0.0.1:9 ...").
+    const fn action(self) -> &'static str {
+        match self {
+            Phase::Url => "parsing url",
+            Phase::Dns => "dns lookup of",
+            Phase::Tcp => "tcp connect to",
+            Phase::Tls => "tls handshake with",
+            Phase::Proxy => "proxy tunnel to",
+            Phase::Handshake => "websocket handshake with",
+        }
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What went wrong, without the where (that is [`ConnectError::phase`] and
+/// [`ConnectError::target`]).
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ConnectErrorKind {
+    /// The URL (or a host taken from it) is not usable; the string says why.
+    InvalidUrl(String),
+    /// The phase did not finish within its deadline (the duration shown is the deadline).
+    Timeout(Duration),
+    /// The resolver failed to look up the host.
+    Resolve(io::Error),
+    /// The resolver succeeded but returned no addresses.
+    NoAddresses,
+    /// A socket error (connect refused, reset during the TLS handshake, ...).
+    Io(io::Error),
+    /// rustls refused the peer (certificate, protocol) or the configuration.
+    Tls(rustls::Error),
+    /// A CA file from [`TlsOptions::extra_ca_files`](super::TlsOptions::extra_ca_files)
+    /// could not be read or used.
+    CaFile {
+        /// The file, as configured.
+        path: PathBuf,
+        /// Why it was not usable.
+        problem: String,
+    },
+    /// The TLS configuration would trust no certificate at all; the string says why.
+    NoTrustAnchors(String),
+    /// The server's HTTP answer was not a valid WebSocket upgrade (a non-101
+    /// status with its code and `Retry-After`, a redirect, a bad accept key…).
+    Handshake(wsfleet_proto::HandshakeError),
+    /// Any other error, e.g. an invalid configuration.
+    Other(Box<dyn StdError + Send + Sync + 'static>),
+}
+
+/// An error while opening a connection: the [`Phase`] it happened in, the target
+/// (`host:port`, the host for DNS, or the URL for [`Phase::Url`]) and the
+/// [`ConnectErrorKind`].
+///
+/// The display reads as something to act on, e.g.
+/// `tcp connect to 127.0.0.1:9 failed: Connection refused (os error 111)` or
+/// `tls handshake with example.com:443 timed out after 10s`.
+///
+/// The display includes the underlying error's message, and
+/// [`source`](StdError::source) also returns it, so error reporters that walk the
+/// chain will show that message twice.
+#[derive(Debug)]
+pub struct ConnectError {
+    phase: Phase,
+    target: String,
+    kind: ConnectErrorKind,
+}
+
+impl ConnectError {
+    /// Creates an error. `target` is what the phase was working on
+    /// (`host:port`, or the URL); it may be empty for configuration errors.
+    pub fn new(phase: Phase, target: impl Into<String>, kind: ConnectErrorKind) -> Self {
+        Self {
+            phase,
+            target: target.into(),
+            kind,
+        }
+    }
+
+    /// The phase the error happened in.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// What the phase was working on: `host:port`, the host (DNS), the URL
+    /// ([`Phase::Url`]), or empty for a TLS configuration error.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// What went wrong.
+    pub fn kind(&self) -> &ConnectErrorKind {
+        &self.kind
+    }
+
+    /// Consumes the error, returning what went wrong.
+    pub fn into_kind(self) -> ConnectErrorKind {
+        self.kind
+    }
+
+    /// Whether a phase deadline expired ([`ConnectErrorKind::Timeout`]).
+    pub fn is_timeout(&self) -> bool {
+        matches!(self.kind, ConnectErrorKind::Timeout(_))
+    }
+}
+
+impl fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            // These carry their own context; no target is involved.
+            ConnectErrorKind::CaFile { path, problem } => {
+                return write!(f, "cannot use CA file {}: {problem}", path.display());
+            }
+            ConnectErrorKind::NoTrustAnchors(why) => {
+                return write!(f, "tls config trusts no certificate: {why}");
+            }
+            ConnectErrorKind::InvalidUrl(why) if self.phase == Phase::Url => {
+                return write!(f, "invalid url {:?}: {why}", self.target);
+            }
+            _ => {}
+        }
+        if self.target.is_empty() {
+            write!(f, "{} setup", self.phase)?;
+        } else {
+            write!(f, "{} {}", self.phase.action(), self.target)?;
+        }
+        match &self.kind {
+            ConnectErrorKind::Timeout(after) => write!(f, " timed out after {after:?}"),
+            ConnectErrorKind::NoAddresses => f.write_str(" returned no addresses"),
+            ConnectErrorKind::InvalidUrl(why) => write!(f, " failed: {why}"),
+            ConnectErrorKind::Resolve(e) | ConnectErrorKind::Io(e) => write!(f, " failed: {e}"),
+            ConnectErrorKind::Tls(e) => write!(f, " failed: {e}"),
+            ConnectErrorKind::Other(e) => write!(f, " failed: {e}"),
+            ConnectErrorKind::Handshake(e) => write!(f, " failed: {e}"),
+            ConnectErrorKind::CaFile { .. } | ConnectErrorKind::NoTrustAnchors(_) => Ok(()),
+        }
+    }
+}
+
+impl StdError for ConnectError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match &self.kind {
+            ConnectErrorKind::Resolve(e) | ConnectErrorKind::Io(e) => Some(e),
+            ConnectErrorKind::Tls(e) => Some(e),
+            ConnectErrorKind::Other(e) => Some(e.as_ref()),
+            ConnectErrorKind::Handshake(e) => Some(e),
+            ConnectErrorKind::InvalidUrl(_)
+            | ConnectErrorKind::Timeout(_)
+            | ConnectErrorKind::NoAddresses
+            | ConnectErrorKind::CaFile { .. }
+            | ConnectErrorKind::NoTrustAnchors(_) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_reads_like_an_action() {
+        let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
+        let e = ConnectError::new(Phase::Tcp, "127.0.0.1:9", ConnectErrorKind::Io(refused));
+        assert!(
+            e.to_string()
+                .starts_with("tcp connect to 127.0.0.1:9 failed: "),
+            "{e}"
+        );
+        assert!(e.source().is_some());
+        assert!(!e.is_timeout());
+
+        let e = ConnectError::new(
+            Phase::Tls,
+            "example.com:443",
+            ConnectErrorKind::Timeout(Duration::from_secs(10)),
+        );
+        assert_eq!(
+            e.to_string(),
+            "tls handshake with example.com:443 timed out after 10s"
+        );
+        assert!(e.is_timeout());
+
+        let e = ConnectError::new(
+            Phase::Dns,
+            "nosuch.invalid",
+            ConnectErrorKind::Resolve(io::Error::other("no such host")),
+        );
+        assert_eq!(
+            e.to_string(),
+            "dns lookup of nosuch.invalid failed: no such host"
+        );
+
+        let e = ConnectError::new(Phase::Dns, "empty.example", ConnectErrorKind::NoAddresses);
+        assert_eq!(
+            e.to_string(),
+            "dns lookup of empty.example returned no addresses"
+        );
+
+        let e = ConnectError::new(
+            Phase::Url,
+            "http://x/",
+            ConnectErrorKind::InvalidUrl("scheme must be ws or wss".into()),
+        );
+        assert_eq!(
+            e.to_string(),
+            "invalid url \"http://x/\": scheme must be ws or wss"
+        );
+
+        let e = ConnectError::new(
+            Phase::Tls,
+            "",
+            ConnectErrorKind::CaFile {
+                path: "/etc/x/ca.pem".into(),
+                problem: "No such file or directory".into(),
+            },
+        );
+        assert_eq!(
+            e.to_string(),
+            "cannot use CA file /etc/x/ca.pem: No such file or directory"
+        );
+
+        let e = ConnectError::new(
+            Phase::Handshake,
+            "example.com:443",
+            ConnectErrorKind::Other("status 403".into()),
+        );
+        assert_eq!(
+            e.to_string(),
+            "websocket handshake with example.com:443 failed: status 403"
+        );
+        assert_eq!(
+            e.source().map(|s| s.to_string()).as_deref(),
+            Some("status 403")
+        );
+    }
+
+    #[test]
+    fn phase_display_is_lowercase() {
+        let all = [
+            (Phase::Url, "url"),
+            (Phase::Dns, "dns"),
+            (Phase::Tcp, "tcp"),
+            (Phase::Tls, "tls"),
+            (Phase::Proxy, "proxy"),
+            (Phase::Handshake, "handshake"),
+        ];
+        for (phase, name) in all {
+            assert_eq!(phase.to_string(), name);
+        }
+    }
+
+    #[test]
+    fn connect_error_is_send_sync_static() {
+        fn check<T: Send + Sync + 'static>() {}
+        check::<ConnectError>();
+    }
+}

@@ -1,0 +1,116 @@
+//! Everything one connection is opened with.
+
+use std::sync::Arc;
+
+use wsfleet_proto::{Limits, MemoryBudget};
+
+use super::Keepalive;
+use crate::connect::Deadlines;
+
+/// How to open and run one connection. `Default` is what most users want:
+/// default [`Limits`], deadlines and keepalive, webpki roots for `wss`.
+///
+/// ```
+/// use wsfleet::ConnectionConfig;
+/// let config = ConnectionConfig::default()
+///     .protocol("mqtt")
+///     .header("Authorization", "Bearer token");
+/// assert_eq!(config.protocols, ["mqtt"]);
+/// ```
+#[derive(Clone, Default)]
+#[non_exhaustive]
+pub struct ConnectionConfig {
+    /// Bounds on everything the peer can push against.
+    pub limits: Limits,
+    /// Deadlines for DNS, TCP, TLS, the handshake and the close handshake.
+    pub deadlines: Deadlines,
+    /// Ping interval and pong timeout.
+    pub keepalive: Keepalive,
+    /// TLS client configuration for `wss`; `None` uses webpki roots
+    /// (built once per process). See [`crate::connect::TlsOptions`].
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Subprotocols to offer, in order of preference.
+    pub protocols: Vec<String>,
+    /// Extra request headers (for example `Authorization`).
+    pub headers: Vec<(String, String)>,
+    /// `Origin` header, if any.
+    pub origin: Option<String>,
+    /// Shared budget every buffer growth is charged to, if any.
+    pub budget: Option<Arc<dyn MemoryBudget>>,
+}
+
+impl ConnectionConfig {
+    /// Sets the limits.
+    #[must_use]
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Sets the deadlines.
+    #[must_use]
+    pub fn deadlines(mut self, deadlines: Deadlines) -> Self {
+        self.deadlines = deadlines;
+        self
+    }
+
+    /// Sets the keepalive policy.
+    #[must_use]
+    pub fn keepalive(mut self, keepalive: Keepalive) -> Self {
+        self.keepalive = keepalive;
+        self
+    }
+
+    /// Uses this TLS configuration for `wss`.
+    #[must_use]
+    pub fn tls(mut self, tls: Arc<rustls::ClientConfig>) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Offers a subprotocol.
+    #[must_use]
+    pub fn protocol(mut self, protocol: impl Into<String>) -> Self {
+        self.protocols.push(protocol.into());
+        self
+    }
+
+    /// Adds a request header.
+    #[must_use]
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Sets the `Origin` header.
+    #[must_use]
+    pub fn origin(mut self, origin: impl Into<String>) -> Self {
+        self.origin = Some(origin.into());
+        self
+    }
+
+    /// Charges buffers to `budget`.
+    #[must_use]
+    pub fn budget(mut self, budget: Arc<dyn MemoryBudget>) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+}
+
+impl std::fmt::Debug for ConnectionConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionConfig")
+            .field("limits", &self.limits)
+            .field("deadlines", &self.deadlines)
+            .field("keepalive", &self.keepalive)
+            .field("tls", &self.tls.as_ref().map(|_| "custom"))
+            .field("protocols", &self.protocols)
+            .field(
+                "headers",
+                &self.headers.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
+            .field("origin", &self.origin)
+            .field("budget", &self.budget)
+            .finish()
+    }
+}

@@ -1,0 +1,137 @@
+//! The I/O step: write what the protocol wants written, read into its
+//! buffer, run the keepalive timer — in one poll, so no branch holds state
+//! across an await and every caller is cancel-safe.
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use tokio::io::AsyncWrite;
+use tokio::time::Instant;
+
+use super::keepalive::Action;
+use super::{Connection, Error};
+use crate::connect::MaybeTlsStream;
+
+/// What one step achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Step {
+    /// Bytes were written or read, or a timer did its work.
+    Progress,
+    /// The peer ended the stream.
+    Eof,
+}
+
+impl Connection {
+    /// Waits until some I/O progress is made. With `read`, also reads and
+    /// runs the keepalive timer.
+    pub(super) async fn step(&mut self, read: bool) -> Result<Step, Error> {
+        poll_fn(|cx| self.poll_step(cx, read)).await
+    }
+
+    /// Writes what can be written now without waiting.
+    pub(super) fn write_now(&mut self) -> Result<(), Error> {
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        match self.poll_write_all(&mut cx) {
+            Poll::Ready(Err(e)) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    fn poll_step(&mut self, cx: &mut Context<'_>, read: bool) -> Poll<Result<Step, Error>> {
+        let wrote = match self.poll_write_all(cx) {
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Ready(Ok(n)) => n > 0,
+            Poll::Pending => false,
+        };
+        if read && self.proto.wants_read() {
+            // Plain TCP: wait for readability before lending a buffer, so an
+            // idle connection holds no read buffer at all.
+            let ready = match &self.stream {
+                MaybeTlsStream::Plain(tcp) => tcp.poll_read_ready(cx).is_ready(),
+                _ => true,
+            };
+            if ready {
+                let mut buf = self.proto.read_buf().map_err(Error::Protocol)?;
+                match tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut buf) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Ok(Step::Eof)),
+                    Poll::Ready(Ok(n)) => {
+                        self.stats.bytes_in += n as u64;
+                        self.keepalive.on_receive(Instant::now());
+                        return Poll::Ready(Ok(Step::Progress));
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::Io(e))),
+                    Poll::Pending => self.proto.release_idle_buffers(),
+                }
+            }
+        }
+        if read {
+            if let Some(timer) = &mut self.timer {
+                if timer.as_mut().poll(cx).is_ready() {
+                    let now = Instant::now();
+                    match self.keepalive.on_timer(now) {
+                        Action::Wait(at) => timer.as_mut().reset(at),
+                        Action::Ping(at) => {
+                            timer.as_mut().reset(at);
+                            // A full queue already proves we are not idle.
+                            let _ = self.proto.ping(bytes::Bytes::new());
+                        }
+                        Action::Dead => {
+                            let waited = self.keepalive_timeout();
+                            return Poll::Ready(Err(Error::PongTimeout(waited)));
+                        }
+                    }
+                    return Poll::Ready(Ok(Step::Progress));
+                }
+            }
+        }
+        if wrote {
+            Poll::Ready(Ok(Step::Progress))
+        } else {
+            Poll::Pending
+        }
+    }
+
+    fn keepalive_timeout(&self) -> std::time::Duration {
+        self.keepalive.pong_timeout()
+    }
+
+    /// Writes until the protocol has nothing more or the socket is full.
+    /// Returns how many bytes were written; `Pending` only if nothing could be.
+    fn poll_write_all(&mut self, cx: &mut Context<'_>) -> Poll<Result<usize, Error>> {
+        let mut written = 0;
+        loop {
+            let out = self.proto.poll_transmit();
+            if out.is_empty() {
+                break;
+            }
+            match Pin::new(&mut self.stream).poll_write(cx, out) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(Error::Io(io::ErrorKind::WriteZero.into())));
+                }
+                Poll::Ready(Ok(n)) => {
+                    self.proto.advance_transmit(n);
+                    self.stats.bytes_out += n as u64;
+                    written += n;
+                    self.need_flush = true;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::Io(e))),
+                Poll::Pending => {
+                    return if written > 0 {
+                        Poll::Ready(Ok(written))
+                    } else {
+                        Poll::Pending
+                    };
+                }
+            }
+        }
+        if self.need_flush {
+            // TLS buffers records; plain TCP flush is a no-op.
+            ready!(Pin::new(&mut self.stream).poll_flush(cx)).map_err(Error::Io)?;
+            self.need_flush = false;
+        }
+        Poll::Ready(Ok(written))
+    }
+}

@@ -1,0 +1,86 @@
+use std::fmt;
+use std::io;
+use std::time::Duration;
+
+use wsfleet_proto::{ConfigError, ProtocolError, SendError};
+
+/// Why a connection ended or an operation on it failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// The peer broke RFC 6455 or one of our limits; a close frame with
+    /// [`ProtocolError::close_code`] was sent.
+    Protocol(ProtocolError),
+    /// The socket failed.
+    Io(io::Error),
+    /// A ping went unanswered (nothing at all received) for this long.
+    PongTimeout(Duration),
+    /// The peer did not finish the close handshake within the deadline.
+    CloseTimeout(Duration),
+    /// TCP ended without a close frame (close code 1006).
+    AbnormalClosure {
+        /// A frame or message was partly received when it ended.
+        mid_message: bool,
+    },
+    /// The message was not queued; it is handed back inside.
+    Send(SendError),
+    /// `close` was given a code that may not be sent.
+    InvalidCloseCode(ConfigError),
+}
+
+impl Error {
+    /// The protocol error, if that is what ended the connection.
+    pub fn protocol_error(&self) -> Option<&ProtocolError> {
+        match self {
+            Self::Protocol(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// True for the deadline errors.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Self::PongTimeout(_) | Self::CloseTimeout(_))
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Protocol(e) => write!(f, "protocol error (closed with {}): {e}", e.close_code()),
+            Self::Io(e) => write!(f, "socket error: {e}"),
+            Self::PongTimeout(d) => write!(f, "peer silent: no answer to ping within {d:?}"),
+            Self::CloseTimeout(d) => {
+                write!(f, "peer did not finish the close handshake within {d:?}")
+            }
+            Self::AbnormalClosure { mid_message: true } => {
+                write!(
+                    f,
+                    "peer ended TCP without a close frame, in the middle of a message (1006)"
+                )
+            }
+            Self::AbnormalClosure { mid_message: false } => {
+                write!(f, "peer ended TCP without a close frame (1006)")
+            }
+            Self::Send(e) => e.fmt(f),
+            Self::InvalidCloseCode(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Protocol(e) => Some(e),
+            Self::Io(e) => Some(e),
+            Self::Send(e) => Some(e),
+            Self::InvalidCloseCode(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for Error {
+    fn from(e: io::Error) -> Self {
+        Self::Io(e)
+    }
+}

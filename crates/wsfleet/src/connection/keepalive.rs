@@ -1,0 +1,157 @@
+//! Keepalive policy: ping after a quiet interval, fail if nothing comes back
+//! within the pong timeout. Any received byte counts as a sign of life, so a
+//! busy connection sends no pings.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// When to ping and how long to wait for an answer.
+///
+/// ```
+/// use std::time::Duration;
+/// use wsfleet::Keepalive;
+/// let k = Keepalive::default().with_interval(Some(Duration::from_secs(5)));
+/// assert_eq!(k.interval, Some(Duration::from_secs(5)));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Keepalive {
+    /// Quiet time (nothing received) after which a ping is sent. `None`
+    /// disables pings (a silent peer is then never detected). Default 20 s.
+    pub interval: Option<Duration>,
+    /// How long after a ping some byte must arrive before the connection is
+    /// declared dead. Default 10 s.
+    pub pong_timeout: Duration,
+}
+
+impl Default for Keepalive {
+    fn default() -> Self {
+        Self {
+            interval: Some(Duration::from_secs(20)),
+            pong_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Keepalive {
+    /// Sets [`Keepalive::interval`].
+    #[must_use]
+    pub fn with_interval(mut self, interval: Option<Duration>) -> Self {
+        self.interval = interval;
+        self
+    }
+
+    /// Sets [`Keepalive::pong_timeout`].
+    #[must_use]
+    pub fn with_pong_timeout(mut self, timeout: Duration) -> Self {
+        self.pong_timeout = timeout;
+        self
+    }
+}
+
+/// What the timer asks the driver to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Action {
+    /// Nothing now; sleep until the returned deadline.
+    Wait(Instant),
+    /// Send a ping, then sleep until the returned deadline.
+    Ping(Instant),
+    /// No sign of life within the pong timeout.
+    Dead,
+}
+
+/// The keepalive state machine: plain data, driven with `now`.
+#[derive(Debug, Clone)]
+pub(crate) struct KeepaliveState {
+    config: Keepalive,
+    last_rx: Instant,
+    ping_sent: Option<Instant>,
+}
+
+impl KeepaliveState {
+    pub(crate) fn new(config: Keepalive, now: Instant) -> Self {
+        Self {
+            config,
+            last_rx: now,
+            ping_sent: None,
+        }
+    }
+
+    /// The first deadline, or `None` when keepalive is off.
+    pub(crate) fn first_deadline(&self) -> Option<Instant> {
+        self.config.interval.map(|i| self.last_rx + i)
+    }
+
+    /// The configured pong timeout.
+    pub(crate) fn pong_timeout(&self) -> Duration {
+        self.config.pong_timeout
+    }
+
+    /// Bytes arrived at `now`.
+    pub(crate) fn on_receive(&mut self, now: Instant) {
+        self.last_rx = now;
+    }
+
+    /// The timer fired at `now`.
+    pub(crate) fn on_timer(&mut self, now: Instant) -> Action {
+        let Some(interval) = self.config.interval else {
+            return Action::Wait(now + Duration::from_secs(86_400));
+        };
+        if let Some(sent) = self.ping_sent {
+            if self.last_rx >= sent {
+                self.ping_sent = None;
+            } else if now >= sent + self.config.pong_timeout {
+                return Action::Dead;
+            } else {
+                return Action::Wait(sent + self.config.pong_timeout);
+            }
+        }
+        let due = self.last_rx + interval;
+        if now >= due {
+            self.ping_sent = Some(now);
+            Action::Ping(now + self.config.pong_timeout)
+        } else {
+            Action::Wait(due)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    #[test]
+    fn quiet_connection_pings_then_dies_without_answer() {
+        let t0 = Instant::now();
+        let mut k = KeepaliveState::new(Keepalive::default(), t0);
+        assert_eq!(k.first_deadline(), Some(t0 + secs(20)));
+        assert_eq!(k.on_timer(t0 + secs(20)), Action::Ping(t0 + secs(30)));
+        assert_eq!(k.on_timer(t0 + secs(25)), Action::Wait(t0 + secs(30)));
+        assert_eq!(k.on_timer(t0 + secs(30)), Action::Dead);
+    }
+
+    #[test]
+    fn an_answer_resets_the_cycle() {
+        let t0 = Instant::now();
+        let mut k = KeepaliveState::new(Keepalive::default(), t0);
+        assert_eq!(k.on_timer(t0 + secs(20)), Action::Ping(t0 + secs(30)));
+        k.on_receive(t0 + secs(21));
+        assert_eq!(k.on_timer(t0 + secs(30)), Action::Wait(t0 + secs(41)));
+        assert_eq!(k.on_timer(t0 + secs(41)), Action::Ping(t0 + secs(51)));
+    }
+
+    #[test]
+    fn busy_connection_never_pings() {
+        let t0 = Instant::now();
+        let mut k = KeepaliveState::new(Keepalive::default(), t0);
+        for s in 1..100 {
+            k.on_receive(t0 + secs(s * 10));
+            assert!(matches!(k.on_timer(t0 + secs(s * 10 + 5)), Action::Wait(_)));
+        }
+    }
+}

@@ -1,0 +1,348 @@
+//! One WebSocket client connection on tokio.
+//!
+//! [`Connection`] owns its socket and its [`Protocol`] machine; it makes
+//! progress only inside its async methods. Drive [`Connection::recv`]
+//! continuously (it answers pings, sends keepalive pings and detects a
+//! silent peer); send from the same task, for example with
+//! `tokio::select!` over `recv()` and your own channel — `recv` is
+//! cancel-safe, because all state lives in the protocol machine, not in the
+//! future.
+
+mod config;
+mod driver;
+mod error;
+mod handshake;
+mod keepalive;
+
+use std::pin::Pin;
+
+use bytes::Bytes;
+use tokio::time::{Instant, Sleep};
+use wsfleet_proto::{CloseCode, CloseFrame, Event, Message, Protocol, SendError};
+
+pub use config::ConnectionConfig;
+pub use error::Error;
+pub use keepalive::Keepalive;
+
+use crate::connect::{self, ConnectError, MaybeTlsStream, Target};
+use crate::keys::OsRngKeys;
+use keepalive::KeepaliveState;
+
+/// Counters of one connection, as a snapshot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnectionStats {
+    /// Bytes read from the socket (after TLS).
+    pub bytes_in: u64,
+    /// Bytes written to the socket (before TLS).
+    pub bytes_out: u64,
+    /// Messages received.
+    pub msgs_in: u64,
+    /// Messages queued by `send`.
+    pub msgs_out: u64,
+    /// Buffer bytes held now.
+    pub buffered_bytes: usize,
+    /// Most buffer bytes ever held.
+    pub peak_buffered_bytes: usize,
+}
+
+/// One WebSocket client connection.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use wsfleet::{Connection, ConnectionConfig, Message};
+/// let mut conn = Connection::connect("ws://127.0.0.1:9001/", &ConnectionConfig::default()).await?;
+/// conn.send(Message::text("hello")).await?;
+/// while let Some(message) = conn.recv().await {
+///     println!("{:?}", message?);
+/// }
+/// # Ok(()) }
+/// ```
+pub struct Connection {
+    stream: MaybeTlsStream,
+    proto: Protocol,
+    target: Target,
+    protocol: Option<String>,
+    /// WebSocket bytes that arrived with the handshake response.
+    leftover: Bytes,
+    keepalive: KeepaliveState,
+    timer: Option<Pin<Box<Sleep>>>,
+    deadlines: connect::Deadlines,
+    peer_close: Option<CloseFrame>,
+    /// recv() has reported the end (None or an error) already.
+    finished: bool,
+    need_flush: bool,
+    stats: ConnectionStats,
+}
+
+impl Connection {
+    /// Opens `url` (`ws://` or `wss://`): DNS, TCP, TLS and the handshake,
+    /// each within its deadline.
+    ///
+    /// # Errors
+    /// A [`ConnectError`] naming the phase that failed and the target.
+    pub async fn connect(url: &str, config: &ConnectionConfig) -> Result<Self, ConnectError> {
+        let target = Target::parse(url)?;
+        Self::connect_target(target, config).await
+    }
+
+    /// As [`connect`](Self::connect), for an already parsed target.
+    ///
+    /// # Errors
+    /// A [`ConnectError`] naming the phase that failed and the target.
+    pub async fn connect_target(
+        target: Target,
+        config: &ConnectionConfig,
+    ) -> Result<Self, ConnectError> {
+        config.limits.validate().map_err(|e| {
+            ConnectError::new(
+                connect::Phase::Url,
+                target.authority(),
+                connect::ConnectErrorKind::Other(Box::new(e)),
+            )
+        })?;
+        let mut stream = connect::open(&target, config.tls.as_ref(), &config.deadlines).await?;
+        let (response, leftover) =
+            handshake::client_handshake(&mut stream, &target, config).await?;
+        let mut proto = Protocol::client(config.limits, Box::new(OsRngKeys));
+        if let Some(budget) = &config.budget {
+            proto = proto.with_budget(budget.clone());
+        }
+        let now = Instant::now();
+        let keepalive = KeepaliveState::new(config.keepalive, now);
+        let timer = keepalive
+            .first_deadline()
+            .map(|at| Box::pin(tokio::time::sleep_until(at)));
+        tracing::debug!(target = %target.authority(), protocol = ?response.protocol, "websocket connected");
+        Ok(Self {
+            stream,
+            proto,
+            target,
+            protocol: response.protocol,
+            leftover,
+            keepalive,
+            timer,
+            deadlines: config.deadlines,
+            peer_close: None,
+            finished: false,
+            need_flush: false,
+            stats: ConnectionStats::default(),
+        })
+    }
+
+    /// The subprotocol the server chose.
+    pub fn protocol(&self) -> Option<&str> {
+        self.protocol.as_deref()
+    }
+
+    /// Where this connection goes.
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// The peer's close frame, once received.
+    pub fn close_frame(&self) -> Option<&CloseFrame> {
+        self.peer_close.as_ref()
+    }
+
+    /// Counters and buffer use.
+    pub fn stats(&self) -> ConnectionStats {
+        ConnectionStats {
+            buffered_bytes: self.proto.buffered_bytes(),
+            peak_buffered_bytes: self.proto.peak_buffered_bytes(),
+            ..self.stats
+        }
+    }
+
+    /// The next message. `None` once the connection is closed cleanly (the
+    /// peer's close frame, if any, is in [`close_frame`](Self::close_frame)).
+    /// An error ends the connection: after a protocol error a close frame
+    /// with the matching code has been sent (within the close deadline).
+    ///
+    /// Cancel-safe: dropping the future loses nothing.
+    pub async fn recv(&mut self) -> Option<Result<Message, Error>> {
+        if self.finished {
+            return None;
+        }
+        let result = self.recv_inner().await;
+        if !matches!(result, Some(Ok(_))) {
+            self.finished = true;
+        }
+        result
+    }
+
+    async fn recv_inner(&mut self) -> Option<Result<Message, Error>> {
+        loop {
+            match self.proto.poll_event() {
+                Ok(Some(Event::Message(m))) => {
+                    self.stats.msgs_in += 1;
+                    return Some(Ok(m));
+                }
+                Ok(Some(Event::Close(frame))) => {
+                    tracing::debug!(target = %self.target.authority(), close = ?frame, "peer closed");
+                    self.peer_close = frame;
+                    // Our reply is queued: write it and end TCP, bounded.
+                    return match self.finish_close().await {
+                        Ok(()) => None,
+                        Err(e) => Some(Err(e)),
+                    };
+                }
+                Ok(Some(_ping_or_pong)) => continue,
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::debug!(target = %self.target.authority(), error = %e, "protocol error; closing");
+                    let _ = self.finish_close().await;
+                    return Some(Err(Error::Protocol(e)));
+                }
+            }
+            if !self.leftover.is_empty() {
+                if let Err(e) = self.feed_leftover() {
+                    let _ = self.finish_close().await;
+                    return Some(Err(Error::Protocol(e)));
+                }
+                continue;
+            }
+            match self.step(true).await {
+                Ok(driver::Step::Eof) => {
+                    return Some(Err(Error::AbnormalClosure {
+                        mid_message: self.proto.is_mid_message(),
+                    }));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    if matches!(e, Error::PongTimeout(_)) {
+                        // Tell a peer that may still listen; don't wait for it.
+                        let _ = self
+                            .proto
+                            .close(CloseCode::POLICY_VIOLATION, "pong timeout");
+                        let _ = tokio::time::timeout(
+                            std::time::Duration::from_millis(100),
+                            self.flush(),
+                        )
+                        .await;
+                    }
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+
+    fn feed_leftover(&mut self) -> Result<(), wsfleet_proto::ProtocolError> {
+        let room = {
+            let buf = self.proto.read_buf()?;
+            bytes::BufMut::remaining_mut(&buf)
+        };
+        let piece = self.leftover.split_to(room.min(self.leftover.len()));
+        self.proto.feed(&piece)
+    }
+
+    /// Queues `message` and writes as much as the socket takes without
+    /// waiting. When the outbound queue is full, waits for it to drain
+    /// first (backpressure).
+    ///
+    /// # Errors
+    /// [`Error::Send`] hands the message back if the connection is closing
+    /// or the budget refused it; an I/O error if the socket failed.
+    pub async fn send(&mut self, message: Message) -> Result<(), Error> {
+        let mut message = message;
+        loop {
+            match self.proto.send(message) {
+                Ok(()) => {
+                    self.stats.msgs_out += 1;
+                    break;
+                }
+                Err(SendError::Full(m)) => {
+                    message = m;
+                    self.step(false).await?;
+                }
+                Err(e) => return Err(Error::Send(e)),
+            }
+        }
+        self.write_now()
+    }
+
+    /// Sends a ping (payload cut to 125 bytes).
+    ///
+    /// # Errors
+    /// As [`send`](Self::send).
+    pub async fn ping(&mut self, payload: Bytes) -> Result<(), Error> {
+        self.proto.ping(payload).map_err(Error::Send)?;
+        self.write_now()
+    }
+
+    /// Waits until everything queued is written.
+    ///
+    /// # Errors
+    /// An I/O error if the socket failed.
+    pub async fn flush(&mut self) -> Result<(), Error> {
+        while self.proto.has_transmit() || self.need_flush {
+            self.step(false).await?;
+        }
+        Ok(())
+    }
+
+    /// Closes cleanly: sends a close frame with `code` and `reason`, waits
+    /// (within the close deadline) for the peer's close frame and for the
+    /// server to end TCP. Messages that arrive meanwhile are dropped.
+    ///
+    /// # Errors
+    /// [`Error::InvalidCloseCode`] for a code that may not be sent;
+    /// [`Error::CloseTimeout`] if the peer did not answer in time.
+    pub async fn close(&mut self, code: CloseCode, reason: &str) -> Result<(), Error> {
+        if self.finished {
+            return Ok(());
+        }
+        self.proto
+            .close(code, reason)
+            .map_err(Error::InvalidCloseCode)?;
+        self.finished = true;
+        self.finish_close().await
+    }
+
+    /// After a close frame was queued (ours, a reply, or an error's): writes
+    /// it, reads until the peer's close frame and the end of TCP, all within
+    /// the close deadline, then shuts the socket.
+    async fn finish_close(&mut self) -> Result<(), Error> {
+        let deadline = self.deadlines.close;
+        let drain = async {
+            loop {
+                // Input after our close is parsed only for the peer's close.
+                match self.proto.poll_event() {
+                    Ok(Some(Event::Close(frame))) => {
+                        self.peer_close = frame;
+                        continue;
+                    }
+                    Ok(Some(_)) => continue,
+                    Ok(None) | Err(_) => {}
+                }
+                // RFC 6455 §7.1.1: the server ends TCP first, so even after
+                // both close frames we read until EOF.
+                match self.step(true).await? {
+                    driver::Step::Eof => return Ok(()),
+                    _ => continue,
+                }
+            }
+        };
+        let result = match tokio::time::timeout(deadline, drain).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::CloseTimeout(deadline)),
+        };
+        use tokio::io::AsyncWriteExt;
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_millis(100),
+            self.stream.shutdown(),
+        )
+        .await;
+        result
+    }
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("target", &self.target.authority())
+            .field("protocol", &self.protocol)
+            .field("proto", &self.proto)
+            .finish_non_exhaustive()
+    }
+}
