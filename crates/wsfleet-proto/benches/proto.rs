@@ -9,8 +9,10 @@
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_main};
+use wsfleet_proto::frame::{FrameHeader, MAX_HEADER_LEN, OpCode, encode_header, parse_header};
 use wsfleet_proto::mask::{apply_mask, mask_into};
 use wsfleet_proto::utf8::{Utf8Validator, validate};
+use wsfleet_proto::{FixedKey, Limits, Message, Protocol};
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * KIB;
@@ -97,9 +99,100 @@ fn bench_utf8(c: &mut Criterion) {
     group.finish();
 }
 
+/// `count` unmasked server frames (text, `payload` bytes each), as a client reads them.
+fn small_frames(count: usize, payload: usize) -> Vec<u8> {
+    let mut wire = Vec::with_capacity(count * (payload + 2));
+    let header = FrameHeader {
+        fin: true,
+        rsv: 0,
+        opcode: OpCode::Text,
+        mask: None,
+        payload_len: payload as u64,
+    };
+    let mut head = [0; MAX_HEADER_LEN];
+    let n = encode_header(&header, &mut head);
+    for _ in 0..count {
+        wire.extend_from_slice(&head[..n]);
+        wire.extend(std::iter::repeat_n(b'a', payload));
+    }
+    wire
+}
+
+/// Frame header parse and encode, and small-frame decode through the whole
+/// machine (read buffer, header checks, UTF-8, message out) in frames/s.
+fn bench_frames(c: &mut Criterion) {
+    let mut g = c.benchmark_group("frames");
+    let header = FrameHeader {
+        fin: true,
+        rsv: 0,
+        opcode: OpCode::Binary,
+        mask: Some([1, 2, 3, 4]),
+        payload_len: 70_000,
+    };
+    let mut head = [0; MAX_HEADER_LEN];
+    let n = encode_header(&header, &mut head);
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("header_parse", |b| {
+        b.iter(|| parse_header(black_box(&head[..n])))
+    });
+    g.bench_function("header_encode", |b| {
+        let mut out = [0; MAX_HEADER_LEN];
+        b.iter(|| encode_header(black_box(&header), &mut out))
+    });
+
+    const COUNT: usize = 10_000;
+    for payload in [16usize, 128] {
+        let wire = small_frames(COUNT, payload);
+        g.throughput(Throughput::Elements(COUNT as u64));
+        g.bench_with_input(
+            BenchmarkId::new("decode_small", payload),
+            &wire,
+            |b, wire| {
+                b.iter(|| {
+                    let mut p = Protocol::client(Limits::default(), Box::new(FixedKey([0; 4])));
+                    let mut rest = &wire[..];
+                    let mut messages = 0;
+                    while !rest.is_empty() {
+                        let mut buf = p.read_buf().unwrap();
+                        let take = bytes::BufMut::remaining_mut(&buf).min(rest.len());
+                        bytes::BufMut::put_slice(&mut buf, &rest[..take]);
+                        rest = &rest[take..];
+                        while let Some(event) = p.poll_event().unwrap() {
+                            black_box(event);
+                            messages += 1;
+                        }
+                    }
+                    assert_eq!(messages, COUNT);
+                })
+            },
+        );
+        g.bench_with_input(
+            BenchmarkId::new("encode_small_masked", payload),
+            &payload,
+            |b, &payload| {
+                let message = Message::text("a".repeat(payload));
+                let mut p = Protocol::client(Limits::default(), Box::new(FixedKey([1, 2, 3, 4])));
+                b.iter(|| {
+                    for _ in 0..COUNT {
+                        p.send(message.clone()).unwrap();
+                        let len = p.poll_transmit().len();
+                        p.advance_transmit(len);
+                    }
+                })
+            },
+        );
+    }
+    g.finish();
+}
+
 // `criterion_group!` expands to an undocumented `pub fn`.
 #[allow(missing_docs)]
 mod groups {
-    criterion::criterion_group!(benches, super::bench_unmask, super::bench_utf8);
+    criterion::criterion_group!(
+        benches,
+        super::bench_unmask,
+        super::bench_utf8,
+        super::bench_frames
+    );
 }
 criterion_main!(groups::benches);

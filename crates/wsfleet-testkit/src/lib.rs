@@ -1,1 +1,120 @@
-//! Real WebSocket peers on loopback for wsfleet tests.
+//! Real WebSocket peers on loopback for wsfleet's tests.
+//!
+//! Everything here listens on `127.0.0.1` only, is bounded in time, and cleans up
+//! after itself: a child process is killed when its handle drops, an in-process
+//! server task is aborted.
+//!
+//! - [`PyServer`]: the Python `websockets` server (`py/ws_server.py` in this crate),
+//!   run by the interpreter of the test venv (see [`venv`]). Modes in [`Mode`];
+//!   permessage-deflate via [`PyOptions::deflate`].
+//! - [`RustServer`]: an in-process tokio-tungstenite server, same [`Mode`]s
+//!   (no permessage-deflate: tungstenite has none).
+//! - [`free_port`], [`bounded`]: small helpers for tests.
+//!
+//! The Python peer needs the venv that `scripts/setup-venv` creates (and
+//! `scripts/test` refreshes). When it is missing, [`PyServer::start`] fails with an
+//! error saying so, so a test never skips silently.
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! use wsfleet_testkit::{Mode, PyServer, RustServer};
+//!
+//! let py = PyServer::start(Mode::Echo).await?;
+//! let rs = RustServer::start(Mode::close(1001, "going away")).await?;
+//! println!("{} {}", py.url(), rs.url()); // ws://127.0.0.1:PORT/
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The Autobahn run (kosoku) is driven by `scripts/autobahn`, not from Rust.
+
+mod capture;
+mod py;
+mod rust_server;
+mod venv;
+
+use std::future::Future;
+use std::time::Duration;
+
+pub use py::{PyOptions, PyServer};
+pub use rust_server::RustServer;
+pub use venv::{python, require_python, venv, workspace_root};
+
+/// How a test server treats every connection it accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// Echo every message back with the same type (text stays text).
+    Echo,
+    /// Complete the handshake, then never read again: pings go unanswered, nothing
+    /// is ever sent. For keepalive and close-handshake timeouts.
+    Silent,
+    /// Send a close frame with `code` and `reason` right after the handshake.
+    ///
+    /// The Python server writes codes that `websockets` refuses to send (1005,
+    /// 999, 2000, ...) as a raw frame, so invalid codes can be tested too.
+    Close {
+        /// The close code sent.
+        code: u16,
+        /// The close reason sent (at most 123 bytes).
+        reason: String,
+    },
+    /// Accept this subprotocol, then echo. A client that does not offer it is
+    /// refused with HTTP 400.
+    Subprotocol(String),
+    /// Send one text message, a JSON object of the request headers (names
+    /// lowercased, repeated headers joined by `", "`), then echo.
+    Headers,
+}
+
+impl Mode {
+    /// Shorthand for [`Mode::Close`].
+    pub fn close(code: u16, reason: impl Into<String>) -> Self {
+        Mode::Close {
+            code,
+            reason: reason.into(),
+        }
+    }
+
+    /// Shorthand for [`Mode::Subprotocol`].
+    pub fn subprotocol(name: impl Into<String>) -> Self {
+        Mode::Subprotocol(name.into())
+    }
+}
+
+/// The largest message the test servers accept (64 MiB).
+pub const MAX_MESSAGE_SIZE: usize = 64 << 20;
+
+/// The default bound for one step of a test ([`bounded`]): 30 s.
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Returns a port that was free on `127.0.0.1` a moment ago.
+///
+/// Binds `127.0.0.1:0`, reads the port and releases it, so another process may
+/// take it before the caller binds it. Prefer servers that bind port 0 themselves
+/// and report their port, as [`PyServer`] and [`RustServer`] do; use this for
+/// peers that need a port number up front.
+///
+/// # Panics
+///
+/// If binding `127.0.0.1:0` fails (no loopback interface).
+pub async fn free_port() -> u16 {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .expect("bind 127.0.0.1:0 to find a free port");
+    listener
+        .local_addr()
+        .expect("local_addr of a bound listener")
+        .port()
+}
+
+/// Awaits `fut` for at most [`STEP_TIMEOUT`].
+///
+/// # Panics
+///
+/// If `fut` does not finish in time; the message names `what`.
+pub async fn bounded<F: Future>(what: &str, fut: F) -> F::Output {
+    match tokio::time::timeout(STEP_TIMEOUT, fut).await {
+        Ok(out) => out,
+        Err(_) => panic!("{what}: did not finish within {STEP_TIMEOUT:?}"),
+    }
+}

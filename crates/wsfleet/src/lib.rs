@@ -14,7 +14,8 @@
 pub mod connect;
 mod connection;
 mod keys;
+pub mod serve;
 
 pub use connection::{Connection, ConnectionConfig, ConnectionStats, Error, Keepalive};
 pub use keys::OsRngKeys;
-pub use wsfleet_proto::{self as proto, CloseCode, CloseFrame, Limits, Message, Utf8Bytes};
+pub use wsfleet_proto::{self as proto, CloseCode, CloseFrame, Limits, Message, Role, Utf8Bytes};

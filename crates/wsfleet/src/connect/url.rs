@@ -174,7 +174,7 @@ impl Target {
     }
 
     /// `host:port` with the port always present and IPv6 in brackets, for logs and errors.
-    pub(crate) fn authority(&self) -> String {
+    pub fn authority(&self) -> String {
         format!("{}:{}", self.bracketed_host(), self.port)
     }
 

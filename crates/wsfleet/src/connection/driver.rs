@@ -56,7 +56,10 @@ impl Connection {
             if ready {
                 let mut buf = self.proto.read_buf().map_err(Error::Protocol)?;
                 match tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut buf) {
-                    Poll::Ready(Ok(0)) => return Poll::Ready(Ok(Step::Eof)),
+                    Poll::Ready(Ok(0)) => {
+                        self.proto.release_idle_buffers();
+                        return Poll::Ready(Ok(Step::Eof));
+                    }
                     Poll::Ready(Ok(n)) => {
                         self.stats.bytes_in += n as u64;
                         self.keepalive.on_receive(Instant::now());

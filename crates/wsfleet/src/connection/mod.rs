@@ -8,6 +8,7 @@
 //! cancel-safe, because all state lives in the protocol machine, not in the
 //! future.
 
+mod accept;
 mod config;
 mod driver;
 mod error;
@@ -18,7 +19,7 @@ use std::pin::Pin;
 
 use bytes::Bytes;
 use tokio::time::{Instant, Sleep};
-use wsfleet_proto::{CloseCode, CloseFrame, Event, Message, Protocol, SendError};
+use wsfleet_proto::{CloseCode, CloseFrame, Event, Message, Protocol, Role, SendError};
 
 pub use config::ConnectionConfig;
 pub use error::Error;
@@ -61,7 +62,8 @@ pub struct ConnectionStats {
 pub struct Connection {
     stream: MaybeTlsStream,
     proto: Protocol,
-    target: Target,
+    /// `host:port` of the peer, for errors and logs.
+    peer: String,
     protocol: Option<String>,
     /// WebSocket bytes that arrived with the handshake response.
     leftover: Bytes,
@@ -108,17 +110,35 @@ impl Connection {
         if let Some(budget) = &config.budget {
             proto = proto.with_budget(budget.clone());
         }
-        let now = Instant::now();
-        let keepalive = KeepaliveState::new(config.keepalive, now);
+        let peer = target.authority();
+        tracing::debug!(peer = %peer, protocol = ?response.protocol, "websocket connected");
+        Ok(Self::from_parts(
+            stream,
+            proto,
+            peer,
+            response.protocol,
+            leftover,
+            config,
+        ))
+    }
+
+    fn from_parts(
+        stream: MaybeTlsStream,
+        proto: Protocol,
+        peer: String,
+        protocol: Option<String>,
+        leftover: Bytes,
+        config: &ConnectionConfig,
+    ) -> Self {
+        let keepalive = KeepaliveState::new(config.keepalive, Instant::now());
         let timer = keepalive
             .first_deadline()
             .map(|at| Box::pin(tokio::time::sleep_until(at)));
-        tracing::debug!(target = %target.authority(), protocol = ?response.protocol, "websocket connected");
-        Ok(Self {
+        Self {
             stream,
             proto,
-            target,
-            protocol: response.protocol,
+            peer,
+            protocol,
             leftover,
             keepalive,
             timer,
@@ -127,7 +147,7 @@ impl Connection {
             finished: false,
             need_flush: false,
             stats: ConnectionStats::default(),
-        })
+        }
     }
 
     /// The subprotocol the server chose.
@@ -135,9 +155,14 @@ impl Connection {
         self.protocol.as_deref()
     }
 
-    /// Where this connection goes.
-    pub fn target(&self) -> &Target {
-        &self.target
+    /// The peer, as `host:port`.
+    pub fn peer(&self) -> &str {
+        &self.peer
+    }
+
+    /// Client or server end.
+    pub fn role(&self) -> Role {
+        self.proto.role()
     }
 
     /// The peer's close frame, once received.
@@ -179,7 +204,7 @@ impl Connection {
                     return Some(Ok(m));
                 }
                 Ok(Some(Event::Close(frame))) => {
-                    tracing::debug!(target = %self.target.authority(), close = ?frame, "peer closed");
+                    tracing::debug!(peer = %self.peer, close = ?frame, "peer closed");
                     self.peer_close = frame;
                     // Our reply is queued: write it and end TCP, bounded.
                     return match self.finish_close().await {
@@ -190,7 +215,7 @@ impl Connection {
                 Ok(Some(_ping_or_pong)) => continue,
                 Ok(None) => {}
                 Err(e) => {
-                    tracing::debug!(target = %self.target.authority(), error = %e, "protocol error; closing");
+                    tracing::debug!(peer = %self.peer, error = %e, "protocol error; closing");
                     let _ = self.finish_close().await;
                     return Some(Err(Error::Protocol(e)));
                 }
@@ -315,8 +340,11 @@ impl Connection {
                     Ok(Some(_)) => continue,
                     Ok(None) | Err(_) => {}
                 }
-                // RFC 6455 §7.1.1: the server ends TCP first, so even after
-                // both close frames we read until EOF.
+                // RFC 6455 §7.1.1: the server ends TCP first, so a client
+                // reads until EOF even after both close frames.
+                if self.proto.role() == Role::Server && self.proto.is_closed() && !self.need_flush {
+                    return Ok(());
+                }
                 match self.step(true).await? {
                     driver::Step::Eof => return Ok(()),
                     _ => continue,
@@ -340,7 +368,7 @@ impl Connection {
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connection")
-            .field("target", &self.target.authority())
+            .field("peer", &self.peer)
             .field("protocol", &self.protocol)
             .field("proto", &self.proto)
             .finish_non_exhaustive()

@@ -1,0 +1,213 @@
+//! Peers that lie, stall, trickle and send junk: each failure ends only the
+//! connection, with a typed error, the right close code and bounded memory.
+
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use wsfleet::connect::{ConnectErrorKind, Deadlines, Phase};
+use wsfleet::proto::frame::OpCode;
+use wsfleet::proto::{HandshakeError, ProtocolError};
+use wsfleet::{Connection, Error, Message};
+use wsfleet_testkit::bounded;
+
+use crate::script::{ScriptServer, frame, read_until_close};
+use crate::{config, fast_keepalive};
+
+async fn connect(url: &str) -> Connection {
+    bounded("connect", Connection::connect(url, &config()))
+        .await
+        .expect("connect")
+}
+
+#[tokio::test]
+async fn lying_length_header_is_refused_at_the_header() {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let server = ScriptServer::start(true, |mut tcp| async move {
+        let mut header = vec![0x82, 127];
+        header.extend_from_slice(&(1u64 << 62).to_be_bytes());
+        tcp.write_all(&header).await.unwrap();
+        tcp.write_all(&[0u8; 1000]).await.unwrap();
+        let _ = tx.send(read_until_close(&mut tcp).await.0);
+    })
+    .await;
+    let mut conn = connect(&server.url()).await;
+    match bounded("recv", conn.recv()).await {
+        Some(Err(Error::Protocol(ProtocolError::FrameTooLarge { len, .. }))) => {
+            assert_eq!(len, 1 << 62)
+        }
+        other => panic!("expected FrameTooLarge, got {other:?}"),
+    }
+    assert!(conn.stats().peak_buffered_bytes <= 2 * wsfleet::Limits::default().read_chunk);
+    assert_eq!(bounded("close code", rx).await.unwrap(), Some(1009));
+}
+
+#[tokio::test]
+async fn fragmented_message_with_interleaved_ping() {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let server = ScriptServer::start(true, |mut tcp| async move {
+        let mut wire = frame(false, OpCode::Text, "Hél".as_bytes());
+        wire.extend(frame(true, OpCode::Ping, b"are you there"));
+        wire.extend(frame(false, OpCode::Continuation, &[]));
+        wire.extend(frame(true, OpCode::Continuation, "lo ☃".as_bytes()));
+        // Byte by byte, to cross every boundary on the real socket.
+        for b in wire {
+            tcp.write_all(&[b]).await.unwrap();
+        }
+        tcp.write_all(&frame(true, OpCode::Close, &1000u16.to_be_bytes()))
+            .await
+            .unwrap();
+        let _ = tx.send(read_until_close(&mut tcp).await);
+    })
+    .await;
+    let mut conn = connect(&server.url()).await;
+    let m = bounded("recv", conn.recv())
+        .await
+        .expect("ended")
+        .expect("recv");
+    assert_eq!(m, Message::text("Héllo ☃"));
+    assert!(bounded("recv", conn.recv()).await.is_none());
+    let (code, pongs) = bounded("peer", rx).await.unwrap();
+    assert_eq!(code, Some(1000), "close echoed");
+    assert_eq!(pongs, vec![b"are you there".to_vec()]);
+}
+
+#[tokio::test]
+async fn invalid_utf8_is_closed_with_1007() {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let server = ScriptServer::start(true, |mut tcp| async move {
+        tcp.write_all(&frame(true, OpCode::Text, &[b'o', b'k', 0xC0, 0x80]))
+            .await
+            .unwrap();
+        let _ = tx.send(read_until_close(&mut tcp).await.0);
+    })
+    .await;
+    let mut conn = connect(&server.url()).await;
+    match bounded("recv", conn.recv()).await {
+        Some(Err(Error::Protocol(ProtocolError::InvalidUtf8))) => {}
+        other => panic!("expected InvalidUtf8, got {other:?}"),
+    }
+    assert_eq!(bounded("close code", rx).await.unwrap(), Some(1007));
+}
+
+#[tokio::test]
+async fn junk_after_handshake_is_a_protocol_error() {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let server = ScriptServer::start(true, |mut tcp| async move {
+        tcp.write_all(b"\xff\xfe this is not a websocket frame")
+            .await
+            .unwrap();
+        let _ = tx.send(read_until_close(&mut tcp).await.0);
+    })
+    .await;
+    let mut conn = connect(&server.url()).await;
+    assert!(matches!(
+        bounded("recv", conn.recv()).await,
+        Some(Err(Error::Protocol(_)))
+    ));
+    assert_eq!(bounded("close code", rx).await.unwrap(), Some(1002));
+}
+
+#[tokio::test]
+async fn partial_frame_then_silence_is_detected() {
+    let server = ScriptServer::start(true, |mut tcp| async move {
+        let mut wire = frame(true, OpCode::Binary, &[7u8; 100]);
+        wire.truncate(20);
+        tcp.write_all(&wire).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    })
+    .await;
+    let cfg = config().keepalive(fast_keepalive());
+    let mut conn = bounded("connect", Connection::connect(&server.url(), &cfg))
+        .await
+        .expect("connect");
+    match bounded("recv", conn.recv()).await {
+        Some(Err(Error::PongTimeout(_))) => {}
+        other => panic!("expected a pong timeout, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn eof_in_the_middle_of_a_message_is_abnormal() {
+    let server = ScriptServer::start(true, |mut tcp| async move {
+        tcp.write_all(&frame(false, OpCode::Binary, b"first half"))
+            .await
+            .unwrap();
+        // Dropping the socket ends TCP without a close frame.
+    })
+    .await;
+    let mut conn = connect(&server.url()).await;
+    match bounded("recv", conn.recv()).await {
+        Some(Err(Error::AbnormalClosure { mid_message: true })) => {}
+        other => panic!("expected an abnormal closure mid-message, got {other:?}"),
+    }
+    assert!(conn.recv().await.is_none(), "nothing after the end");
+}
+
+#[tokio::test]
+async fn stalled_handshake_times_out_in_the_handshake_phase() {
+    let server = ScriptServer::start(false, |tcp| async move {
+        let _open = tcp;
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    })
+    .await;
+    let cfg = config().deadlines(Deadlines::default().with_handshake(Duration::from_millis(300)));
+    let err = bounded("connect", Connection::connect(&server.url(), &cfg))
+        .await
+        .unwrap_err();
+    assert_eq!(err.phase(), Phase::Handshake);
+    assert!(err.is_timeout(), "{err}");
+}
+
+#[tokio::test]
+async fn busy_server_status_and_retry_after_are_reported() {
+    let server = ScriptServer::start(false, |mut tcp| async move {
+        let mut buf = [0u8; 2048];
+        let _ = tokio::io::AsyncReadExt::read(&mut tcp, &mut buf).await;
+        tcp.write_all(
+            b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 7\r\nContent-Length: 0\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    })
+    .await;
+    let err = bounded("connect", Connection::connect(&server.url(), &config()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.phase(), Phase::Handshake);
+    match err.kind() {
+        ConnectErrorKind::Handshake(HandshakeError::Status {
+            status: 503,
+            retry_after,
+            ..
+        }) => {
+            assert_eq!(retry_after.as_deref(), Some("7"));
+        }
+        other => panic!("expected a 503 status, got {other:?}"),
+    }
+    assert!(err.to_string().contains("503"), "{err}");
+}
+
+#[tokio::test]
+async fn endless_handshake_headers_hit_the_byte_limit() {
+    let server = ScriptServer::start(false, |mut tcp| async move {
+        let mut buf = [0u8; 2048];
+        let _ = tokio::io::AsyncReadExt::read(&mut tcp, &mut buf).await;
+        let _ = tcp.write_all(b"HTTP/1.1 101 Switching Protocols\r\n").await;
+        for _ in 0..100_000 {
+            let line = format!("X-Junk: {}\r\n", "a".repeat(1000));
+            if tcp.write_all(line.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let err = bounded("connect", Connection::connect(&server.url(), &config()))
+        .await
+        .unwrap_err();
+    match err.kind() {
+        ConnectErrorKind::Handshake(HandshakeError::TooLarge { max, .. }) => {
+            assert_eq!(*max, 16 * 1024)
+        }
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+}

@@ -1,0 +1,29 @@
+//! Integration tests of `wsfleet::Connection` against real peers on
+//! loopback: the Python `websockets` server, a Rust server (tokio-tungstenite),
+//! wsfleet's own echo server, and scripted raw-TCP peers that misbehave.
+//! One binary (rustls' `tests/api.rs` layout) to keep link time low.
+
+mod hostile;
+mod peers;
+mod script;
+
+use std::time::Duration;
+
+use wsfleet::connect::Deadlines;
+use wsfleet::{ConnectionConfig, Keepalive};
+
+/// A config with short deadlines, so a failing test fails fast.
+pub(crate) fn config() -> ConnectionConfig {
+    ConnectionConfig::default().deadlines(
+        Deadlines::default()
+            .with_handshake(Duration::from_secs(5))
+            .with_close(Duration::from_secs(2)),
+    )
+}
+
+/// Keepalive that notices a silent peer within about a second.
+pub(crate) fn fast_keepalive() -> Keepalive {
+    Keepalive::default()
+        .with_interval(Some(Duration::from_millis(200)))
+        .with_pong_timeout(Duration::from_millis(400))
+}
