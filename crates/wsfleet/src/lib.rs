@@ -13,6 +13,7 @@
 
 pub mod connect;
 mod connection;
+pub mod fleet;
 mod keys;
 pub mod serve;
 

@@ -99,6 +99,9 @@ pub struct Protocol {
     /// A close frame due (inner `None`: empty close payload). Beats the pong.
     pending_close: Option<Option<CloseFrame>>,
     close_sent: bool,
+    /// Bytes ever appended to / written from the outbound queue.
+    queued_total: u64,
+    written_total: u64,
 }
 
 /// The frame whose payload is arriving.
@@ -154,6 +157,8 @@ impl Protocol {
             pending_pong: None,
             pending_close: None,
             close_sent: false,
+            queued_total: 0,
+            written_total: 0,
         }
     }
 
@@ -194,6 +199,18 @@ impl Protocol {
     /// the runtime should stop reading until it drains.
     pub fn wants_read(&self) -> bool {
         self.pending_out() <= self.limits.max_outbound_bytes
+    }
+
+    /// Bytes ever queued for writing (every frame, control frames included).
+    /// A message sent when this read `q` has reached the socket once
+    /// [`bytes_written_total`](Self::bytes_written_total) `>= q`.
+    pub fn bytes_queued_total(&self) -> u64 {
+        self.queued_total
+    }
+
+    /// Bytes ever reported written with [`advance_transmit`](Self::advance_transmit).
+    pub fn bytes_written_total(&self) -> u64 {
+        self.written_total
     }
 
     /// A close frame was received from the peer.

@@ -117,7 +117,9 @@ impl Protocol {
     /// Marks `n` bytes returned by [`poll_transmit`](Self::poll_transmit) as
     /// written. A fully written buffer is freed.
     pub fn advance_transmit(&mut self, n: usize) {
-        self.wpos = (self.wpos + n).min(self.wbuf.len());
+        let n = n.min(self.pending_out());
+        self.written_total += n as u64;
+        self.wpos += n;
         if self.wpos == self.wbuf.len() {
             self.wbuf.clear();
             self.wpos = 0;
@@ -206,6 +208,7 @@ impl Protocol {
         };
         let mut head = [0u8; MAX_HEADER_LEN];
         let n = encode_header(&header, &mut head);
+        self.queued_total += (n + payload.len()) as u64;
         self.wbuf.extend_from_slice(&head[..n]);
         match mask {
             Some(key) => {

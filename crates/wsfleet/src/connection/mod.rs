@@ -73,6 +73,8 @@ pub struct Connection {
     peer_close: Option<CloseFrame>,
     /// recv() has reported the end (None or an error) already.
     finished: bool,
+    /// Set by `begin_close`: recv() ends by then.
+    close_deadline: Option<Instant>,
     need_flush: bool,
     stats: ConnectionStats,
 }
@@ -145,6 +147,7 @@ impl Connection {
             deadlines: config.deadlines,
             peer_close: None,
             finished: false,
+            close_deadline: None,
             need_flush: false,
             stats: ConnectionStats::default(),
         }
@@ -179,6 +182,15 @@ impl Connection {
         }
     }
 
+    /// Outbound offsets `(queued, written)`: a message sent when `queued`
+    /// read `q` has reached the socket once `written >= q`.
+    pub fn outbound_offsets(&self) -> (u64, u64) {
+        (
+            self.proto.bytes_queued_total(),
+            self.proto.bytes_written_total(),
+        )
+    }
+
     /// The next message. `None` once the connection is closed cleanly (the
     /// peer's close frame, if any, is in [`close_frame`](Self::close_frame)).
     /// An error ends the connection: after a protocol error a close frame
@@ -189,7 +201,13 @@ impl Connection {
         if self.finished {
             return None;
         }
-        let result = self.recv_inner().await;
+        let result = match self.close_deadline {
+            None => self.recv_inner().await,
+            Some(at) => match tokio::time::timeout_at(at, self.recv_inner()).await {
+                Ok(r) => r,
+                Err(_) => Some(Err(Error::CloseTimeout(self.deadlines.close))),
+            },
+        };
         if !matches!(result, Some(Ok(_))) {
             self.finished = true;
         }
@@ -286,6 +304,24 @@ impl Connection {
         self.write_now()
     }
 
+    /// Queues `message` without waiting and writes what the socket takes now.
+    /// For a driver that must never block on a slow peer (the fleet): check
+    /// [`has_room`](Self::has_room) first.
+    ///
+    /// # Errors
+    /// [`Error::Send`] hands the message back (`Full` if the queue is above
+    /// its limit); an I/O error if the socket failed.
+    pub fn try_send(&mut self, message: Message) -> Result<(), Error> {
+        self.proto.send(message).map_err(Error::Send)?;
+        self.stats.msgs_out += 1;
+        self.write_now()
+    }
+
+    /// True while the outbound queue is below its limit.
+    pub fn has_room(&self) -> bool {
+        self.proto.pending_out() < self.proto.limits().max_outbound_bytes
+    }
+
     /// Sends a ping (payload cut to 125 bytes).
     ///
     /// # Errors
@@ -322,6 +358,25 @@ impl Connection {
             .map_err(Error::InvalidCloseCode)?;
         self.finished = true;
         self.finish_close().await
+    }
+
+    /// Starts the close handshake without waiting: the close frame is queued
+    /// (after everything already queued) and written as the socket allows.
+    /// Keep calling [`recv`](Self::recv): it returns the messages the peer
+    /// sent before its close frame, then `None` — within the close deadline,
+    /// or `Err(Error::CloseTimeout)`. This is how a connection drains without
+    /// losing what was in flight.
+    ///
+    /// # Errors
+    /// [`Error::InvalidCloseCode`] for a code that may not be sent.
+    pub fn begin_close(&mut self, code: CloseCode, reason: &str) -> Result<(), Error> {
+        self.proto
+            .close(code, reason)
+            .map_err(Error::InvalidCloseCode)?;
+        if self.close_deadline.is_none() {
+            self.close_deadline = Some(Instant::now() + self.deadlines.close);
+        }
+        self.write_now()
     }
 
     /// After a close frame was queued (ours, a reply, or an error's): writes

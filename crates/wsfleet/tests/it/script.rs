@@ -47,7 +47,7 @@ impl Drop for ScriptServer {
     }
 }
 
-async fn accept_upgrade(tcp: &mut TcpStream) {
+pub(crate) async fn accept_upgrade(tcp: &mut TcpStream) {
     let mut buf = Vec::new();
     loop {
         let mut chunk = [0u8; 1024];

@@ -1,0 +1,342 @@
+//! Configuring a fleet: a by-value builder validated once, in `spawn`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use wsfleet_proto::{ConfigError, Limits};
+
+use super::backoff::Backoff;
+use super::budget::FleetBudget;
+use super::intensity::{IntensityWindow, RestartIntensity};
+use super::rate::Pacer;
+use super::stats::ConnRecord;
+use super::{Events, Fleet, Shared, SlotId, SlotShared, slot};
+use crate::connect::{Deadlines, Target};
+use crate::{Connection, ConnectionConfig, Keepalive};
+
+/// Per-connection initialisation (auth, subscribe), run after the handshake
+/// and before the connection counts as ready. An error or a panic is a
+/// connection failure like any other; it must finish within the handshake
+/// deadline.
+pub type OnConnect = Arc<
+    dyn for<'a> Fn(
+            &'a mut Connection,
+        ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>
+        + Send
+        + Sync,
+>;
+
+/// Everything a fleet runs with, after validation.
+#[derive(Clone)]
+pub(crate) struct Settings {
+    pub(crate) connection: ConnectionConfig,
+    pub(crate) max_lifetime: Option<Duration>,
+    pub(crate) lifetime_jitter: f64,
+    pub(crate) backoff: Backoff,
+    pub(crate) healthy_after: Duration,
+    pub(crate) on_connect: Option<OnConnect>,
+    pub(crate) inbox_capacity: usize,
+    pub(crate) seed: Option<u64>,
+}
+
+/// Builds a [`Fleet`]. Every setting has a default a user would expect;
+/// nothing is checked until [`spawn`](Self::spawn), which returns a
+/// [`ConfigError`] naming the field instead of panicking.
+#[must_use]
+pub struct FleetBuilder {
+    urls: Vec<String>,
+    connections: usize,
+    shard: (usize, usize),
+    budget: usize,
+    connect_rate: f64,
+    intensity: RestartIntensity,
+    event_capacity: usize,
+    settings: Settings,
+}
+
+impl FleetBuilder {
+    pub(crate) fn new(url: impl Into<String>) -> Self {
+        Self {
+            urls: vec![url.into()],
+            connections: 1,
+            shard: (0, 1),
+            budget: 1 << 30,
+            connect_rate: 200.0,
+            intensity: RestartIntensity::default(),
+            event_capacity: 1024,
+            settings: Settings {
+                connection: ConnectionConfig::default(),
+                max_lifetime: None,
+                lifetime_jitter: 0.1,
+                backoff: Backoff::default(),
+                healthy_after: Duration::from_secs(10),
+                on_connect: None,
+                inbox_capacity: 64,
+                seed: None,
+            },
+        }
+    }
+
+    /// Another URL; slots are spread over the URLs round robin.
+    pub fn url(mut self, url: impl Into<String>) -> Self {
+        self.urls.push(url.into());
+        self
+    }
+
+    /// How many connections to keep ready (default 1).
+    pub fn connections(mut self, n: usize) -> Self {
+        self.connections = n;
+        self
+    }
+
+    /// Runs only the slots `i, i + n, i + 2n, …` of the fleet: shard `index`
+    /// of `count`, for fleets too large for one machine (default `0/1`).
+    pub fn shard(mut self, index: usize, count: usize) -> Self {
+        self.shard = (index, count);
+        self
+    }
+
+    /// Rotate each connection after this lifetime (± jitter), make before
+    /// break. Default: never.
+    pub fn max_lifetime(mut self, lifetime: Duration) -> Self {
+        self.settings.max_lifetime = Some(lifetime);
+        self
+    }
+
+    /// Jitter of the lifetime as a share of it, so rotations spread out
+    /// (default 0.1: ± 10 %).
+    pub fn lifetime_jitter(mut self, share: f64) -> Self {
+        self.settings.lifetime_jitter = share;
+        self
+    }
+
+    /// Bytes all connections' buffers may hold together (default 1 GiB).
+    pub fn memory_budget(mut self, bytes: usize) -> Self {
+        self.budget = bytes;
+        self
+    }
+
+    /// New connections per second, fleet-wide (default 200): the ramp-up rate.
+    pub fn connect_rate(mut self, per_second: f64) -> Self {
+        self.connect_rate = per_second;
+        self
+    }
+
+    /// Per-slot reconnect backoff (default 100 ms base, 30 s cap).
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.settings.backoff = backoff;
+        self
+    }
+
+    /// A connection alive this long resets its slot's backoff (default 10 s).
+    pub fn healthy_after(mut self, after: Duration) -> Self {
+        self.settings.healthy_after = after;
+        self
+    }
+
+    /// Fleet-wide restart limit (default 1,000 per 10 s, then a 5 s pause).
+    pub fn restart_intensity(mut self, intensity: RestartIntensity) -> Self {
+        self.intensity = intensity;
+        self
+    }
+
+    /// Protocol limits of every connection.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.settings.connection.limits = limits;
+        self
+    }
+
+    /// Deadlines of every connection.
+    pub fn deadlines(mut self, deadlines: Deadlines) -> Self {
+        self.settings.connection.deadlines = deadlines;
+        self
+    }
+
+    /// Keepalive of every connection.
+    pub fn keepalive(mut self, keepalive: Keepalive) -> Self {
+        self.settings.connection.keepalive = keepalive;
+        self
+    }
+
+    /// The whole per-connection configuration (TLS, headers, subprotocols,
+    /// limits, deadlines, keepalive). Its budget is replaced by the fleet's.
+    pub fn connection_config(mut self, config: ConnectionConfig) -> Self {
+        self.settings.connection = config;
+        self
+    }
+
+    /// Per-connection initialisation; see [`OnConnect`].
+    pub fn on_connect<F>(mut self, hook: F) -> Self
+    where
+        F: for<'a> Fn(
+                &'a mut Connection,
+            ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>
+            + Send
+            + Sync
+            + 'static,
+    {
+        self.settings.on_connect = Some(Arc::new(hook));
+        self
+    }
+
+    /// Capacity of the event stream (default 1,024 events).
+    pub fn event_capacity(mut self, n: usize) -> Self {
+        self.event_capacity = n;
+        self
+    }
+
+    /// Capacity of each connection's inbox of messages to send (default 64).
+    pub fn inbox_capacity(mut self, n: usize) -> Self {
+        self.settings.inbox_capacity = n;
+        self
+    }
+
+    /// Seeds the backoff and lifetime jitter (for reproducible tests).
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.settings.seed = Some(seed);
+        self
+    }
+
+    /// Validates everything and starts the slots on the current tokio runtime.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the first bad field.
+    pub fn spawn(self) -> Result<Fleet, ConfigError> {
+        let bad = |field, value: String, problem| {
+            Err(ConfigError {
+                field,
+                value,
+                problem,
+            })
+        };
+        let mut targets = Vec::with_capacity(self.urls.len());
+        for url in &self.urls {
+            match Target::parse(url) {
+                Ok(t) => targets.push(t),
+                Err(_) => return bad("url", url.clone(), "not a valid ws:// or wss:// URL"),
+            }
+        }
+        if self.connections == 0 {
+            return bad("connections", "0".into(), "must be at least 1");
+        }
+        let (index, count) = self.shard;
+        if count == 0 || index >= count {
+            return bad(
+                "shard",
+                format!("{index}/{count}"),
+                "index must be below count, count at least 1",
+            );
+        }
+        if !(self.connect_rate > 0.0 && self.connect_rate.is_finite()) {
+            return bad(
+                "connect_rate",
+                self.connect_rate.to_string(),
+                "must be above zero",
+            );
+        }
+        if !(0.0..1.0).contains(&self.settings.lifetime_jitter) {
+            return bad(
+                "lifetime_jitter",
+                self.settings.lifetime_jitter.to_string(),
+                "must be in [0, 1)",
+            );
+        }
+        if self
+            .settings
+            .max_lifetime
+            .is_some_and(|l| l < Duration::from_millis(100))
+        {
+            return bad(
+                "max_lifetime",
+                format!("{:?}", self.settings.max_lifetime),
+                "must be at least 100ms",
+            );
+        }
+        if self.event_capacity == 0 || self.settings.inbox_capacity == 0 {
+            return bad(
+                "event_capacity",
+                "0".into(),
+                "capacities must be at least 1",
+            );
+        }
+        self.intensity.validate()?;
+        self.settings.connection.limits.validate()?;
+        let min_budget = self.settings.connection.limits.read_chunk * 4;
+        if self.budget < min_budget {
+            return bad(
+                "memory_budget",
+                self.budget.to_string(),
+                "must hold a few read chunks at least",
+            );
+        }
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| ConfigError {
+            field: "runtime",
+            value: String::new(),
+            problem: "spawn must be called inside a tokio runtime",
+        })?;
+
+        let budget = Arc::new(FleetBudget::new(self.budget));
+        let mut settings = self.settings;
+        settings.connection.budget = Some(budget.clone());
+        let slots: Vec<SlotShared> = (0..self.connections)
+            .filter(|i| i % count == index)
+            .map(|i| {
+                let target = &targets[i % targets.len()];
+                let url: Arc<str> = Arc::from(target.to_string());
+                let id = SlotId(i as u32);
+                SlotShared {
+                    id,
+                    url: url.clone(),
+                    current: Mutex::new(Arc::new(ConnRecord::new(id, url))),
+                    inbox: Mutex::new(None),
+                }
+            })
+            .collect();
+        let (events_tx, events_rx) = mpsc::channel(self.event_capacity);
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            slots,
+            settings,
+            events: events_tx,
+            budget,
+            pacer: Pacer::new(self.connect_rate),
+            intensity: Mutex::new(IntensityWindow::new(self.intensity)),
+            draining: Mutex::new(Vec::new()),
+            next_id: AtomicU64::new(0),
+            round_robin: AtomicUsize::new(0),
+            reconnects: AtomicU64::new(0),
+        });
+        let tasks = (0..shared.slots.len())
+            .map(|i| {
+                let target = targets[shared.slots[i].id.0 as usize % targets.len()].clone();
+                runtime.spawn(slot::run_slot(
+                    shared.clone(),
+                    i,
+                    target,
+                    shutdown_rx.clone(),
+                ))
+            })
+            .collect();
+        Ok(Fleet {
+            shared,
+            events: Some(Events(events_rx)),
+            shutdown: shutdown_tx,
+            tasks,
+        })
+    }
+}
+
+impl std::fmt::Debug for FleetBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FleetBuilder")
+            .field("urls", &self.urls)
+            .field("connections", &self.connections)
+            .field("shard", &self.shard)
+            .field("budget", &self.budget)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,364 @@
+//! The fleet: N supervised connections kept ready, rotated make-before-break,
+//! restarted with backoff, all charged to one memory budget.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use wsfleet::fleet::{EventKind, Fleet};
+//! use wsfleet::Message;
+//! let mut fleet = Fleet::builder("ws://127.0.0.1:9001/")
+//!     .connections(100)
+//!     .max_lifetime(Duration::from_secs(55 * 60))
+//!     .memory_budget(512 << 20)
+//!     .spawn()?;
+//! let mut events = fleet.events().expect("taken once");
+//! fleet.send(Message::text("hello")).await?;
+//! while let Some(event) = events.recv().await {
+//!     if let EventKind::Message(m) = event.kind {
+//!         println!("{}: {m:?}", event.conn);
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+
+mod backoff;
+mod budget;
+mod builder;
+mod intensity;
+mod rate;
+mod reason;
+mod slot;
+mod stats;
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use wsfleet_proto::Message;
+
+pub use backoff::Backoff;
+pub use budget::FleetBudget;
+pub use builder::{FleetBuilder, OnConnect};
+pub use intensity::RestartIntensity;
+pub use reason::DisconnectReason;
+pub use stats::{ConnState, ConnectionInfo, FleetStats};
+
+use stats::ConnRecord;
+
+/// A connection's id, unique within a fleet (a slot's successive
+/// connections get new ids).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct ConnId(pub u64);
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "c{}", self.0)
+    }
+}
+
+/// A slot's index in the fleet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct SlotId(pub u32);
+
+impl fmt::Display for SlotId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "s{}", self.0)
+    }
+}
+
+/// Something that happened to a connection of the fleet.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Event {
+    /// The connection.
+    pub conn: ConnId,
+    /// Its slot.
+    pub slot: SlotId,
+    /// What happened.
+    pub kind: EventKind,
+}
+
+/// What happened.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum EventKind {
+    /// The connection is ready (handshake and on-connect hook done).
+    Connected {
+        /// The subprotocol the server chose.
+        protocol: Option<String>,
+    },
+    /// A message arrived.
+    Message(Message),
+    /// The connection ended (or an attempt failed), and why.
+    Disconnected(DisconnectReason),
+    /// A message accepted by `send` that never reached the socket.
+    Undelivered(Message),
+    /// Too many restarts fleet-wide: reconnects pause for this long.
+    RestartIntensityTripped {
+        /// How long reconnects pause.
+        paused_for: Duration,
+    },
+}
+
+/// A message the fleet did not take; the message is handed back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FleetSendError {
+    /// No connection is ready.
+    NoReadyConnection(Message),
+    /// `send_to` named a connection that is not (or no longer) ready.
+    UnknownConnection(Message),
+}
+
+impl FleetSendError {
+    /// The message that was not sent.
+    pub fn into_message(self) -> Message {
+        match self {
+            Self::NoReadyConnection(m) | Self::UnknownConnection(m) => m,
+        }
+    }
+}
+
+impl fmt::Display for FleetSendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NoReadyConnection(_) => f.write_str("no connection of the fleet is ready"),
+            Self::UnknownConnection(_) => {
+                f.write_str("that connection is not ready (closed or rotated)")
+            }
+        }
+    }
+}
+
+impl std::error::Error for FleetSendError {}
+
+/// The receiving end of the fleet's events: bounded; a consumer that falls
+/// behind makes connections stop reading (backpressure), never a queue grow.
+#[derive(Debug)]
+pub struct Events(mpsc::Receiver<Event>);
+
+impl Events {
+    /// The next event; `None` once the fleet has shut down and every event
+    /// was taken.
+    pub async fn recv(&mut self) -> Option<Event> {
+        self.0.recv().await
+    }
+
+    /// An event if one is waiting.
+    pub fn try_recv(&mut self) -> Option<Event> {
+        self.0.try_recv().ok()
+    }
+}
+
+/// One slot: its current connection's record and inbox.
+#[derive(Debug)]
+pub(crate) struct SlotShared {
+    pub(crate) id: SlotId,
+    pub(crate) url: Arc<str>,
+    pub(crate) current: Mutex<Arc<ConnRecord>>,
+    /// Inbox of the ready connection; `None` when none is ready.
+    pub(crate) inbox: Mutex<Option<(ConnId, mpsc::Sender<Message>)>>,
+}
+
+impl SlotShared {
+    pub(crate) fn record(&self) -> Arc<ConnRecord> {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn inbox(&self) -> Option<(ConnId, mpsc::Sender<Message>)> {
+        self.inbox.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// State shared by the fleet handle and every slot task.
+pub(crate) struct Shared {
+    pub(crate) slots: Vec<SlotShared>,
+    pub(crate) settings: builder::Settings,
+    pub(crate) events: mpsc::Sender<Event>,
+    pub(crate) budget: Arc<FleetBudget>,
+    pub(crate) pacer: rate::Pacer,
+    pub(crate) intensity: Mutex<intensity::IntensityWindow>,
+    pub(crate) draining: Mutex<Vec<Arc<ConnRecord>>>,
+    next_id: AtomicU64,
+    round_robin: AtomicUsize,
+    pub(crate) reconnects: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn next_conn_id(&self) -> ConnId {
+        ConnId(self.next_id.fetch_add(1, Ordering::Relaxed) + 1)
+    }
+
+    pub(crate) async fn emit(&self, conn: ConnId, slot: SlotId, kind: EventKind) {
+        // Fails only once the fleet handle (and its receiver) is gone.
+        let _ = self.events.send(Event { conn, slot, kind }).await;
+    }
+}
+
+/// A running fleet. Dropping it without [`shutdown`](Self::shutdown) aborts
+/// every task (connections end without a close handshake).
+pub struct Fleet {
+    shared: Arc<Shared>,
+    events: Option<Events>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Fleet {
+    /// A builder for a fleet connecting to `url`.
+    pub fn builder(url: impl Into<String>) -> FleetBuilder {
+        FleetBuilder::new(url)
+    }
+
+    /// The event stream; `Some` the first time only.
+    pub fn events(&mut self) -> Option<Events> {
+        self.events.take()
+    }
+
+    /// Sends to a ready connection, chosen round robin (the next slot after
+    /// the previous send whose connection is ready and has inbox room waits
+    /// least). Waits while that connection's inbox is full (backpressure).
+    ///
+    /// # Errors
+    /// [`FleetSendError::NoReadyConnection`] with the message when none is ready.
+    pub async fn send(&self, message: Message) -> Result<ConnId, FleetSendError> {
+        let n = self.shared.slots.len();
+        let start = self.shared.round_robin.fetch_add(1, Ordering::Relaxed);
+        let mut message = message;
+        for i in 0..n {
+            let slot = &self.shared.slots[(start + i) % n];
+            if let Some((id, inbox)) = slot.inbox() {
+                match inbox.send(message).await {
+                    Ok(()) => return Ok(id),
+                    Err(back) => message = back.0,
+                }
+            }
+        }
+        Err(FleetSendError::NoReadyConnection(message))
+    }
+
+    /// Sends to one connection.
+    ///
+    /// # Errors
+    /// [`FleetSendError::UnknownConnection`] if it is not ready.
+    pub async fn send_to(&self, conn: ConnId, message: Message) -> Result<(), FleetSendError> {
+        for slot in &self.shared.slots {
+            if let Some((id, inbox)) = slot.inbox() {
+                if id == conn {
+                    return inbox
+                        .send(message)
+                        .await
+                        .map_err(|back| FleetSendError::UnknownConnection(back.0));
+                }
+            }
+        }
+        Err(FleetSendError::UnknownConnection(message))
+    }
+
+    /// Sends a copy to every ready connection (payloads are shared, not
+    /// copied). Returns how many took it.
+    pub async fn broadcast(&self, message: Message) -> usize {
+        let mut sent = 0;
+        for slot in &self.shared.slots {
+            if let Some((_, inbox)) = slot.inbox() {
+                if inbox.send(message.clone()).await.is_ok() {
+                    sent += 1;
+                }
+            }
+        }
+        sent
+    }
+
+    /// Connections ready now.
+    pub fn ready(&self) -> usize {
+        self.shared
+            .slots
+            .iter()
+            .filter(|s| s.record().state() == ConnState::Ready)
+            .count()
+    }
+
+    /// A snapshot of every connection and the totals.
+    pub fn stats(&self) -> FleetStats {
+        let mut connections: Vec<ConnectionInfo> = self
+            .shared
+            .slots
+            .iter()
+            .map(|s| s.record().snapshot())
+            .collect();
+        let ready = connections
+            .iter()
+            .filter(|c| c.state == ConnState::Ready)
+            .count();
+        connections.extend(
+            self.shared
+                .draining
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .map(|r| r.snapshot()),
+        );
+        FleetStats {
+            target: self.shared.slots.len(),
+            ready,
+            reconnects: self.shared.reconnects.load(Ordering::Relaxed),
+            budget_used: self.shared.budget.used(),
+            budget_peak: self.shared.budget.peak(),
+            budget_max: self.shared.budget.max(),
+            connections,
+        }
+    }
+
+    /// The memory budget every connection charges.
+    pub fn budget(&self) -> &FleetBudget {
+        &self.shared.budget
+    }
+
+    /// Closes every connection with a close handshake (1001), delivering
+    /// what was in flight, within the close deadline plus one second; tasks
+    /// still running then are aborted.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        let limit = self.shared.settings.connection.deadlines.close + Duration::from_secs(1);
+        let tasks = std::mem::take(&mut self.tasks);
+        let aborts: Vec<_> = tasks.iter().map(JoinHandle::abort_handle).collect();
+        let all = futures_join_all(tasks);
+        if tokio::time::timeout(limit, all).await.is_err() {
+            tracing::warn!(
+                "fleet shutdown: some connections did not close within {limit:?}; aborting them"
+            );
+            for a in aborts {
+                a.abort();
+            }
+        }
+    }
+}
+
+async fn futures_join_all(tasks: Vec<JoinHandle<()>>) {
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Fleet")
+            .field("slots", &self.shared.slots.len())
+            .field("ready", &self.ready())
+            .finish_non_exhaustive()
+    }
+}

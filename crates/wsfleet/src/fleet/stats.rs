@@ -1,0 +1,247 @@
+//! Per-connection records, updated with relaxed atomics on the hot path and
+//! read without any global lock. A snapshot is therefore only eventually
+//! consistent across connections (as deadpool's `Status` says of its pool):
+//! each number is exact for its connection at the moment it was read.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::{ConnId, SlotId};
+use crate::ConnectionStats;
+
+/// Where a slot's connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ConnState {
+    /// Dialling, TLS, handshake or the on-connect hook.
+    Connecting,
+    /// Handshake and on-connect hook done: counts as ready.
+    Ready,
+    /// Closing after rotation or shutdown, still delivering what was in flight.
+    Draining,
+    /// Waiting before the next attempt.
+    Backoff,
+    /// Finished (after shutdown).
+    Closed,
+}
+
+impl ConnState {
+    /// The lowercase word used by `/connections` and `wsfleet top`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connecting => "connecting",
+            Self::Ready => "ready",
+            Self::Draining => "draining",
+            Self::Backoff => "backoff",
+            Self::Closed => "closed",
+        }
+    }
+
+    fn from_u8(v: u8) -> Self {
+        match v {
+            0 => Self::Connecting,
+            1 => Self::Ready,
+            2 => Self::Draining,
+            3 => Self::Backoff,
+            _ => Self::Closed,
+        }
+    }
+
+    fn to_u8(self) -> u8 {
+        match self {
+            Self::Connecting => 0,
+            Self::Ready => 1,
+            Self::Draining => 2,
+            Self::Backoff => 3,
+            Self::Closed => 4,
+        }
+    }
+}
+
+/// The live record of one connection (or of a slot between connections).
+#[derive(Debug)]
+pub(crate) struct ConnRecord {
+    pub(crate) slot: SlotId,
+    pub(crate) url: std::sync::Arc<str>,
+    id: AtomicU64,
+    state: AtomicU8,
+    connected_since_ms: AtomicU64,
+    reconnects: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    msgs_in: AtomicU64,
+    msgs_out: AtomicU64,
+    buffered: AtomicUsize,
+    peak_buffered: AtomicUsize,
+    last_error: Mutex<Option<String>>,
+}
+
+impl ConnRecord {
+    pub(crate) fn new(slot: SlotId, url: std::sync::Arc<str>) -> Self {
+        Self {
+            slot,
+            url,
+            id: AtomicU64::new(0),
+            state: AtomicU8::new(ConnState::Connecting.to_u8()),
+            connected_since_ms: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            msgs_in: AtomicU64::new(0),
+            msgs_out: AtomicU64::new(0),
+            buffered: AtomicUsize::new(0),
+            peak_buffered: AtomicUsize::new(0),
+            last_error: Mutex::new(None),
+        }
+    }
+
+    /// The record of a slot's next connection: the slot's history
+    /// (reconnects, last error, peak buffer) carries over, traffic starts at 0.
+    pub(crate) fn successor(previous: &Self, id: ConnId) -> Self {
+        let next = Self::new(previous.slot, previous.url.clone());
+        next.reconnects.store(
+            previous.reconnects.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        next.peak_buffered.store(
+            previous.peak_buffered.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        *next.last_error.lock().unwrap_or_else(|p| p.into_inner()) = previous
+            .last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        next.start(id);
+        next
+    }
+
+    pub(crate) fn state(&self) -> ConnState {
+        ConnState::from_u8(self.state.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn set_state(&self, state: ConnState) {
+        self.state.store(state.to_u8(), Ordering::Relaxed);
+    }
+
+    /// A new connection took over this record.
+    pub(crate) fn start(&self, id: ConnId) {
+        self.id.store(id.0, Ordering::Relaxed);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        self.connected_since_ms
+            .store(now.as_millis() as u64, Ordering::Relaxed);
+        for counter in [
+            &self.bytes_in,
+            &self.bytes_out,
+            &self.msgs_in,
+            &self.msgs_out,
+        ] {
+            counter.store(0, Ordering::Relaxed);
+        }
+        self.buffered.store(0, Ordering::Relaxed);
+        self.set_state(ConnState::Ready);
+    }
+
+    pub(crate) fn id(&self) -> ConnId {
+        ConnId(self.id.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn count_reconnect(&self) {
+        self.reconnects.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Copies a connection's counters in (cheap relaxed stores).
+    pub(crate) fn update(&self, s: &ConnectionStats) {
+        self.bytes_in.store(s.bytes_in, Ordering::Relaxed);
+        self.bytes_out.store(s.bytes_out, Ordering::Relaxed);
+        self.msgs_in.store(s.msgs_in, Ordering::Relaxed);
+        self.msgs_out.store(s.msgs_out, Ordering::Relaxed);
+        self.buffered.store(s.buffered_bytes, Ordering::Relaxed);
+        self.peak_buffered
+            .fetch_max(s.peak_buffered_bytes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_error(&self, error: String) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
+    }
+
+    pub(crate) fn snapshot(&self) -> ConnectionInfo {
+        let since = self.connected_since_ms.load(Ordering::Relaxed);
+        let state = self.state();
+        ConnectionInfo {
+            id: self.id(),
+            slot: self.slot,
+            state,
+            url: self.url.to_string(),
+            connected_since: (since > 0 && matches!(state, ConnState::Ready | ConnState::Draining))
+                .then(|| UNIX_EPOCH + Duration::from_millis(since)),
+            reconnects: self.reconnects.load(Ordering::Relaxed),
+            bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            bytes_out: self.bytes_out.load(Ordering::Relaxed),
+            msgs_in: self.msgs_in.load(Ordering::Relaxed),
+            msgs_out: self.msgs_out.load(Ordering::Relaxed),
+            buffered_bytes: self.buffered.load(Ordering::Relaxed),
+            peak_buffered_bytes: self.peak_buffered.load(Ordering::Relaxed),
+            last_error: self
+                .last_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        }
+    }
+}
+
+/// A snapshot of one connection: what `wsfleet top` and `/connections` show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnectionInfo {
+    /// The connection's id (a slot's successive connections get new ids).
+    pub id: ConnId,
+    /// The slot that owns it.
+    pub slot: SlotId,
+    /// Its state.
+    pub state: ConnState,
+    /// The URL it connects to.
+    pub url: String,
+    /// When the current connection became ready.
+    pub connected_since: Option<SystemTime>,
+    /// How many times the slot has reconnected.
+    pub reconnects: u64,
+    /// Bytes read on the current connection.
+    pub bytes_in: u64,
+    /// Bytes written on the current connection.
+    pub bytes_out: u64,
+    /// Messages received on the current connection.
+    pub msgs_in: u64,
+    /// Messages sent on the current connection.
+    pub msgs_out: u64,
+    /// Buffer bytes held now.
+    pub buffered_bytes: usize,
+    /// Most buffer bytes the slot has held.
+    pub peak_buffered_bytes: usize,
+    /// Why the previous connection ended.
+    pub last_error: Option<String>,
+}
+
+/// Fleet totals and every connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FleetStats {
+    /// Slots (the number of connections wanted).
+    pub target: usize,
+    /// Connections ready now.
+    pub ready: usize,
+    /// Reconnects since start, all slots.
+    pub reconnects: u64,
+    /// Budget bytes reserved now.
+    pub budget_used: usize,
+    /// Most budget bytes ever reserved.
+    pub budget_peak: usize,
+    /// The budget.
+    pub budget_max: usize,
+    /// One entry per slot, plus connections draining after rotation.
+    pub connections: Vec<ConnectionInfo>,
+}
