@@ -294,3 +294,197 @@ async fn shutdown_closes_every_connection_cleanly() {
     assert_eq!(closed, 20);
     assert_eq!(budget.target, 20);
 }
+
+/// A server whose answer changes over time: for each accepted connection it
+/// records the time and asks `behave(attempt_number)` what to do.
+#[derive(Clone, Copy, Debug)]
+enum Answer {
+    /// Accept TCP, then drop it (the handshake fails).
+    Drop,
+    /// Answer `503` with `Retry-After: N`.
+    Busy(u32),
+    /// Upgrade and echo.
+    Echo,
+}
+
+async fn changing_server(
+    behave: impl Fn(usize) -> Answer + Send + Sync + 'static,
+) -> (
+    std::net::SocketAddr,
+    Arc<std::sync::Mutex<Vec<tokio::time::Instant>>>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let attempts = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = attempts.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let n = {
+                let mut log = log.lock().unwrap();
+                log.push(tokio::time::Instant::now());
+                log.len() - 1
+            };
+            let answer = behave(n);
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                match answer {
+                    Answer::Drop => drop(tcp),
+                    Answer::Busy(secs) => {
+                        let mut buf = [0u8; 2048];
+                        let _ = tcp.read(&mut buf).await;
+                        let reply = format!(
+                            "HTTP/1.1 503 Service Unavailable\r\nRetry-After: {secs}\r\nContent-Length: 0\r\n\r\n"
+                        );
+                        let _ = tcp.write_all(reply.as_bytes()).await;
+                    }
+                    Answer::Echo => {
+                        let conn = wsfleet::Connection::accept(
+                            wsfleet::connect::MaybeTlsStream::Plain(tcp),
+                            "client",
+                            &crate::config(),
+                        )
+                        .await;
+                        if let Ok(mut conn) = conn {
+                            while let Some(Ok(m)) = conn.recv().await {
+                                if conn.send(m).await.is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, attempts)
+}
+
+#[tokio::test]
+async fn outage_is_survived_with_reconnects_spaced_by_backoff() {
+    let outage = Duration::from_secs(2);
+    let started = tokio::time::Instant::now();
+    let (addr, attempts) = changing_server(move |_| {
+        if started.elapsed() < outage {
+            Answer::Drop
+        } else {
+            Answer::Echo
+        }
+    })
+    .await;
+    let mut fleet = Fleet::builder(format!("ws://{addr}/"))
+        .connections(1)
+        .backoff(Backoff::new(Duration::from_millis(50), Duration::from_millis(800)).unwrap())
+        .seed(7)
+        .spawn()
+        .expect("spawn");
+    let mut events = fleet.events().expect("events");
+    let mut failures = 0;
+    bounded("reconnected after the outage", async {
+        loop {
+            match events.recv().await.expect("event").kind {
+                EventKind::Connected { .. } => break,
+                EventKind::Disconnected(DisconnectReason::ConnectFailed { .. }) => failures += 1,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    })
+    .await;
+    let times = attempts.lock().unwrap().clone();
+    let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    println!("outage attempts: {}, gaps: {gaps:?}", times.len());
+    // Without backoff a 2 s outage costs thousands of attempts; with a
+    // 50 ms base doubling to an 800 ms cap it costs a handful.
+    assert!((3..=40).contains(&times.len()), "{} attempts", times.len());
+    assert_eq!(failures, times.len() - 1);
+    assert!(
+        gaps.iter().all(|g| *g <= Duration::from_millis(900)),
+        "a gap above the cap: {gaps:?}"
+    );
+    assert!(
+        started.elapsed() < outage + Duration::from_secs(2),
+        "slow to come back"
+    );
+    fleet.shutdown().await;
+}
+
+#[tokio::test]
+async fn retry_after_from_a_busy_server_is_respected() {
+    let (addr, attempts) = changing_server(|n| {
+        if n == 0 {
+            Answer::Busy(1)
+        } else {
+            Answer::Echo
+        }
+    })
+    .await;
+    let mut fleet = Fleet::builder(format!("ws://{addr}/"))
+        .connections(1)
+        .backoff(Backoff::new(Duration::from_millis(10), Duration::from_millis(20)).unwrap())
+        .spawn()
+        .expect("spawn");
+    let mut events = fleet.events().expect("events");
+    bounded("connected after Retry-After", async {
+        loop {
+            match events.recv().await.expect("event").kind {
+                EventKind::Connected { .. } => break,
+                EventKind::Disconnected(DisconnectReason::ConnectFailed {
+                    retry_after, ..
+                }) => {
+                    assert_eq!(retry_after, Some(Duration::from_secs(1)));
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    })
+    .await;
+    let times = attempts.lock().unwrap().clone();
+    assert_eq!(times.len(), 2);
+    assert!(
+        times[1] - times[0] >= Duration::from_millis(990),
+        "retried after {:?}",
+        times[1] - times[0]
+    );
+    fleet.shutdown().await;
+}
+
+#[tokio::test]
+async fn restart_intensity_pauses_a_reconnect_storm() {
+    let (addr, attempts) = changing_server(|_| Answer::Drop).await;
+    let mut fleet = Fleet::builder(format!("ws://{addr}/"))
+        .connections(20)
+        .connect_rate(10_000.0)
+        .backoff(Backoff::new(Duration::from_millis(1), Duration::from_millis(5)).unwrap())
+        .restart_intensity(wsfleet::fleet::RestartIntensity {
+            max_restarts: 30,
+            period: Duration::from_secs(10),
+            pause: Duration::from_secs(60),
+        })
+        .spawn()
+        .expect("spawn");
+    let mut events = fleet.events().expect("events");
+    let tripped = bounded("intensity tripped", async {
+        loop {
+            if let EventKind::RestartIntensityTripped { paused_for } =
+                events.recv().await.expect("event").kind
+            {
+                return paused_for;
+            }
+        }
+    })
+    .await;
+    assert!(tripped > Duration::from_secs(50));
+    let at_trip = attempts.lock().unwrap().len();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let later = attempts.lock().unwrap().len();
+    // 20 first attempts + 30 restarts at most, then silence.
+    assert!(
+        at_trip <= 51 && later <= 51,
+        "attempts {at_trip} then {later}"
+    );
+    drop(fleet);
+}
