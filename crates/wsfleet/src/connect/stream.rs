@@ -17,6 +17,8 @@ pub enum MaybeTlsStream {
     Plain(TcpStream),
     /// TLS over TCP (boxed: the TLS state is large and this enum is moved around).
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// The server end of TLS over TCP, for [`crate::Connection::accept`].
+    ServerTls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
 }
 
 impl MaybeTlsStream {
@@ -26,6 +28,7 @@ impl MaybeTlsStream {
         match self {
             MaybeTlsStream::Plain(tcp) => tcp,
             MaybeTlsStream::Tls(tls) => tls.get_ref().0,
+            MaybeTlsStream::ServerTls(tls) => tls.get_ref().0,
         }
     }
 }
@@ -39,6 +42,7 @@ impl AsyncRead for MaybeTlsStream {
         match self.get_mut() {
             MaybeTlsStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             MaybeTlsStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            MaybeTlsStream::ServerTls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -52,6 +56,7 @@ impl AsyncWrite for MaybeTlsStream {
         match self.get_mut() {
             MaybeTlsStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             MaybeTlsStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            MaybeTlsStream::ServerTls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -63,6 +68,7 @@ impl AsyncWrite for MaybeTlsStream {
         match self.get_mut() {
             MaybeTlsStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             MaybeTlsStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            MaybeTlsStream::ServerTls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -70,6 +76,7 @@ impl AsyncWrite for MaybeTlsStream {
         match self {
             MaybeTlsStream::Plain(s) => s.is_write_vectored(),
             MaybeTlsStream::Tls(s) => s.is_write_vectored(),
+            MaybeTlsStream::ServerTls(s) => s.is_write_vectored(),
         }
     }
 
@@ -77,6 +84,7 @@ impl AsyncWrite for MaybeTlsStream {
         match self.get_mut() {
             MaybeTlsStream::Plain(s) => Pin::new(s).poll_flush(cx),
             MaybeTlsStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            MaybeTlsStream::ServerTls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
@@ -84,6 +92,7 @@ impl AsyncWrite for MaybeTlsStream {
         match self.get_mut() {
             MaybeTlsStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             MaybeTlsStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            MaybeTlsStream::ServerTls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }

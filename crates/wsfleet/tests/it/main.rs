@@ -7,6 +7,7 @@ mod fleet;
 mod hostile;
 mod peers;
 mod script;
+mod tls;
 
 use std::time::Duration;
 

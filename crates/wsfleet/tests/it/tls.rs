@@ -1,0 +1,94 @@
+//! `wss://` end to end: a rustls server on loopback with the test CA
+//! (`tests/data`), wsfleet's client on the other side.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use wsfleet::connect::{MaybeTlsStream, Phase, Roots, TlsOptions};
+use wsfleet::{CloseCode, Connection, Message};
+use wsfleet_testkit::bounded;
+
+fn data(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
+}
+
+/// A wss echo server; returns its `wss://localhost:PORT/` URL.
+async fn wss_echo_server() -> String {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(data("server.pem"))
+        .expect("server.pem")
+        .collect::<Result<_, _>>()
+        .expect("certs");
+    let key = PrivateKeyDer::from_pem_file(data("server.key")).expect("server.key");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, peer)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let stream = MaybeTlsStream::ServerTls(Box::new(tls));
+                let Ok(mut conn) =
+                    Connection::accept(stream, peer.to_string(), &crate::config()).await
+                else {
+                    return;
+                };
+                while let Some(Ok(m)) = conn.recv().await {
+                    if conn.send(m).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    format!("wss://localhost:{port}/")
+}
+
+#[tokio::test]
+async fn wss_round_trips_with_a_custom_ca() {
+    let url = wss_echo_server().await;
+    let mut tls = TlsOptions::default();
+    tls.roots = Roots::None;
+    tls.extra_ca_files = vec![data("ca.pem")];
+    let config = crate::config().tls(tls.build().expect("tls config"));
+    let mut conn = bounded("connect", Connection::connect(&url, &config))
+        .await
+        .expect("connect");
+    crate::peers::round_trip(&mut conn, Message::text("over TLS ☃")).await;
+    crate::peers::round_trip(&mut conn, Message::binary(vec![9u8; 1 << 20])).await;
+    bounded("close", conn.close(CloseCode::NORMAL, ""))
+        .await
+        .expect("clean close");
+}
+
+#[tokio::test]
+async fn wss_with_default_roots_refuses_an_unknown_issuer() {
+    let url = wss_echo_server().await;
+    let err = bounded("connect", Connection::connect(&url, &crate::config()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.phase(), Phase::Tls);
+    assert!(
+        err.to_string().contains("UnknownIssuer") || err.to_string().contains("issuer"),
+        "{err}"
+    );
+}
