@@ -309,6 +309,7 @@ impl FleetBuilder {
             next_id: AtomicU64::new(0),
             round_robin: AtomicUsize::new(0),
             reconnects: AtomicU64::new(0),
+            counters: Default::default(),
         });
         let tasks = (0..shared.slots.len())
             .map(|i| {

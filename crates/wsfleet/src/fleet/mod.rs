@@ -24,6 +24,7 @@
 mod backoff;
 mod budget;
 mod builder;
+mod counters;
 mod intensity;
 mod rate;
 mod reason;
@@ -42,6 +43,7 @@ use wsfleet_proto::Message;
 pub use backoff::Backoff;
 pub use budget::FleetBudget;
 pub use builder::{FleetBuilder, OnConnect};
+pub use counters::{HANDSHAKE_BUCKETS_MS, Totals};
 pub use intensity::RestartIntensity;
 pub use reason::DisconnectReason;
 pub use stats::{ConnState, ConnectionInfo, FleetStats};
@@ -188,6 +190,7 @@ pub(crate) struct Shared {
     next_id: AtomicU64,
     round_robin: AtomicUsize,
     pub(crate) reconnects: AtomicU64,
+    pub(crate) counters: counters::Counters,
 }
 
 impl Shared {
@@ -196,6 +199,9 @@ impl Shared {
     }
 
     pub(crate) async fn emit(&self, conn: ConnId, slot: SlotId, kind: EventKind) {
+        if let EventKind::Disconnected(reason) = &kind {
+            self.counters.disconnect(reason.label());
+        }
         // Fails only once the fleet handle (and its receiver) is gone.
         let _ = self.events.send(Event { conn, slot, kind }).await;
     }
@@ -277,42 +283,18 @@ impl Fleet {
 
     /// Connections ready now.
     pub fn ready(&self) -> usize {
-        self.shared
-            .slots
-            .iter()
-            .filter(|s| s.record().state() == ConnState::Ready)
-            .count()
+        self.monitor().ready()
     }
 
     /// A snapshot of every connection and the totals.
     pub fn stats(&self) -> FleetStats {
-        let mut connections: Vec<ConnectionInfo> = self
-            .shared
-            .slots
-            .iter()
-            .map(|s| s.record().snapshot())
-            .collect();
-        let ready = connections
-            .iter()
-            .filter(|c| c.state == ConnState::Ready)
-            .count();
-        connections.extend(
-            self.shared
-                .draining
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .iter()
-                .map(|r| r.snapshot()),
-        );
-        FleetStats {
-            target: self.shared.slots.len(),
-            ready,
-            reconnects: self.shared.reconnects.load(Ordering::Relaxed),
-            budget_used: self.shared.budget.used(),
-            budget_peak: self.shared.budget.peak(),
-            budget_max: self.shared.budget.max(),
-            connections,
-        }
+        self.monitor().stats()
+    }
+
+    /// A cheap, clonable read-only view of the fleet for observers (the
+    /// admin endpoint, a status line).
+    pub fn monitor(&self) -> FleetMonitor {
+        FleetMonitor(self.shared.clone())
     }
 
     /// The memory budget every connection charges.
@@ -337,6 +319,62 @@ impl Fleet {
                 a.abort();
             }
         }
+    }
+}
+
+/// A read-only view of a fleet: stats without owning the [`Fleet`].
+#[derive(Clone)]
+pub struct FleetMonitor(Arc<Shared>);
+
+impl FleetMonitor {
+    /// Connections ready now.
+    pub fn ready(&self) -> usize {
+        self.0
+            .slots
+            .iter()
+            .filter(|s| s.record().state() == ConnState::Ready)
+            .count()
+    }
+
+    /// Slots (connections wanted).
+    pub fn target(&self) -> usize {
+        self.0.slots.len()
+    }
+
+    /// A snapshot of every connection and the totals.
+    pub fn stats(&self) -> FleetStats {
+        let mut connections: Vec<ConnectionInfo> =
+            self.0.slots.iter().map(|s| s.record().snapshot()).collect();
+        let ready = connections
+            .iter()
+            .filter(|c| c.state == ConnState::Ready)
+            .count();
+        connections.extend(
+            self.0
+                .draining
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .map(|r| r.snapshot()),
+        );
+        FleetStats {
+            target: self.0.slots.len(),
+            ready,
+            reconnects: self.0.reconnects.load(Ordering::Relaxed),
+            budget_used: self.0.budget.used(),
+            budget_peak: self.0.budget.peak(),
+            budget_max: self.0.budget.max(),
+            totals: self.0.counters.snapshot(),
+            connections,
+        }
+    }
+}
+
+impl fmt::Debug for FleetMonitor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FleetMonitor")
+            .field("slots", &self.0.slots.len())
+            .finish_non_exhaustive()
     }
 }
 

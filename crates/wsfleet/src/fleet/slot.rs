@@ -249,6 +249,7 @@ async fn open(
     let config = shared.settings.connection.clone();
     let hook = shared.settings.on_connect.clone();
     let target = target.clone();
+    let started = Instant::now();
     let task = Task(tokio::spawn(async move {
         let mut conn = Connection::connect_target(target, &config)
             .await
@@ -268,7 +269,11 @@ async fn open(
         let protocol = conn.protocol().map(str::to_owned);
         Ok((conn, protocol))
     }));
-    match task.await {
+    let result = task.await;
+    if matches!(result, Ok(Ok(_))) {
+        shared.counters.handshake(started.elapsed());
+    }
+    match result {
         Ok(result) => result,
         Err(e) if e.is_panic() => Err(DisconnectReason::Panicked(panic_message(e.into_panic()))),
         Err(_) => Err(DisconnectReason::Shutdown),
@@ -485,7 +490,7 @@ async fn conn_task(
                 Err(e) => break DisconnectReason::from_error(&e),
             }
         }
-        record.update(&conn.stats());
+        record.update(&conn.stats(), &shared.counters);
         let can_take = inbox_open
             && draining.is_none()
             && held.is_none()
@@ -552,7 +557,7 @@ async fn conn_task(
     while let Ok(m) = inbox.try_recv() {
         undelivered.push(m);
     }
-    record.update(&conn.stats());
+    record.update(&conn.stats(), &shared.counters);
     TaskEnd {
         reason,
         undelivered,

@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use super::counters::{Counters, Totals};
 use super::{ConnId, SlotId};
 use crate::ConnectionStats;
 
@@ -153,12 +154,18 @@ impl ConnRecord {
         self.reconnects.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Copies a connection's counters in (cheap relaxed stores).
-    pub(crate) fn update(&self, s: &ConnectionStats) {
-        self.bytes_in.store(s.bytes_in, Ordering::Relaxed);
-        self.bytes_out.store(s.bytes_out, Ordering::Relaxed);
-        self.msgs_in.store(s.msgs_in, Ordering::Relaxed);
-        self.msgs_out.store(s.msgs_out, Ordering::Relaxed);
+    /// Copies a connection's counters in (cheap relaxed stores) and adds
+    /// what changed to the fleet totals.
+    pub(crate) fn update(&self, s: &ConnectionStats, totals: &Counters) {
+        for (mine, total, now) in [
+            (&self.bytes_in, &totals.bytes_in, s.bytes_in),
+            (&self.bytes_out, &totals.bytes_out, s.bytes_out),
+            (&self.msgs_in, &totals.msgs_in, s.msgs_in),
+            (&self.msgs_out, &totals.msgs_out, s.msgs_out),
+        ] {
+            let before = mine.swap(now, Ordering::Relaxed);
+            total.fetch_add(now.saturating_sub(before), Ordering::Relaxed);
+        }
         self.buffered.store(s.buffered_bytes, Ordering::Relaxed);
         self.peak_buffered
             .fetch_max(s.peak_buffered_bytes, Ordering::Relaxed);
@@ -242,6 +249,8 @@ pub struct FleetStats {
     pub budget_peak: usize,
     /// The budget.
     pub budget_max: usize,
+    /// Monotonic totals since start.
+    pub totals: Totals,
     /// One entry per slot, plus connections draining after rotation.
     pub connections: Vec<ConnectionInfo>,
 }

@@ -1,0 +1,96 @@
+//! Fleet-wide monotonic counters for metrics: traffic totals, disconnects by
+//! reason, and the handshake latency histogram. All relaxed atomics.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Labels of [`super::DisconnectReason::label`], in a fixed order.
+pub(crate) const REASONS: [&str; 13] = [
+    "connect_failed",
+    "hook_failed",
+    "closed_by_peer",
+    "budget_exhausted",
+    "protocol",
+    "pong_timeout",
+    "abnormal",
+    "io",
+    "close_timeout",
+    "rotated",
+    "shutdown",
+    "panicked",
+    "other",
+];
+
+/// Upper bounds of the handshake latency buckets, in milliseconds.
+pub const HANDSHAKE_BUCKETS_MS: [u64; 11] =
+    [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000];
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) bytes_in: AtomicU64,
+    pub(crate) bytes_out: AtomicU64,
+    pub(crate) msgs_in: AtomicU64,
+    pub(crate) msgs_out: AtomicU64,
+    disconnects: [AtomicU64; REASONS.len()],
+    buckets: [AtomicU64; HANDSHAKE_BUCKETS_MS.len() + 1],
+    handshake_sum_us: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn disconnect(&self, label: &str) {
+        let i = REASONS
+            .iter()
+            .position(|r| *r == label)
+            .unwrap_or(REASONS.len() - 1);
+        self.disconnects[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn handshake(&self, took: Duration) {
+        let ms = took.as_millis() as u64;
+        let i = HANDSHAKE_BUCKETS_MS
+            .iter()
+            .position(|b| ms <= *b)
+            .unwrap_or(HANDSHAKE_BUCKETS_MS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.handshake_sum_us
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> Totals {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Totals {
+            bytes_in: load(&self.bytes_in),
+            bytes_out: load(&self.bytes_out),
+            msgs_in: load(&self.msgs_in),
+            msgs_out: load(&self.msgs_out),
+            disconnects: REASONS
+                .iter()
+                .zip(&self.disconnects)
+                .map(|(r, c)| (*r, load(c)))
+                .collect(),
+            handshake_buckets: self.buckets.iter().map(load).collect(),
+            handshake_sum: Duration::from_micros(load(&self.handshake_sum_us)),
+        }
+    }
+}
+
+/// Fleet-wide totals since start (monotonic: they survive rotations).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Totals {
+    /// Bytes read, all connections.
+    pub bytes_in: u64,
+    /// Bytes written, all connections.
+    pub bytes_out: u64,
+    /// Messages received.
+    pub msgs_in: u64,
+    /// Messages sent.
+    pub msgs_out: u64,
+    /// Ended connections and failed attempts, by [`super::DisconnectReason::label`].
+    pub disconnects: Vec<(&'static str, u64)>,
+    /// Handshakes per latency bucket: bucket `i` counts those at most
+    /// [`HANDSHAKE_BUCKETS_MS`]`[i]` ms (not cumulative); the last, the rest.
+    pub handshake_buckets: Vec<u64>,
+    /// Sum of all handshake latencies.
+    pub handshake_sum: Duration,
+}
