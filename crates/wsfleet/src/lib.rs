@@ -11,6 +11,7 @@
 //! `rustls-native-certs` (TLS and its trust roots), `url` (URL parsing),
 //! `getrandom` (OS CSPRNG for masking keys), `tracing` (structured logs).
 
+pub mod admin;
 pub mod connect;
 mod connection;
 pub mod fleet;

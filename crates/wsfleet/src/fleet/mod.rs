@@ -52,7 +52,20 @@ use stats::ConnRecord;
 
 /// A connection's id, unique within a fleet (a slot's successive
 /// connections get new ids).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(transparent)]
 pub struct ConnId(pub u64);
 
 impl fmt::Display for ConnId {
@@ -62,7 +75,20 @@ impl fmt::Display for ConnId {
 }
 
 /// A slot's index in the fleet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(transparent)]
 pub struct SlotId(pub u32);
 
 impl fmt::Display for SlotId {

@@ -12,7 +12,8 @@ use super::{ConnId, SlotId};
 use crate::ConnectionStats;
 
 /// Where a slot's connection is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum ConnState {
     /// Dialling, TLS, handshake or the on-connect hook.
@@ -201,8 +202,10 @@ impl ConnRecord {
     }
 }
 
-/// A snapshot of one connection: what `wsfleet top` and `/connections` show.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A snapshot of one connection: what `wsfleet top` and `/connections` show
+/// (serialised with the same field names; `connected_since` as Unix
+/// milliseconds).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub struct ConnectionInfo {
     /// The connection's id (a slot's successive connections get new ids).
@@ -214,6 +217,7 @@ pub struct ConnectionInfo {
     /// The URL it connects to.
     pub url: String,
     /// When the current connection became ready.
+    #[serde(with = "unix_ms")]
     pub connected_since: Option<SystemTime>,
     /// How many times the slot has reconnected.
     pub reconnects: u64,
@@ -253,4 +257,27 @@ pub struct FleetStats {
     pub totals: Totals,
     /// One entry per slot, plus connections draining after rotation.
     pub connections: Vec<ConnectionInfo>,
+}
+
+/// `Option<SystemTime>` as Unix milliseconds (or null).
+mod unix_ms {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(
+        t: &Option<SystemTime>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match t.and_then(|t| t.duration_since(UNIX_EPOCH).ok()) {
+            Some(d) => s.serialize_some(&(d.as_millis() as u64)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<SystemTime>, D::Error> {
+        Ok(Option::<u64>::deserialize(d)?.map(|ms| UNIX_EPOCH + Duration::from_millis(ms)))
+    }
 }

@@ -3,6 +3,7 @@
 //! wsfleet's own echo server, and scripted raw-TCP peers that misbehave.
 //! One binary (rustls' `tests/api.rs` layout) to keep link time low.
 
+mod admin;
 mod chaos;
 mod fleet;
 mod hostile;

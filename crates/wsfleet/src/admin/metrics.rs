@@ -1,0 +1,147 @@
+//! Prometheus text exposition (format 0.0.4) of a fleet snapshot.
+
+use std::fmt::Write;
+
+use crate::fleet::{ConnState, FleetStats, HANDSHAKE_BUCKETS_MS};
+
+fn metric(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// Renders every fleet metric.
+pub(super) fn render(s: &FleetStats) -> String {
+    let mut out = String::with_capacity(4096);
+    metric(
+        &mut out,
+        "wsfleet_connections_target",
+        "gauge",
+        "Connections the fleet keeps (slots).",
+    );
+    let _ = writeln!(out, "wsfleet_connections_target {}", s.target);
+    metric(
+        &mut out,
+        "wsfleet_connections_ready",
+        "gauge",
+        "Connections ready (handshake and on-connect hook done).",
+    );
+    let _ = writeln!(out, "wsfleet_connections_ready {}", s.ready);
+    metric(
+        &mut out,
+        "wsfleet_connections",
+        "gauge",
+        "Connections by state.",
+    );
+    for state in [
+        ConnState::Connecting,
+        ConnState::Ready,
+        ConnState::Draining,
+        ConnState::Backoff,
+        ConnState::Closed,
+    ] {
+        let n = s.connections.iter().filter(|c| c.state == state).count();
+        let _ = writeln!(
+            out,
+            "wsfleet_connections{{state=\"{}\"}} {n}",
+            state.as_str()
+        );
+    }
+    metric(
+        &mut out,
+        "wsfleet_reconnects_total",
+        "counter",
+        "Reconnect attempts, all slots.",
+    );
+    let _ = writeln!(out, "wsfleet_reconnects_total {}", s.reconnects);
+    metric(
+        &mut out,
+        "wsfleet_disconnects_total",
+        "counter",
+        "Ended connections and failed attempts, by reason.",
+    );
+    for (reason, n) in &s.totals.disconnects {
+        let _ = writeln!(out, "wsfleet_disconnects_total{{reason=\"{reason}\"}} {n}");
+    }
+    for (name, help, value) in [
+        (
+            "wsfleet_bytes_in_total",
+            "Bytes read from sockets.",
+            s.totals.bytes_in,
+        ),
+        (
+            "wsfleet_bytes_out_total",
+            "Bytes written to sockets.",
+            s.totals.bytes_out,
+        ),
+        (
+            "wsfleet_messages_in_total",
+            "Messages received.",
+            s.totals.msgs_in,
+        ),
+        (
+            "wsfleet_messages_out_total",
+            "Messages sent.",
+            s.totals.msgs_out,
+        ),
+    ] {
+        metric(&mut out, name, "counter", help);
+        let _ = writeln!(out, "{name} {value}");
+    }
+    let buffered: usize = s.connections.iter().map(|c| c.buffered_bytes).sum();
+    for (name, help, value) in [
+        (
+            "wsfleet_buffered_bytes",
+            "Buffer bytes held by all connections now.",
+            buffered,
+        ),
+        (
+            "wsfleet_budget_used_bytes",
+            "Memory budget reserved now.",
+            s.budget_used,
+        ),
+        (
+            "wsfleet_budget_peak_bytes",
+            "Most memory budget ever reserved.",
+            s.budget_peak,
+        ),
+        (
+            "wsfleet_budget_max_bytes",
+            "The memory budget.",
+            s.budget_max,
+        ),
+    ] {
+        metric(&mut out, name, "gauge", help);
+        let _ = writeln!(out, "{name} {value}");
+    }
+    metric(
+        &mut out,
+        "wsfleet_handshake_seconds",
+        "histogram",
+        "Time from dialling to ready (DNS, TCP, TLS, handshake, hook).",
+    );
+    let mut cumulative = 0;
+    for (i, n) in s.totals.handshake_buckets.iter().enumerate() {
+        cumulative += n;
+        match HANDSHAKE_BUCKETS_MS.get(i) {
+            Some(ms) => {
+                let _ = writeln!(
+                    out,
+                    "wsfleet_handshake_seconds_bucket{{le=\"{}\"}} {cumulative}",
+                    *ms as f64 / 1000.0
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "wsfleet_handshake_seconds_bucket{{le=\"+Inf\"}} {cumulative}"
+                );
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "wsfleet_handshake_seconds_sum {}",
+        s.totals.handshake_sum.as_secs_f64()
+    );
+    let _ = writeln!(out, "wsfleet_handshake_seconds_count {cumulative}");
+    out
+}
