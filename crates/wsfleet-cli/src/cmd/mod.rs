@@ -1,0 +1,103 @@
+//! The subcommands, each in its own module, and what they share: the
+//! runtime and shutdown on SIGINT/SIGTERM.
+
+mod connect;
+mod run;
+mod serve;
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use wsfleet::Limits;
+
+use crate::cli::Command;
+
+/// How long the runtime waits for leftover tasks once a command is done.
+/// Reading stdin blocks a thread that cannot be interrupted, so the runtime
+/// must not wait for it.
+const RUNTIME_SHUTDOWN: Duration = Duration::from_millis(200);
+
+/// Runs `command` on a fresh multi-threaded tokio runtime.
+///
+/// # Errors
+/// Whatever the command failed with.
+pub(crate) fn execute(command: Command) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    let result = runtime.block_on(async move {
+        match command {
+            Command::Run(args) => run::run(args).await,
+            Command::Connect(args) => connect::run(args).await,
+            Command::Serve(args) => serve::run(args).await,
+        }
+    });
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+    result
+}
+
+/// Default limits, with `--max-message` applied (to messages and frames).
+///
+/// # Errors
+/// If the limit is out of range (for example below 125 bytes).
+pub(crate) fn limits(max_message: Option<usize>) -> anyhow::Result<Limits> {
+    let mut limits = Limits::default();
+    if let Some(max) = max_message {
+        limits = limits
+            .with_max_message(max)
+            .with_max_frame_payload(limits.max_frame_payload.min(max));
+    }
+    limits.validate().context("invalid --max-message")?;
+    Ok(limits)
+}
+
+/// Waits for SIGINT or SIGTERM. The handlers are installed when this is
+/// created, so a signal that arrives before [`Signals::recv`] is awaited is
+/// not lost (and does not kill the process).
+pub(crate) struct Signals {
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Installs the handlers.
+    ///
+    /// # Errors
+    /// If the OS refuses to install a signal handler.
+    pub(crate) fn install() -> anyhow::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                interrupt: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+                terminate: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(Self {})
+        }
+    }
+
+    /// Resolves at the next SIGINT or SIGTERM, with its name.
+    pub(crate) async fn recv(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.interrupt.recv() => "SIGINT",
+                _ = self.terminate.recv() => "SIGTERM",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            match tokio::signal::ctrl_c().await {
+                Ok(()) => "Ctrl-C",
+                Err(_) => std::future::pending().await,
+            }
+        }
+    }
+}
