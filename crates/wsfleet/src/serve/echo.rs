@@ -2,12 +2,14 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use std::time::Duration;
 use tokio::net::{TcpListener, ToSocketAddrs};
-use tokio::sync::Semaphore;
+
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
 use crate::connect::MaybeTlsStream;
-use crate::{Connection, ConnectionConfig};
+use crate::{CloseCode, Connection, ConnectionConfig};
 
 /// Most connections an echo server serves at once; further clients wait in
 /// the listen backlog.
@@ -31,6 +33,8 @@ const MAX_CONNECTIONS: usize = 50_000;
 pub struct EchoServer {
     local_addr: SocketAddr,
     task: JoinHandle<()>,
+    stop: watch::Sender<bool>,
+    connections: Arc<Semaphore>,
 }
 
 impl EchoServer {
@@ -42,8 +46,20 @@ impl EchoServer {
     pub async fn bind(addr: impl ToSocketAddrs, config: ConnectionConfig) -> io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let local_addr = listener.local_addr()?;
-        let task = tokio::spawn(accept_loop(listener, Arc::new(config)));
-        Ok(Self { local_addr, task })
+        let (stop, stopped) = watch::channel(false);
+        let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let task = tokio::spawn(accept_loop(
+            listener,
+            Arc::new(config),
+            connections.clone(),
+            stopped,
+        ));
+        Ok(Self {
+            local_addr,
+            task,
+            stop,
+            connections,
+        })
     }
 
     /// The address it listens on.
@@ -55,6 +71,16 @@ impl EchoServer {
     pub fn url(&self) -> String {
         format!("ws://{}/", self.local_addr)
     }
+
+    /// Stops accepting and closes every connection with 1001 (going away),
+    /// waiting at most `within` for the close handshakes.
+    pub async fn shutdown(self, within: Duration) {
+        let _ = self.stop.send(true);
+        self.task.abort();
+        let all = u32::try_from(MAX_CONNECTIONS).unwrap_or(u32::MAX);
+        // Every connection holds a permit until it has closed.
+        let _ = tokio::time::timeout(within, self.connections.acquire_many(all)).await;
+    }
 }
 
 impl Drop for EchoServer {
@@ -63,8 +89,12 @@ impl Drop for EchoServer {
     }
 }
 
-async fn accept_loop(listener: TcpListener, config: Arc<ConnectionConfig>) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+async fn accept_loop(
+    listener: TcpListener,
+    config: Arc<ConnectionConfig>,
+    slots: Arc<Semaphore>,
+    stopped: watch::Receiver<bool>,
+) {
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
@@ -74,19 +104,34 @@ async fn accept_loop(listener: TcpListener, config: Arc<ConnectionConfig>) {
             Err(e) => {
                 // EMFILE and friends: say so, wait a little, keep serving.
                 tracing::warn!(error = %e, "echo server: accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
         let _ = tcp.set_nodelay(true);
         let config = config.clone();
+        let mut stopped = stopped.clone();
         tokio::spawn(async move {
             let _permit = permit;
             match Connection::accept(MaybeTlsStream::Plain(tcp), peer.to_string(), &config).await {
                 Ok(mut conn) => {
-                    while let Some(Ok(message)) = conn.recv().await {
-                        if conn.send(message).await.is_err() {
-                            break;
+                    let mut closing = false;
+                    loop {
+                        tokio::select! {
+                            message = conn.recv() => match message {
+                                Some(Ok(message)) => {
+                                    if !closing && conn.send(message).await.is_err() {
+                                        break;
+                                    }
+                                }
+                                _ => break,
+                            },
+                            _ = stopped.changed(), if !closing => {
+                                closing = true;
+                                if conn.begin_close(CloseCode::GOING_AWAY, "server shutting down").is_err() {
+                                    break;
+                                }
+                            }
                         }
                     }
                     let _ = conn.flush().await;

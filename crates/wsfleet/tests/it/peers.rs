@@ -194,6 +194,24 @@ mod wsfleet_echo {
     async fn many_messages_in_order() {
         super::many_messages_in_order(&server().await.url()).await;
     }
+
+    #[tokio::test]
+    async fn shutdown_closes_clients_with_going_away() {
+        let server = server().await;
+        let mut conn = super::connect(&server.url()).await;
+        super::round_trip(&mut conn, wsfleet::Message::text("before")).await;
+        let stop = tokio::spawn(server.shutdown(std::time::Duration::from_secs(2)));
+        assert!(
+            wsfleet_testkit::bounded("recv", conn.recv())
+                .await
+                .is_none()
+        );
+        assert_eq!(
+            conn.close_frame().map(|f| f.code),
+            Some(wsfleet::CloseCode::GOING_AWAY)
+        );
+        stop.await.expect("shutdown");
+    }
 }
 
 mod python_specific {
