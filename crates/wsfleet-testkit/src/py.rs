@@ -219,8 +219,8 @@ async fn startup_error(
         String::new()
     };
     io::Error::other(format!(
-        "{what} {problem} (exit status: {}); its stderr:\n{}{hint}",
-        status.map_or_else(|| "unknown".to_owned(), |s| s.to_string()),
+        "{what} {problem} ({}); its stderr:\n{}{hint}",
+        status.map_or_else(|| "exit status unknown".to_owned(), |s| s.to_string()),
         if text.trim().is_empty() {
             "(empty)"
         } else {
