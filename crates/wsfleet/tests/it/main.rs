@@ -6,6 +6,7 @@
 mod admin;
 mod chaos;
 mod fleet;
+mod fleet_1k;
 mod hostile;
 mod peers;
 mod script;
