@@ -8,6 +8,11 @@ use wsfleet_proto::MemoryBudget;
 /// would pass `max` is refused, and the connection that asked is dropped
 /// with close 1009 — not the process.
 ///
+/// It bounds what peers can make us hold: read buffers, message reassembly
+/// and outbound queues. The fixed cost of a connection (its task, socket,
+/// TLS state and channels: about 9 KiB per idle plain connection today) is
+/// not charged; size the budget on top of `connections ×` that.
+///
 /// ```
 /// use wsfleet::fleet::FleetBudget;
 /// use wsfleet::proto::MemoryBudget;

@@ -310,6 +310,7 @@ impl FleetBuilder {
             round_robin: AtomicUsize::new(0),
             reconnects: AtomicU64::new(0),
             counters: Default::default(),
+            draining_tasks: Mutex::new(Vec::new()),
         });
         let tasks = (0..shared.slots.len())
             .map(|i| {

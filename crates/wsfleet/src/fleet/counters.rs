@@ -31,6 +31,7 @@ pub(crate) struct Counters {
     pub(crate) bytes_out: AtomicU64,
     pub(crate) msgs_in: AtomicU64,
     pub(crate) msgs_out: AtomicU64,
+    pub(crate) rotations: AtomicU64,
     disconnects: [AtomicU64; REASONS.len()],
     buckets: [AtomicU64; HANDSHAKE_BUCKETS_MS.len() + 1],
     handshake_sum_us: AtomicU64,
@@ -63,6 +64,7 @@ impl Counters {
             bytes_out: load(&self.bytes_out),
             msgs_in: load(&self.msgs_in),
             msgs_out: load(&self.msgs_out),
+            rotations: load(&self.rotations),
             disconnects: REASONS
                 .iter()
                 .zip(&self.disconnects)
@@ -86,6 +88,8 @@ pub struct Totals {
     pub msgs_in: u64,
     /// Messages sent.
     pub msgs_out: u64,
+    /// Connections replaced after their lifetime (make-before-break).
+    pub rotations: u64,
     /// Ended connections and failed attempts, by [`super::DisconnectReason::label`].
     pub disconnects: Vec<(&'static str, u64)>,
     /// Handshakes per latency bucket: bucket `i` counts those at most

@@ -217,6 +217,8 @@ pub(crate) struct Shared {
     round_robin: AtomicUsize,
     pub(crate) reconnects: AtomicU64,
     pub(crate) counters: counters::Counters,
+    /// Rotated-out connections still closing, awaited by `shutdown`.
+    pub(crate) draining_tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Shared {
@@ -253,9 +255,9 @@ impl Fleet {
         self.events.take()
     }
 
-    /// Sends to a ready connection, chosen round robin (the next slot after
-    /// the previous send whose connection is ready and has inbox room waits
-    /// least). Waits while that connection's inbox is full (backpressure).
+    /// Sends to a ready connection: the first, in round-robin order, whose
+    /// inbox has room; if every ready inbox is full, waits on the next one in
+    /// round-robin order (backpressure).
     ///
     /// # Errors
     /// [`FleetSendError::NoReadyConnection`] with the message when none is ready.
@@ -263,16 +265,27 @@ impl Fleet {
         let n = self.shared.slots.len();
         let start = self.shared.round_robin.fetch_add(1, Ordering::Relaxed);
         let mut message = message;
+        let mut first_ready = None;
         for i in 0..n {
             let slot = &self.shared.slots[(start + i) % n];
             if let Some((id, inbox)) = slot.inbox() {
-                match inbox.send(message).await {
+                match inbox.try_send(message) {
                     Ok(()) => return Ok(id),
-                    Err(back) => message = back.0,
+                    Err(mpsc::error::TrySendError::Full(back)) => {
+                        message = back;
+                        first_ready.get_or_insert((id, inbox));
+                    }
+                    Err(mpsc::error::TrySendError::Closed(back)) => message = back,
                 }
             }
         }
-        Err(FleetSendError::NoReadyConnection(message))
+        match first_ready {
+            Some((id, inbox)) => match inbox.send(message).await {
+                Ok(()) => Ok(id),
+                Err(back) => Err(FleetSendError::NoReadyConnection(back.0)),
+            },
+            None => Err(FleetSendError::NoReadyConnection(message)),
+        }
     }
 
     /// Sends to one connection.
@@ -334,7 +347,14 @@ impl Fleet {
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         let limit = self.shared.settings.connection.deadlines.close + Duration::from_secs(1);
-        let tasks = std::mem::take(&mut self.tasks);
+        let mut tasks = std::mem::take(&mut self.tasks);
+        tasks.extend(std::mem::take(
+            &mut *self
+                .shared
+                .draining_tasks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        ));
         let aborts: Vec<_> = tasks.iter().map(JoinHandle::abort_handle).collect();
         let all = futures_join_all(tasks);
         if tokio::time::timeout(limit, all).await.is_err() {

@@ -79,6 +79,12 @@ impl Running {
     }
 }
 
+enum Rotation {
+    Opened(Result<(Connection, Option<String>), DisconnectReason>),
+    OldEnded(Result<TaskEnd, tokio::task::JoinError>),
+    Shutdown,
+}
+
 enum Outcome {
     Shutdown,
     Ended { lived: Duration },
@@ -390,11 +396,25 @@ async fn serve(
             _ = sleep_until_opt(rotate_at) => {
                 // Make before break: the old connection serves until the new one is ready.
                 let turn = shared.pacer.reserve(Instant::now());
-                tokio::time::sleep_until(turn).await;
                 let new_id = shared.next_conn_id();
+                // The old connection may die while the new one dials: watch it.
                 let opened = tokio::select! {
-                    r = open(shared, target) => Some(r),
-                    _ = shutdown.changed() => None,
+                    r = async {
+                        tokio::time::sleep_until(turn).await;
+                        open(shared, target).await
+                    } => Rotation::Opened(r),
+                    end = &mut current.task => Rotation::OldEnded(end),
+                    _ = shutdown.changed() => Rotation::Shutdown,
+                };
+                let opened = match opened {
+                    Rotation::Opened(r) => Some(r),
+                    Rotation::OldEnded(end) => {
+                        *slot.inbox.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                        current.record.set_state(ConnState::Backoff);
+                        report(shared, slot.id, current.id, &current.record, end).await;
+                        return Outcome::Ended { lived: current.since.elapsed() };
+                    }
+                    Rotation::Shutdown => None,
                 };
                 match opened {
                     None => return drain_for_shutdown(shared, slot, current).await,
@@ -404,9 +424,10 @@ async fn serve(
                         old.record.set_state(ConnState::Draining);
                         shared.draining.lock().unwrap_or_else(|p| p.into_inner()).push(old.record.clone());
                         old.drain(DisconnectReason::Rotated, Some(current.inbox.clone()));
+                        shared.counters.rotations.fetch_add(1, Ordering::Relaxed);
                         let watcher_shared = shared.clone();
                         let slot_id = slot.id;
-                        tokio::spawn(async move {
+                        let watcher = tokio::spawn(async move {
                             let end = (&mut old.task).await;
                             report(&watcher_shared, slot_id, old.id, &old.record, end).await;
                             watcher_shared
@@ -415,6 +436,9 @@ async fn serve(
                                 .unwrap_or_else(|p| p.into_inner())
                                 .retain(|r| !Arc::ptr_eq(r, &old.record));
                         });
+                        let mut tasks = shared.draining_tasks.lock().unwrap_or_else(|p| p.into_inner());
+                        tasks.retain(|t| !t.is_finished());
+                        tasks.push(watcher);
                         rotation_failures = 0;
                         rotate_at = next_rotation(settings.max_lifetime, settings.lifetime_jitter, jitter);
                     }

@@ -125,6 +125,7 @@ async fn rotation_keeps_every_slot_ready_and_loses_nothing() {
     sender.await.expect("sender");
     assert_eq!(min_ready, n, "a slot dipped during rotation");
     assert!(rotations >= n, "only {rotations} rotations");
+    assert!(fleet.stats().totals.rotations >= rotations as u64);
     assert_eq!((echoed.len(), undelivered), (3000, 0));
     Arc::try_unwrap(fleet)
         .expect("only handle")
