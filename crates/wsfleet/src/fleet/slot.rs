@@ -79,6 +79,9 @@ impl Running {
     }
 }
 
+/// What ended the wait for a replacement connection (a transient value on
+/// the stack, so the large variant costs nothing).
+#[allow(clippy::large_enum_variant)]
 enum Rotation {
     Opened(Result<(Connection, Option<String>), DisconnectReason>),
     OldEnded(Result<TaskEnd, tokio::task::JoinError>),
