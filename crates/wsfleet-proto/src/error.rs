@@ -58,6 +58,8 @@ pub enum ProtocolError {
     InvalidCloseCode(u16),
     /// A close frame with a 1-byte payload.
     InvalidClosePayload,
+    /// A compressed message that does not inflate.
+    InvalidCompressedData,
     /// The memory budget refused a buffer growth.
     BudgetExhausted {
         /// Bytes the connection asked for.
@@ -83,7 +85,7 @@ impl ProtocolError {
             | Self::ExpectedContinuation
             | Self::InvalidCloseCode(_)
             | Self::InvalidClosePayload => CloseCode::PROTOCOL_ERROR,
-            Self::InvalidUtf8 => CloseCode::INVALID_PAYLOAD,
+            Self::InvalidUtf8 | Self::InvalidCompressedData => CloseCode::INVALID_PAYLOAD,
             Self::TooManyFragments { .. } => CloseCode::POLICY_VIOLATION,
             Self::FrameTooLarge { .. }
             | Self::MessageTooLarge { .. }
@@ -107,6 +109,7 @@ impl ProtocolError {
             Self::MessageTooLarge { .. } => "message too large",
             Self::TooManyFragments { .. } => "too many fragments",
             Self::InvalidUtf8 => "invalid UTF-8",
+            Self::InvalidCompressedData => "invalid compressed data",
             Self::InvalidCloseCode(_) => "invalid close code",
             Self::InvalidClosePayload => "invalid close payload",
             Self::BudgetExhausted { .. } => "memory budget exhausted",

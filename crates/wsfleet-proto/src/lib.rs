@@ -29,6 +29,7 @@
 //!   connection with close 1009.
 
 pub mod budget;
+pub mod deflate;
 pub mod error;
 pub mod event;
 pub mod frame;

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use wsfleet::connect::Deadlines;
+use wsfleet::proto::deflate::DeflateConfig;
 use wsfleet::{Connection, ConnectionConfig, Keepalive, Message};
 
 #[tokio::main(flavor = "current_thread")]
@@ -20,7 +21,14 @@ async fn main() -> ExitCode {
         .unwrap_or_else(|| "ws://127.0.0.1:9001".to_owned());
     let agent = args.next().unwrap_or_else(|| "wsfleet".to_owned());
     let base = base.trim_end_matches('/');
-    let config = ConnectionConfig::default()
+    // permessage-deflate offered as wsfleet's default offer (no context
+    // takeover either way, `client_max_window_bits` open), which every 12.*
+    // and 13.* server accept function takes; `AUTOBAHN_NO_DEFLATE=1` turns it off.
+    let mut config = ConnectionConfig::default();
+    if std::env::var_os("AUTOBAHN_NO_DEFLATE").is_none() {
+        config = config.deflate(DeflateConfig::default().with_threshold(0));
+    }
+    let config = config
         .keepalive(Keepalive::default().with_interval(None))
         .deadlines(Deadlines::default().with_close(Duration::from_secs(3)));
 

@@ -2,6 +2,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
 use super::{HandshakeError, accept_key, has_token, header, header_tokens};
+use crate::deflate::{DeflateConfig, DeflateParams};
 use crate::limits::Limits;
 
 /// Headers the handshake sets itself; a caller may not send them again.
@@ -29,6 +30,7 @@ pub struct HandshakeRequest {
     origin: Option<String>,
     protocols: Vec<String>,
     headers: Vec<(String, String)>,
+    deflate: Option<DeflateConfig>,
 }
 
 impl HandshakeRequest {
@@ -43,7 +45,15 @@ impl HandshakeRequest {
             origin: None,
             protocols: Vec::new(),
             headers: Vec::new(),
+            deflate: None,
         }
+    }
+
+    /// Offers permessage-deflate (RFC 7692).
+    #[must_use]
+    pub fn deflate(mut self, config: DeflateConfig) -> Self {
+        self.deflate = Some(config);
+        self
     }
 
     /// Sends an `Origin` header.
@@ -127,6 +137,11 @@ impl HandshakeRequest {
             out.push_str(&self.protocols.join(", "));
             out.push_str("\r\n");
         }
+        if let Some(deflate) = &self.deflate {
+            out.push_str("Sec-WebSocket-Extensions: ");
+            out.push_str(&deflate.offer());
+            out.push_str("\r\n");
+        }
         for (name, value) in &self.headers {
             out.push_str(name);
             out.push_str(": ");
@@ -149,6 +164,8 @@ fn is_token_byte(b: u8) -> bool {
 pub struct HandshakeResponse {
     /// The subprotocol the server chose, if any.
     pub protocol: Option<String>,
+    /// permessage-deflate as negotiated, if the server accepted it.
+    pub deflate: Option<DeflateParams>,
     /// All response headers, names as sent.
     pub headers: Vec<(String, Vec<u8>)>,
 }
@@ -158,6 +175,7 @@ pub struct HandshakeResponse {
 pub struct ClientHandshake {
     expected_accept: String,
     protocols: Vec<String>,
+    deflate: Option<DeflateConfig>,
     max_bytes: usize,
     max_headers: usize,
 }
@@ -168,6 +186,7 @@ impl ClientHandshake {
         Self {
             expected_accept: accept_key(request.key().as_bytes()),
             protocols: request.protocols.clone(),
+            deflate: request.deflate,
             max_bytes: limits.max_handshake_bytes,
             max_headers: limits.max_handshake_headers,
         }
@@ -259,14 +278,30 @@ impl ClientHandshake {
                 return Err(HandshakeError::UnexpectedProtocol(p.clone()));
             }
         }
-        if let Some(ext) = header_tokens(headers, "sec-websocket-extensions").next() {
-            return Err(HandshakeError::UnexpectedExtension(ext.to_owned()));
-        }
+        let extensions: Vec<&str> = header_tokens(headers, "sec-websocket-extensions").collect();
+        let deflate = match (extensions.is_empty(), &self.deflate) {
+            (true, _) => None,
+            (false, None) => {
+                return Err(HandshakeError::UnexpectedExtension(extensions.join(", ")));
+            }
+            (false, Some(offer)) => Some(
+                offer
+                    .accept(&extensions.join(", "))
+                    .map_err(HandshakeError::BadExtension)?,
+            ),
+        };
         let headers = headers
             .iter()
             .map(|h| (h.name.to_owned(), h.value.to_vec()))
             .collect();
-        Ok(Some((HandshakeResponse { protocol, headers }, used)))
+        Ok(Some((
+            HandshakeResponse {
+                protocol,
+                deflate,
+                headers,
+            },
+            used,
+        )))
     }
 }
 

@@ -52,6 +52,8 @@ pub enum HandshakeError {
     UnexpectedProtocol(String),
     /// The server accepted an extension we did not offer.
     UnexpectedExtension(String),
+    /// The server's permessage-deflate answer breaks RFC 7692 or our offer.
+    BadExtension(String),
     /// A header name or value we were asked to send contains CR, LF or NUL.
     InvalidRequestHeader(String),
 }
@@ -103,6 +105,7 @@ impl fmt::Display for HandshakeError {
             Self::UnexpectedExtension(e) => {
                 write!(f, "server accepted extension {e:?}, which was not offered")
             }
+            Self::BadExtension(why) => write!(f, "permessage-deflate answer refused: {why}"),
             Self::InvalidRequestHeader(h) => {
                 write!(f, "request header {h:?} contains CR, LF or NUL")
             }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use crate::budget::MemoryBudget;
+use crate::deflate::DeflateParams;
 use crate::error::ProtocolError;
 use crate::frame::{CloseFrame, OpCode};
 use crate::keys::MaskKeys;
@@ -102,6 +103,15 @@ pub struct Protocol {
     /// Bytes ever appended to / written from the outbound queue.
     queued_total: u64,
     written_total: u64,
+    /// permessage-deflate, when negotiated.
+    deflate: Option<DeflateState>,
+}
+
+/// Negotiated compression and its (charged) contexts.
+struct DeflateState {
+    params: DeflateParams,
+    inflater: Option<Box<flate2::Decompress>>,
+    deflater: Option<Box<flate2::Compress>>,
 }
 
 /// The frame whose payload is arriving.
@@ -118,12 +128,18 @@ struct InFrame {
     /// Part of a fragmented message: streamed into the reassembly buffer as
     /// it arrives, instead of being kept whole in the read buffer.
     streaming: bool,
-    /// Payload must be UTF-8 (a text frame or a continuation of text).
+    /// Payload must be UTF-8 as it arrives (a text frame or a continuation
+    /// of text, uncompressed: compressed text is checked after inflating).
     text: bool,
+    /// Part of a compressed message (RSV1 on its first frame).
+    compressed: bool,
+    /// The message is text (for compressed frames, whose `text` is false).
+    message_text: bool,
 }
 
 struct Reassembly {
     text: bool,
+    compressed: bool,
     buf: Vec<u8>,
     frames: usize,
 }
@@ -159,6 +175,7 @@ impl Protocol {
             close_sent: false,
             queued_total: 0,
             written_total: 0,
+            deflate: None,
         }
     }
 
@@ -167,6 +184,23 @@ impl Protocol {
     pub fn with_budget(mut self, budget: Arc<dyn MemoryBudget>) -> Self {
         self.account.set_budget(budget);
         self
+    }
+
+    /// Enables permessage-deflate with the parameters the handshake
+    /// negotiated (client role: see [`crate::deflate::DeflateConfig::accept`]).
+    #[must_use]
+    pub fn with_deflate(mut self, params: DeflateParams) -> Self {
+        self.deflate = Some(DeflateState {
+            params,
+            inflater: None,
+            deflater: None,
+        });
+        self
+    }
+
+    /// The negotiated compression, if any.
+    pub fn deflate_params(&self) -> Option<&DeflateParams> {
+        self.deflate.as_ref().map(|d| &d.params)
     }
 
     /// The role.

@@ -4,6 +4,9 @@ use bytes::buf::Limit;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::{InFrame, Protocol, Reassembly, Role};
+use crate::deflate::{
+    INFLATE_CHUNK, INFLATE_CONTEXT_BYTES, InflateError, inflate_bounded, new_inflater,
+};
 use crate::error::ProtocolError;
 use crate::event::Event;
 use crate::frame::{
@@ -166,6 +169,11 @@ impl Protocol {
                 return Ok(None);
             }
             self.frame = None;
+            if f.compressed {
+                let compressed = self.rbuf.split_to(f.len);
+                let inflated = self.inflate(&compressed);
+                return self.inflated_message(f.message_text, inflated?).map(Some);
+            }
             let payload = self.take_payload(f.len);
             return self.complete_frame(f.opcode, payload).map(Some);
         }
@@ -174,7 +182,12 @@ impl Protocol {
     /// Checks a header against the role, the limits and the message state,
     /// before any byte of its payload is buffered.
     fn admit(&mut self, h: FrameHeader) -> Result<InFrame, ProtocolError> {
-        if h.rsv != 0 {
+        // RSV1 marks a compressed message: legal only on the first frame of
+        // a data message, and only once permessage-deflate is negotiated.
+        let compressed_start = h.rsv == 0b100
+            && self.deflate.is_some()
+            && matches!(h.opcode, OpCode::Text | OpCode::Binary);
+        if h.rsv != 0 && !compressed_start {
             return Err(ProtocolError::ReservedBits(h.rsv));
         }
         match (self.role, h.mask.is_some()) {
@@ -201,6 +214,8 @@ impl Protocol {
         let len = h.payload_len as usize;
         let mut text = false;
         let mut streaming = false;
+        let mut compressed = compressed_start;
+        let mut message_text = false;
         match (h.opcode, &mut self.reasm) {
             (OpCode::Continuation, None) => return Err(ProtocolError::UnexpectedContinuation),
             (OpCode::Continuation, Some(r)) => {
@@ -217,19 +232,23 @@ impl Protocol {
                         max: self.limits.max_fragments,
                     });
                 }
-                text = r.text;
+                message_text = r.text;
+                compressed = r.compressed;
+                text = r.text && !compressed;
                 streaming = true;
             }
             (OpCode::Text | OpCode::Binary, Some(_)) => {
                 return Err(ProtocolError::ExpectedContinuation);
             }
             (op @ (OpCode::Text | OpCode::Binary), None) => {
-                text = op == OpCode::Text;
+                message_text = op == OpCode::Text;
+                text = message_text && !compressed;
                 self.utf8.reset();
                 if !h.fin {
                     streaming = true;
                     self.reasm = Some(Reassembly {
-                        text,
+                        text: message_text,
+                        compressed,
                         buf: Vec::new(),
                         frames: 1,
                     });
@@ -246,6 +265,8 @@ impl Protocol {
             consumed: 0,
             streaming,
             text,
+            compressed,
+            message_text,
         })
     }
 
@@ -277,6 +298,11 @@ impl Protocol {
         let Some(r) = self.reasm.take() else {
             return Err(ProtocolError::UnexpectedContinuation);
         };
+        if r.compressed {
+            let inflated = self.inflate(&r.buf);
+            self.account.refund(r.buf.capacity());
+            return self.inflated_message(r.text, inflated?);
+        }
         self.account.refund(r.buf.capacity());
         let payload = Bytes::from(r.buf);
         let message = if r.text {
@@ -323,6 +349,64 @@ impl Protocol {
             }
             OpCode::Continuation => return Err(ProtocolError::UnexpectedContinuation),
         })
+    }
+}
+
+impl Protocol {
+    /// Inflates one compressed message, bounded by `max_message` and the
+    /// budget while it runs. The returned buffer is charged; the caller
+    /// refunds it when it hands the message out.
+    fn inflate(&mut self, compressed: &[u8]) -> Result<Vec<u8>, ProtocolError> {
+        let max = self.limits.max_message;
+        let Some(state) = self.deflate.as_mut() else {
+            return Err(ProtocolError::ReservedBits(0b100));
+        };
+        let mut ctx = match state.inflater.take() {
+            Some(ctx) => ctx,
+            None => {
+                self.account.charge(INFLATE_CONTEXT_BYTES)?;
+                Box::new(new_inflater())
+            }
+        };
+        let mut out = Vec::new();
+        let account = &mut self.account;
+        let mut grow = |n: usize| account.charge(n).map_err(|_| ());
+        let result = inflate_bounded(&mut ctx, compressed, max, &mut out, &mut grow);
+        let keep = !state.params.server_no_context_takeover && result.is_ok();
+        if keep {
+            state.inflater = Some(ctx);
+        } else {
+            self.account.refund(INFLATE_CONTEXT_BYTES);
+        }
+        match result {
+            Ok(()) => Ok(out),
+            Err(e) => {
+                let held = self.account.held();
+                self.account.refund(out.capacity());
+                Err(match e {
+                    InflateError::TooLarge(len) => ProtocolError::MessageTooLarge {
+                        len: len as u64,
+                        max,
+                    },
+                    InflateError::Budget => ProtocolError::BudgetExhausted {
+                        requested: INFLATE_CHUNK,
+                        held,
+                    },
+                    InflateError::Corrupt => ProtocolError::InvalidCompressedData,
+                })
+            }
+        }
+    }
+
+    fn inflated_message(&mut self, text: bool, inflated: Vec<u8>) -> Result<Event, ProtocolError> {
+        self.account.refund(inflated.capacity());
+        let payload = Bytes::from(inflated);
+        Ok(Event::Message(if text {
+            utf8::validate(&payload).map_err(|_| ProtocolError::InvalidUtf8)?;
+            Message::Text(Utf8Bytes::from_validated(payload))
+        } else {
+            Message::Binary(payload)
+        }))
     }
 }
 

@@ -3,6 +3,7 @@
 use bytes::Bytes;
 
 use super::{Protocol, Role};
+use crate::deflate::{deflate_context_bytes, deflate_message, new_deflater};
 use crate::error::{ConfigError, SendError};
 use crate::frame::{
     CloseCode, CloseFrame, FrameHeader, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN, OpCode, encode_header,
@@ -29,15 +30,26 @@ impl Protocol {
             Message::Text(t) => (OpCode::Text, t.as_bytes()),
             Message::Binary(b) => (OpCode::Binary, b),
         };
-        let frame_len = MAX_HEADER_LEN + payload.len();
         let pending = self.pending_out();
-        if pending > 0 && pending + frame_len > self.limits.max_outbound_bytes {
+        if pending > 0 && pending + MAX_HEADER_LEN + payload.len() > self.limits.max_outbound_bytes
+        {
             return Err(SendError::Full(message));
         }
-        if self.reserve_out(frame_len, false).is_err() {
+        let compressed = match self.compress(payload) {
+            Ok(c) => c,
+            Err(()) => return Err(SendError::BudgetExhausted(message)),
+        };
+        let (rsv, body): (u8, &[u8]) = match &compressed {
+            Some(c) => (0b100, c),
+            None => (0, payload),
+        };
+        if self
+            .reserve_out(MAX_HEADER_LEN + body.len(), false)
+            .is_err()
+        {
             return Err(SendError::BudgetExhausted(message));
         }
-        self.write_frame(opcode, payload);
+        self.write_frame_rsv(opcode, rsv, body);
         Ok(())
     }
 
@@ -193,15 +205,50 @@ impl Protocol {
         Ok(())
     }
 
+    /// Compresses an outgoing payload when permessage-deflate is on and it
+    /// is worth it (at least the threshold; and never with a window of 8,
+    /// which zlib cannot honour: such messages go uncompressed, as RFC 7692
+    /// allows per message). The compressor is charged while it lives.
+    fn compress(&mut self, payload: &[u8]) -> Result<Option<Vec<u8>>, ()> {
+        let Some(state) = self.deflate.as_mut() else {
+            return Ok(None);
+        };
+        let p = state.params;
+        if payload.len() < p.threshold || p.client_max_window_bits < 9 {
+            return Ok(None);
+        }
+        let cost = deflate_context_bytes(p.client_max_window_bits);
+        let mut ctx = match state.deflater.take() {
+            Some(ctx) => ctx,
+            None => {
+                self.account.charge(cost).map_err(|_| ())?;
+                Box::new(new_deflater(p.level, p.client_max_window_bits))
+            }
+        };
+        let mut out = Vec::new();
+        let result = deflate_message(&mut ctx, payload, &mut out);
+        if p.client_no_context_takeover || result.is_err() {
+            self.account.refund(cost);
+        } else if let Some(state) = self.deflate.as_mut() {
+            state.deflater = Some(ctx);
+        }
+        result.map(|()| Some(out))
+    }
+
     /// Appends one whole frame; room was reserved by the caller.
     fn write_frame(&mut self, opcode: OpCode, payload: &[u8]) {
+        self.write_frame_rsv(opcode, 0, payload);
+    }
+
+    /// Appends one whole frame with RSV bits; room was reserved by the caller.
+    fn write_frame_rsv(&mut self, opcode: OpCode, rsv: u8, payload: &[u8]) {
         let mask = match (self.role, &mut self.keys) {
             (Role::Client, Some(keys)) => Some(keys.next_key()),
             _ => None,
         };
         let header = FrameHeader {
             fin: true,
-            rsv: 0,
+            rsv,
             opcode,
             mask,
             payload_len: payload.len() as u64,

@@ -560,3 +560,86 @@ fn budget_is_balanced_after_large_messages() {
     p.advance_transmit(n);
     assert_eq!(budget.used.load(Ordering::Relaxed), 0);
 }
+
+mod deflate {
+    use super::*;
+    use crate::deflate::{DeflateConfig, DeflateParams};
+
+    fn negotiated() -> DeflateParams {
+        DeflateConfig::default()
+            .accept("permessage-deflate; server_no_context_takeover; client_no_context_takeover")
+            .unwrap()
+    }
+
+    /// A compressed server frame (RSV1) carrying `data`.
+    fn compressed_frame(data: &[u8]) -> Vec<u8> {
+        let mut c = crate::deflate::new_deflater(9, 15);
+        let mut body = Vec::new();
+        crate::deflate::deflate_message(&mut c, data, &mut body).unwrap();
+        let mut wire = frame(true, OpCode::Binary, &body, None);
+        wire[0] |= 0x40;
+        wire
+    }
+
+    #[test]
+    fn compressed_messages_round_trip_through_both_ends() {
+        let mut c = client().with_deflate(negotiated());
+        let mut s = Protocol::server(Limits::default()).with_deflate(negotiated());
+        let text = "compress me ".repeat(1000);
+        c.send(Message::text(text.clone())).unwrap();
+        let wire = c.poll_transmit().to_vec();
+        assert!(wire.len() < 1000, "{} bytes on the wire", wire.len());
+        assert_eq!(wire[0] & 0x40, 0x40, "RSV1 set");
+        let (events, err) = drive(&mut s, &wire, &[3, 50]);
+        assert_eq!(err, None);
+        assert_eq!(events, vec![Event::Message(Message::text(text))]);
+        // Below the threshold: sent as is.
+        let mut c = client().with_deflate(negotiated());
+        c.send(Message::text("tiny")).unwrap();
+        assert_eq!(c.poll_transmit()[0] & 0x40, 0);
+    }
+
+    #[test]
+    fn a_deflate_bomb_is_stopped_at_max_message_in_bounded_memory() {
+        let limits = Limits::default()
+            .with_max_message(1 << 20)
+            .with_max_frame_payload(1 << 20);
+        let mut p = Protocol::client(limits, Box::new(FixedKey([0; 4]))).with_deflate(negotiated());
+        // 32 MiB of zeros in about 32 KiB: 32 times the limit.
+        let wire = compressed_frame(&vec![0u8; 32 << 20]);
+        assert!(wire.len() < 64 << 10);
+        let (events, err) = drive(&mut p, &wire, &[]);
+        assert!(events.is_empty());
+        assert!(
+            matches!(err, Some(ProtocolError::MessageTooLarge { max, .. }) if max == 1 << 20),
+            "{err:?}"
+        );
+        let bound = wire.len()
+            + (1 << 20)
+            + crate::deflate::INFLATE_CHUNK
+            + crate::deflate::INFLATE_CONTEXT_BYTES
+            + 2 * limits.read_chunk;
+        assert!(
+            p.peak_buffered_bytes() <= bound,
+            "peak {} > {bound}",
+            p.peak_buffered_bytes()
+        );
+    }
+
+    #[test]
+    fn rsv1_without_negotiation_is_refused() {
+        let mut p = client();
+        let (_, err) = drive(&mut p, &compressed_frame(b"hello"), &[]);
+        assert_eq!(err, Some(ProtocolError::ReservedBits(0b100)));
+    }
+
+    #[test]
+    fn corrupt_compressed_data_closes_with_1007() {
+        let mut p = client().with_deflate(negotiated());
+        let mut wire = frame(true, OpCode::Text, &[0xFF; 20], None);
+        wire[0] |= 0x40;
+        let (_, err) = drive(&mut p, &wire, &[]);
+        assert_eq!(err, Some(ProtocolError::InvalidCompressedData));
+        assert_eq!(sent_close_code(p.poll_transmit()), 1007);
+    }
+}

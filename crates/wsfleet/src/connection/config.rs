@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use wsfleet_proto::deflate::DeflateConfig;
 use wsfleet_proto::{Limits, MemoryBudget};
 
 use super::Keepalive;
@@ -37,6 +38,10 @@ pub struct ConnectionConfig {
     pub origin: Option<String>,
     /// Shared budget every buffer growth is charged to, if any.
     pub budget: Option<Arc<dyn MemoryBudget>>,
+    /// Offer permessage-deflate (RFC 7692). Default: not offered. The
+    /// default [`DeflateConfig`] asks for no context takeover both ways, so
+    /// compression contexts exist only while a message is (de)compressed.
+    pub deflate: Option<DeflateConfig>,
 }
 
 impl ConnectionConfig {
@@ -89,6 +94,13 @@ impl ConnectionConfig {
         self
     }
 
+    /// Offers permessage-deflate.
+    #[must_use]
+    pub fn deflate(mut self, config: DeflateConfig) -> Self {
+        self.deflate = Some(config);
+        self
+    }
+
     /// Charges buffers to `budget`.
     #[must_use]
     pub fn budget(mut self, budget: Arc<dyn MemoryBudget>) -> Self {
@@ -111,6 +123,7 @@ impl std::fmt::Debug for ConnectionConfig {
             )
             .field("origin", &self.origin)
             .field("budget", &self.budget)
+            .field("deflate", &self.deflate)
             .finish()
     }
 }

@@ -31,6 +31,9 @@ pub(crate) async fn client_handshake(
     for (k, v) in &config.headers {
         request = request.header(k.clone(), v.clone());
     }
+    if let Some(deflate) = config.deflate {
+        request = request.deflate(deflate);
+    }
     let bytes = request
         .encode()
         .map_err(|e| fail(ConnectErrorKind::Handshake(e)))?;

@@ -112,6 +112,9 @@ impl Connection {
         if let Some(budget) = &config.budget {
             proto = proto.with_budget(budget.clone());
         }
+        if let Some(params) = response.deflate {
+            proto = proto.with_deflate(params);
+        }
         let peer = target.authority();
         tracing::debug!(peer = %peer, protocol = ?response.protocol, "websocket connected");
         Ok(Self::from_parts(
@@ -156,6 +159,11 @@ impl Connection {
     /// The subprotocol the server chose.
     pub fn protocol(&self) -> Option<&str> {
         self.protocol.as_deref()
+    }
+
+    /// permessage-deflate as negotiated, if it was.
+    pub fn deflate(&self) -> Option<&wsfleet_proto::deflate::DeflateParams> {
+        self.proto.deflate_params()
     }
 
     /// The peer, as `host:port`.

@@ -279,3 +279,54 @@ mod python_specific {
         super::round_trip(&mut conn, Message::text("after headers")).await;
     }
 }
+
+mod python_deflate {
+    use wsfleet::proto::deflate::DeflateConfig;
+    use wsfleet::{CloseCode, Connection, Message};
+    use wsfleet_testkit::{Mode, PyOptions, PyServer, bounded};
+
+    #[tokio::test]
+    async fn compression_is_negotiated_and_round_trips() {
+        let options = PyOptions {
+            deflate: true,
+            ..PyOptions::default()
+        };
+        let server = PyServer::start_with(Mode::Echo, options)
+            .await
+            .expect("start");
+        for config in [
+            DeflateConfig::default(),
+            DeflateConfig::default().with_context_takeover(),
+        ] {
+            let cfg = crate::config().deflate(config);
+            let mut conn = bounded("connect", Connection::connect(&server.url(), &cfg))
+                .await
+                .expect("connect");
+            let params = *conn.deflate().expect("deflate negotiated");
+            assert_eq!(
+                params.server_no_context_takeover,
+                config.server_no_context_takeover
+            );
+            for message in [
+                Message::text("short"),
+                Message::text("héllo wörld ☃ ".repeat(5000)),
+                Message::binary(vec![42u8; 1 << 20]),
+                Message::binary(
+                    (0..65_536u32)
+                        .map(|i| (i * 7 % 251) as u8)
+                        .collect::<Vec<u8>>(),
+                ),
+            ] {
+                super::round_trip(&mut conn, message).await;
+            }
+            assert!(
+                conn.stats().bytes_in < 200_000,
+                "{} bytes read: compressed?",
+                conn.stats().bytes_in
+            );
+            bounded("close", conn.close(CloseCode::NORMAL, ""))
+                .await
+                .expect("clean close");
+        }
+    }
+}
