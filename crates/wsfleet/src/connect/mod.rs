@@ -24,6 +24,7 @@
 //! ```
 
 mod error;
+mod proxy;
 mod stream;
 mod tcp;
 mod tls;
@@ -36,6 +37,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 pub use self::error::{ConnectError, ConnectErrorKind, Phase};
+pub use self::proxy::{Proxy, ProxyKind, ProxySetting};
 pub use self::stream::MaybeTlsStream;
 pub use self::tls::{Roots, TlsOptions};
 pub use self::url::{Scheme, Target};
@@ -59,6 +61,9 @@ pub struct Deadlines {
     /// TLS handshake. Default 10s: a few round trips plus certificate work on a
     /// loaded server.
     pub tls: Duration,
+    /// Proxy tunnel set-up (HTTP CONNECT or SOCKS5 exchange, after TCP to
+    /// the proxy). Default 10s.
+    pub proxy: Duration,
     /// WebSocket opening handshake (request sent to response read). Default 10s.
     pub handshake: Duration,
     /// Close handshake: waiting for the peer's close frame and the TCP close.
@@ -73,6 +78,7 @@ impl Default for Deadlines {
             dns: Duration::from_secs(5),
             tcp: Duration::from_secs(10),
             tls: Duration::from_secs(10),
+            proxy: Duration::from_secs(10),
             handshake: Duration::from_secs(10),
             close: Duration::from_secs(5),
         }
@@ -98,6 +104,13 @@ impl Deadlines {
     #[must_use]
     pub fn with_tls(mut self, d: Duration) -> Self {
         self.tls = d;
+        self
+    }
+
+    /// Sets [`Deadlines::proxy`].
+    #[must_use]
+    pub fn with_proxy(mut self, d: Duration) -> Self {
+        self.proxy = d;
         self
     }
 
@@ -142,6 +155,21 @@ pub async fn open(
     tls: Option<&Arc<rustls::ClientConfig>>,
     deadlines: &Deadlines,
 ) -> Result<MaybeTlsStream, ConnectError> {
+    open_via(target, None, tls, deadlines).await
+}
+
+/// As [`open`], through `proxy` when one is given: DNS and TCP go to the
+/// proxy, then the tunnel to `target` is set up ([`Phase::Proxy`], bounded by
+/// [`Deadlines::proxy`]), then TLS runs end to end with the target through it.
+///
+/// # Errors
+/// As [`open`], plus [`Phase::Proxy`] errors (refused, auth, timeout).
+pub async fn open_via(
+    target: &Target,
+    proxy: Option<&Proxy>,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    deadlines: &Deadlines,
+) -> Result<MaybeTlsStream, ConnectError> {
     // Resolve the TLS configuration first, so a configuration problem costs no
     // DNS lookup or connection.
     let tls_config = if target.is_tls() {
@@ -157,9 +185,26 @@ pub async fn open(
     // instead of the target, and the tunnel to `target` is set up right after the
     // TCP connect, as its own phase (`Phase::Proxy`, with its own deadline). TLS then
     // runs end to end with the target through the tunnel, unchanged.
-    let addrs = tcp::resolve(&target.host, target.port, deadlines.dns).await?;
-    let host_is_ip = target.host.parse::<std::net::IpAddr>().is_ok();
-    let tcp = tcp::connect_tcp(&target.authority(), host_is_ip, &addrs, deadlines.tcp).await?;
+    let tcp = match proxy {
+        None => {
+            let addrs = tcp::resolve(&target.host, target.port, deadlines.dns).await?;
+            let host_is_ip = target.host.parse::<std::net::IpAddr>().is_ok();
+            tcp::connect_tcp(&target.authority(), host_is_ip, &addrs, deadlines.tcp).await?
+        }
+        Some(proxy) => {
+            let addrs = tcp::resolve(&proxy.host, proxy.port, deadlines.dns).await?;
+            let host_is_ip = proxy.host.parse::<std::net::IpAddr>().is_ok();
+            let label = format!("{}:{}", proxy.host, proxy.port);
+            let tcp = tcp::connect_tcp(&label, host_is_ip, &addrs, deadlines.tcp).await?;
+            tcp::with_deadline(
+                Phase::Proxy,
+                &label,
+                deadlines.proxy,
+                proxy::tunnel(tcp, proxy, target),
+            )
+            .await?
+        }
+    };
 
     match tls_config {
         None => Ok(MaybeTlsStream::Plain(tcp)),

@@ -6,7 +6,7 @@ use wsfleet_proto::deflate::DeflateConfig;
 use wsfleet_proto::{Limits, MemoryBudget};
 
 use super::Keepalive;
-use crate::connect::Deadlines;
+use crate::connect::{Deadlines, ProxySetting};
 
 /// How to open and run one connection. `Default` is what most users want:
 /// default [`Limits`], deadlines and keepalive, webpki roots for `wss`.
@@ -42,6 +42,9 @@ pub struct ConnectionConfig {
     /// default [`DeflateConfig`] asks for no context takeover both ways, so
     /// compression contexts exist only while a message is (de)compressed.
     pub deflate: Option<DeflateConfig>,
+    /// Proxy: from the environment as curl reads it (default), none, or a
+    /// given one. See [`ProxySetting`].
+    pub proxy: ProxySetting,
 }
 
 impl ConnectionConfig {
@@ -101,6 +104,13 @@ impl ConnectionConfig {
         self
     }
 
+    /// Sets the proxy.
+    #[must_use]
+    pub fn proxy(mut self, proxy: ProxySetting) -> Self {
+        self.proxy = proxy;
+        self
+    }
+
     /// Charges buffers to `budget`.
     #[must_use]
     pub fn budget(mut self, budget: Arc<dyn MemoryBudget>) -> Self {
@@ -124,6 +134,7 @@ impl std::fmt::Debug for ConnectionConfig {
             .field("origin", &self.origin)
             .field("budget", &self.budget)
             .field("deflate", &self.deflate)
+            .field("proxy", &self.proxy)
             .finish()
     }
 }

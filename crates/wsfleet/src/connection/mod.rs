@@ -105,7 +105,14 @@ impl Connection {
                 connect::ConnectErrorKind::Other(Box::new(e)),
             )
         })?;
-        let mut stream = connect::open(&target, config.tls.as_ref(), &config.deadlines).await?;
+        let proxy = config.proxy.for_target(&target)?;
+        let mut stream = connect::open_via(
+            &target,
+            proxy.as_ref(),
+            config.tls.as_ref(),
+            &config.deadlines,
+        )
+        .await?;
         let (response, leftover) =
             handshake::client_handshake(&mut stream, &target, config).await?;
         let mut proto = Protocol::client(config.limits, Box::new(OsRngKeys));
@@ -227,6 +234,11 @@ impl Connection {
             match self.proto.poll_event() {
                 Ok(Some(Event::Message(m))) => {
                     self.stats.msgs_in += 1;
+                    if !self.proto.is_mid_message() {
+                        // Nothing else buffered: free it now, so stats read
+                        // while the caller holds the message are exact.
+                        self.proto.release_idle_buffers();
+                    }
                     return Some(Ok(m));
                 }
                 Ok(Some(Event::Close(frame))) => {

@@ -9,6 +9,7 @@ mod fleet;
 mod fleet_1k;
 mod hostile;
 mod peers;
+mod proxy;
 mod script;
 mod tls;
 

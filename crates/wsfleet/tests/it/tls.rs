@@ -10,14 +10,14 @@ use wsfleet::connect::{MaybeTlsStream, Phase, Roots, TlsOptions};
 use wsfleet::{CloseCode, Connection, Message};
 use wsfleet_testkit::bounded;
 
-fn data(name: &str) -> PathBuf {
+pub(crate) fn data(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/data")
         .join(name)
 }
 
 /// A wss echo server; returns its `wss://localhost:PORT/` URL.
-async fn wss_echo_server() -> String {
+pub(crate) async fn wss_echo_server() -> String {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(data("server.pem"))
         .expect("server.pem")
         .collect::<Result<_, _>>()
