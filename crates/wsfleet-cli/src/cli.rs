@@ -7,7 +7,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use wsfleet::serve::ChaosMode;
 
 use crate::units;
 
@@ -15,76 +16,169 @@ use crate::units;
 /// serves WebSocket peers to test them against.
 ///
 /// Logs go to stderr; set RUST_LOG to filter them (default
-/// "warn,wsfleet=info").
+/// "warn,wsfleet=info"). Usage and configuration errors exit with status 2,
+/// other failures with 1.
 #[derive(Debug, Parser)]
 #[command(name = "wsfleet", version, propagate_version = true)]
 pub(crate) struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub(crate) command: Command,
+    /// Log line format on stderr: `text` for people, `json` (one object a
+    /// line) for log collectors. Allowed before or after the subcommand.
+    #[arg(
+        long,
+        value_name = "FORMAT",
+        global = true,
+        default_value = "text",
+        display_order = 1000
+    )]
+    pub(crate) log_format: LogFormat,
 }
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
+// Built once per process: boxing the big variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Command {
-    /// Run a fleet of connections with live status.
+    /// Keep a fleet of connections ready, with live status.
     ///
-    /// Without --url, starts an embedded echo server on 127.0.0.1 and a demo
-    /// fleet against it. Each connection sends a short text message every
-    /// --interval and counts what comes back; a connection that fails is
-    /// reconnected after 1 s. Status goes to stderr: one line refreshed in
-    /// place on a terminal, a log line every 5 s otherwise. Stops on
-    /// SIGINT/SIGTERM (closing every connection with 1001) or after
-    /// --duration, then prints `sent=N received=N connections=N` on stdout.
+    /// Settings come from flags and an optional TOML file (--config); flags
+    /// win. Each slot keeps one connection; a dropped one is logged with its
+    /// reason and reconnected with backoff. Without any URL, starts an
+    /// embedded echo server on 127.0.0.1 and a demo fleet of 100 connections
+    /// that each send a message every --interval. Status goes to stderr: one
+    /// line refreshed in place on a terminal (ready/target, reconnects,
+    /// msgs/s, buffered bytes, RSS), a log line every 5 s otherwise. Stops on
+    /// SIGINT/SIGTERM (closing every connection with 1001; a second signal
+    /// stops at once) or after --duration, then prints `sent=N received=N
+    /// connections=N reconnects=N undelivered=N` on stdout and exits 0.
     Run(RunArgs),
     /// Open one connection and bridge it to stdin/stdout.
     ///
     /// Each stdin line (without its line ending) is sent as one message:
     /// text, or binary with --binary. Each received message is printed as one
     /// stdout line: text as it is, binary as lowercase hex (no base64). On
-    /// EOF on stdin, messages still arriving are printed until the connection
-    /// has been quiet for --linger, then it closes with 1000 and exits 0
-    /// after the close handshake. Exits 1 if the connection fails.
+    /// EOF on stdin (after --linger, if set), it closes with 1000, still
+    /// prints what the peer sent before answering the close, and exits 0
+    /// after the close handshake. Exits 1 if the connection fails (a failed
+    /// handshake names the phase, the status and the reason).
     Connect(ConnectArgs),
-    /// Run a WebSocket echo server until SIGINT/SIGTERM.
+    /// Run a WebSocket echo server, or a hostile one (--chaos), until
+    /// SIGINT/SIGTERM.
     ///
-    /// Every message comes back as it came (text as text, binary as binary).
+    /// Every message comes back as it came (text as text, binary as binary);
+    /// with --chaos MODE, every connection gets that misbehaviour instead.
     /// Prints `listening on ws://ADDR/` on stdout once it accepts.
     Serve(ServeArgs),
+    /// Watch a running fleet live: totals, budget and one row per connection.
+    ///
+    /// Reads the admin endpoint of `wsfleet run --admin ADDR` (GET
+    /// /connections and /metrics) every --interval and shows it full screen.
+    /// Rows sort by buffered bytes (b), reconnects (r), age (a) or traffic
+    /// (t); press the same key again to reverse. s cycles the state filter,
+    /// arrows or j/k select a row (its last error shows at the bottom), q or
+    /// Esc quits. While the endpoint cannot be reached, top says so and
+    /// keeps retrying.
+    Top(TopArgs),
 }
 
-/// Flags of `wsfleet run`.
+/// Flags of `wsfleet run`. Each can also be set in the --config file, as a
+/// key named like the flag without its dashes; a flag on the command line
+/// wins over the file.
 #[derive(Debug, Args)]
 pub(crate) struct RunArgs {
-    /// Upstream URL (ws:// or wss://); repeat for several, connections are
-    /// spread over them round robin. Without it, an embedded echo server on
-    /// 127.0.0.1 is used.
+    /// TOML file with any of the settings below, one key per flag (`url =
+    /// ["wss://…"]`, `connections = 1000`, `max-lifetime = "55m"`); flags
+    /// given on the command line override it. An unknown key is an error.
+    /// examples/wsfleet.toml documents every key.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+    /// Upstream URL (ws:// or wss://); repeat for several, slots are spread
+    /// over them round robin. With no URL (here or in --config), an embedded
+    /// echo server on 127.0.0.1 and a demo fleet that talks to it.
     #[arg(long = "url", value_name = "URL", value_parser = parse_url)]
     pub(crate) urls: Vec<String>,
-    /// Number of connections to keep open.
-    #[arg(
-        long,
-        value_name = "N",
-        default_value_t = 100,
-        value_parser = clap::value_parser!(u32).range(1..=1_000_000)
-    )]
-    pub(crate) connections: u32,
-    /// Stop after this long (e.g. 30s, 55m, 2h); without it, run until
-    /// SIGINT/SIGTERM.
-    #[arg(long, value_name = "DUR", value_parser = units::parse_duration)]
-    pub(crate) duration: Option<Duration>,
-    /// How often each connection sends a message (e.g. 500ms, 1s, 1m).
-    #[arg(
-        long,
-        value_name = "DUR",
-        default_value = "1s",
-        value_parser = units::parse_period
-    )]
-    pub(crate) interval: Duration,
+    /// Connections to keep ready, counted over all shards [default: 100].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub(crate) connections: Option<u32>,
+    /// Run only shard I of N: slots I, I+N, I+2N, … of --connections, so
+    /// that N processes (a StatefulSet, systemd template units: see deploy/)
+    /// share one fleet without talking to each other [default: 0/1].
+    #[arg(long, value_name = "I/N", value_parser = parse_shard)]
+    pub(crate) shard: Option<Shard>,
+    /// Replace each connection after this long, ± 10 % (e.g. 55m, 12h): the
+    /// new one is opened before the old one is closed. At least 100ms
+    /// [default: never].
+    #[arg(long, value_name = "DUR", value_parser = parse_lifetime)]
+    pub(crate) max_lifetime: Option<Duration>,
     /// Largest message and frame accepted from the peer (e.g. 64KiB, 5MiB);
-    /// a bigger one closes the connection with 1009.
+    /// a bigger one closes that connection with 1009 [default: 64MiB, frames
+    /// 16MiB].
     #[arg(long, value_name = "SIZE", value_parser = units::parse_size_usize)]
     pub(crate) max_message: Option<usize>,
+    /// Bytes all connections' buffers may hold together (e.g. 512MiB); a
+    /// connection that would pass it is dropped with 1009, not the process
+    /// [default: 1GiB].
+    #[arg(long, value_name = "SIZE", value_parser = units::parse_size_usize)]
+    pub(crate) memory_budget: Option<usize>,
+    /// New connections per second, over the whole process: how fast the
+    /// fleet ramps up and reconnects (e.g. 50, 0.5) [default: 200].
+    #[arg(long, value_name = "N", value_parser = parse_rate)]
+    pub(crate) connect_rate: Option<f64>,
+    /// Text message sent on every new connection right after the handshake,
+    /// before it counts as ready (subscribe, auth); repeat for several, sent
+    /// in order.
+    #[arg(long = "send-on-connect", value_name = "TEXT")]
+    pub(crate) send_on_connect: Vec<String>,
+    /// Serve GET /metrics (Prometheus), /connections (JSON) and /healthz on
+    /// this address, e.g. 127.0.0.1:9100 (what `wsfleet top` reads by
+    /// default). Keep it on loopback unless you mean to expose it [default:
+    /// off].
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) admin: Option<SocketAddr>,
+    /// /healthz answers 200 while at least this share of the target is
+    /// ready, 503 otherwise (0.0 to 1.0) [default: 0.9].
+    #[arg(long, value_name = "F", value_parser = parse_share)]
+    pub(crate) healthy_share: Option<f64>,
+    /// Write each received message to stdout: `jsonl` (one JSON object a
+    /// line: conn, slot, ts in Unix ms, kind "text" or "binary", payload;
+    /// binary payloads base64), `text` (`c12 s3 text PAYLOAD` or `c12 s3
+    /// binary HEX`, with \ \n \r escaped) or `none` [default: none].
+    #[arg(long, value_name = "FORMAT")]
+    pub(crate) output: Option<OutputFormat>,
+    /// Stop after this long (e.g. 30s, 55m, 2h) [default: run until
+    /// SIGINT/SIGTERM].
+    #[arg(long, value_name = "DUR", value_parser = units::parse_duration)]
+    pub(crate) duration: Option<Duration>,
+    /// Demo fleet only (no URL): how often each ready connection sends a
+    /// message to the echo server (e.g. 500ms, 1s) [default: 1s].
+    #[arg(long, value_name = "DUR", value_parser = units::parse_period)]
+    pub(crate) interval: Option<Duration>,
+    /// Subprotocol to offer (Sec-WebSocket-Protocol); repeat for several, in
+    /// order of preference.
+    #[arg(long = "protocol", value_name = "P")]
+    pub(crate) protocols: Vec<String>,
+    /// Extra request header, as 'Name: value' (e.g. an Authorization
+    /// header); repeat for several.
+    #[arg(long = "header", value_name = "'K: V'", value_parser = parse_header)]
+    pub(crate) headers: Vec<(String, String)>,
+    /// PEM file with CA certificates to trust for wss://, in addition to the
+    /// built-in (webpki) roots; repeat for several.
+    #[arg(long = "ca", value_name = "FILE")]
+    pub(crate) ca_files: Vec<PathBuf>,
+    /// Do not verify servers' TLS certificates. DANGEROUS: anyone on the
+    /// path can read and change the traffic. For throwaway test servers only.
+    #[arg(long)]
+    pub(crate) insecure: bool,
+    /// Send a ping after a connection has received nothing for this long; 0
+    /// turns pings off (a dead peer is then never noticed) [default: 20s].
+    #[arg(long, value_name = "DUR", value_parser = units::parse_duration)]
+    pub(crate) ping_interval: Option<Duration>,
+    /// Drop a connection (reconnecting it) when nothing arrives this long
+    /// after a ping [default: 10s].
+    #[arg(long, value_name = "DUR", value_parser = units::parse_period)]
+    pub(crate) pong_timeout: Option<Duration>,
 }
 
 /// Flags of `wsfleet connect`.
@@ -116,13 +210,14 @@ pub(crate) struct ConnectArgs {
     /// stdin line is an error, a bigger received message closes with 1009.
     #[arg(long, value_name = "SIZE", value_parser = units::parse_size_usize)]
     pub(crate) max_message: Option<usize>,
-    /// After EOF on stdin, keep printing received messages until none has
-    /// arrived for this long (at most 5 s in all), then close. 0 closes at
-    /// once.
+    /// After EOF on stdin, wait until no message has arrived for this long
+    /// (at most 5 s in all) before closing, printing what arrives. Only for
+    /// servers that answer late: messages the peer sends before answering
+    /// the close are printed anyway, so the default 0 closes at once.
     #[arg(
         long,
         value_name = "DUR",
-        default_value = "500ms",
+        default_value = "0s",
         value_parser = units::parse_duration
     )]
     pub(crate) linger: Duration,
@@ -134,17 +229,44 @@ pub(crate) struct ServeArgs {
     /// Address to listen on (port 0 picks a free one).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9001")]
     pub(crate) listen: SocketAddr,
+    /// Misbehave on purpose, to test a client against a hostile peer: every
+    /// connection gets MODE instead of an echo (each mode says what a sound
+    /// client does about it).
+    #[arg(long, value_name = "MODE", value_parser = ChaosModeParser)]
+    pub(crate) chaos: Option<ChaosMode>,
+}
+
+/// Flags of `wsfleet top`.
+#[derive(Debug, Args)]
+pub(crate) struct TopArgs {
+    /// Admin endpoint of the fleet to watch, as HOST:PORT (the --admin of
+    /// `wsfleet run`); an `http://` prefix is accepted.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "127.0.0.1:9100",
+        value_parser = crate::top::parse_admin_addr
+    )]
+    pub(crate) admin: String,
+    /// How often to fetch and redraw (e.g. 500ms, 1s, 5s).
+    #[arg(
+        long,
+        value_name = "DUR",
+        default_value = "1s",
+        value_parser = units::parse_period
+    )]
+    pub(crate) interval: Duration,
 }
 
 /// Checks a `ws://` / `wss://` URL the way connecting will read it.
-fn parse_url(url: &str) -> Result<String, String> {
+pub(crate) fn parse_url(url: &str) -> Result<String, String> {
     wsfleet::connect::Target::parse(url)
         .map(|_| url.to_owned())
         .map_err(|e| e.to_string())
 }
 
 /// Reads `Name: value` into its two halves (both trimmed).
-fn parse_header(header: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_header(header: &str) -> Result<(String, String), String> {
     let Some((name, value)) = header.split_once(':') else {
         return Err(format!("expected 'Name: value', got {header:?}"));
     };
@@ -158,6 +280,130 @@ fn parse_header(header: &str) -> Result<(String, String), String> {
         return Err(format!("invalid header value {value:?}"));
     }
     Ok((name.to_owned(), value.to_owned()))
+}
+
+/// Where received messages go (`run --output`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum OutputFormat {
+    /// One JSON object a line.
+    Jsonl,
+    /// One line a message: connection, slot, kind, payload.
+    Text,
+    /// Nothing (the default).
+    #[default]
+    None,
+}
+
+/// How log lines look (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub(crate) enum LogFormat {
+    /// For people: time, level, target, message and fields.
+    #[default]
+    Text,
+    /// One JSON object a line, for log collectors.
+    Json,
+}
+
+/// This process's share of the slots: `index` of `count` (`--shard I/N`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Shard {
+    /// I, from 0.
+    pub(crate) index: u32,
+    /// N, at least 1.
+    pub(crate) count: u32,
+}
+
+impl Default for Shard {
+    fn default() -> Self {
+        Self { index: 0, count: 1 }
+    }
+}
+
+/// Reads `I/N` with `I < N`.
+pub(crate) fn parse_shard(shard: &str) -> Result<Shard, String> {
+    let bad = |why: &str| format!("invalid shard {shard:?}: {why}");
+    let Some((index, count)) = shard.trim().split_once('/') else {
+        return Err(bad("expected I/N, such as 0/4"));
+    };
+    let number = |s: &str| {
+        s.trim()
+            .parse::<u32>()
+            .map_err(|_| bad("expected I/N with whole numbers, such as 0/4"))
+    };
+    let (index, count) = (number(index)?, number(count)?);
+    if count == 0 {
+        return Err(bad("N must be at least 1"));
+    }
+    if index >= count {
+        return Err(bad("I counts from 0 and must be below N"));
+    }
+    Ok(Shard { index, count })
+}
+
+/// A `0.0..=1.0` share.
+pub(crate) fn parse_share(share: &str) -> Result<f64, String> {
+    match share.trim().parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+        _ => Err(format!(
+            "invalid share {share:?}: expected a number from 0.0 to 1.0"
+        )),
+    }
+}
+
+/// A rate above zero, per second.
+pub(crate) fn parse_rate(rate: &str) -> Result<f64, String> {
+    match rate.trim().parse::<f64>() {
+        Ok(f) if f > 0.0 && f.is_finite() => Ok(f),
+        _ => Err(format!(
+            "invalid rate {rate:?}: expected a number of connections per second above 0"
+        )),
+    }
+}
+
+/// A connection lifetime: a duration of at least 100ms.
+pub(crate) fn parse_lifetime(lifetime: &str) -> Result<Duration, String> {
+    let duration = units::parse_duration(lifetime).map_err(|e| e.to_string())?;
+    if duration < Duration::from_millis(100) {
+        return Err(format!(
+            "invalid lifetime {lifetime:?}: must be at least 100ms"
+        ));
+    }
+    Ok(duration)
+}
+
+/// `--chaos MODE`: parses a [`ChaosMode`] and lists every mode, with what
+/// it does, in `--help` (from [`ChaosMode::ALL`] and its descriptions).
+#[derive(Debug, Clone, Copy)]
+struct ChaosModeParser;
+
+impl clap::builder::TypedValueParser for ChaosModeParser {
+    type Value = ChaosMode;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<ChaosMode, clap::Error> {
+        let text = value.to_string_lossy();
+        text.parse::<ChaosMode>().map_err(|problem| {
+            let name = arg.map_or_else(|| "--chaos".to_owned(), ToString::to_string);
+            clap::Error::raw(
+                clap::error::ErrorKind::InvalidValue,
+                format!("invalid value for {name}: {problem}\n"),
+            )
+            .with_cmd(cmd)
+        })
+    }
+
+    fn possible_values(
+        &self,
+    ) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        Some(Box::new(ChaosMode::ALL.into_iter().map(|mode| {
+            clap::builder::PossibleValue::new(mode.name()).help(mode.describe())
+        })))
+    }
 }
 
 #[cfg(test)]
@@ -199,16 +445,101 @@ mod tests {
         let Command::Run(run) = cli.command else {
             panic!("not run")
         };
-        assert_eq!(run.connections, 100);
-        assert_eq!(run.interval, Duration::from_secs(1));
+        // Unset flags stay unset, so a --config file can fill them in.
+        assert_eq!(run.connections, None);
+        assert_eq!(run.interval, None);
         assert_eq!(run.duration, None);
+        assert_eq!(run.output, None);
         assert!(run.urls.is_empty());
+        assert_eq!(cli.log_format, LogFormat::Text);
 
         let cli = Cli::try_parse_from(["wsfleet", "serve"]).unwrap();
         let Command::Serve(serve) = cli.command else {
             panic!("not serve")
         };
         assert_eq!(serve.listen, "127.0.0.1:9001".parse().unwrap());
+        assert_eq!(serve.chaos, None);
+    }
+
+    #[test]
+    fn run_flags() {
+        let cli = Cli::try_parse_from([
+            "wsfleet",
+            "run",
+            "--url",
+            "ws://127.0.0.1:1/a",
+            "--url",
+            "ws://127.0.0.1:2/b",
+            "--shard",
+            "1/2",
+            "--max-lifetime",
+            "55m",
+            "--memory-budget",
+            "512MiB",
+            "--connect-rate",
+            "0.5",
+            "--healthy-share",
+            "1",
+            "--output",
+            "jsonl",
+            "--send-on-connect",
+            "a",
+            "--send-on-connect",
+            "b",
+            "--log-format",
+            "json",
+        ])
+        .unwrap();
+        assert_eq!(cli.log_format, LogFormat::Json);
+        let Command::Run(run) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(run.urls.len(), 2);
+        assert_eq!(run.shard, Some(Shard { index: 1, count: 2 }));
+        assert_eq!(run.max_lifetime, Some(Duration::from_secs(55 * 60)));
+        assert_eq!(run.memory_budget, Some(512 << 20));
+        assert_eq!(run.connect_rate, Some(0.5));
+        assert_eq!(run.healthy_share, Some(1.0));
+        assert_eq!(run.output, Some(OutputFormat::Jsonl));
+        assert_eq!(run.send_on_connect, ["a", "b"]);
+    }
+
+    #[test]
+    fn chaos_modes_parse_and_are_listed() {
+        let cli = Cli::try_parse_from(["wsfleet", "serve", "--chaos", "lying-length"]).unwrap();
+        let Command::Serve(serve) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(serve.chaos, Some(ChaosMode::LyingLength));
+        let e = Cli::try_parse_from(["wsfleet", "serve", "--chaos", "nope"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("lying-length"), "{e}");
+        let help = Cli::command()
+            .find_subcommand_mut("serve")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        for mode in ChaosMode::ALL {
+            assert!(help.contains(mode.name()), "{mode} missing in {help}");
+            assert!(help.contains(mode.describe()), "{mode} missing in {help}");
+        }
+    }
+
+    #[test]
+    fn shards_shares_rates() {
+        assert_eq!(parse_shard("0/1"), Ok(Shard { index: 0, count: 1 }));
+        assert_eq!(parse_shard(" 3 / 4 "), Ok(Shard { index: 3, count: 4 }));
+        for bad in ["4/4", "1/0", "1", "a/2", "-1/2", "1/2/3"] {
+            assert!(parse_shard(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_share("0.9"), Ok(0.9));
+        assert!(parse_share("1.1").is_err());
+        assert!(parse_share("NaN").is_err());
+        assert_eq!(parse_rate("50"), Ok(50.0));
+        assert!(parse_rate("0").is_err());
+        assert!(parse_rate("inf").is_err());
+        assert!(parse_lifetime("50ms").is_err());
+        assert_eq!(parse_lifetime("1s"), Ok(Duration::from_secs(1)));
     }
 
     #[test]
@@ -218,6 +549,13 @@ mod tests {
             &["wsfleet", "run", "--interval", "0s"],
             &["wsfleet", "run", "--connections", "0"],
             &["wsfleet", "run", "--url", "http://x/"],
+            &["wsfleet", "run", "--shard", "2/2"],
+            &["wsfleet", "run", "--healthy-share", "2"],
+            &["wsfleet", "run", "--connect-rate", "0"],
+            &["wsfleet", "run", "--memory-budget", "1.5GiB"],
+            &["wsfleet", "run", "--output", "xml"],
+            &["wsfleet", "run", "--log-format", "xml"],
+            &["wsfleet", "serve", "--chaos", "nice"],
             &["wsfleet", "connect", "ws://127.0.0.1/", "--header", "nope"],
             &[
                 "wsfleet",

@@ -5,49 +5,37 @@
 //! errors; the commands live in [`cmd`], the flags in [`cli`].
 //!
 //! Dependencies: `clap` (command line), `tokio` (runtime, signals, stdio),
-//! `tokio-util` (cancellation), `tracing-subscriber` (logs to stderr),
-//! `anyhow` (error reporting, in this binary only).
+//! `tokio-util` (cancellation), `tracing-subscriber` (logs to stderr, text
+//! or JSON), `serde` + `toml` (`run --config`), `serde_json` + `base64`
+//! (`run --output jsonl`), `anyhow` (error reporting, in this binary only).
 
 mod cli;
 mod cmd;
+mod logging;
+mod top;
 mod units;
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
-
-/// Log filter when `RUST_LOG` is not set.
-const DEFAULT_LOG_FILTER: &str = "warn,wsfleet=info";
 
 fn main() -> ExitCode {
     // Usage errors, --help and --version exit here (2, 0, 0).
     let cli = cli::Cli::parse();
-    init_logging();
+    logging::init(cli.log_format);
     match cmd::execute(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             report(&error);
-            ExitCode::FAILURE
+            // A bad config file or setting found after parsing is a usage
+            // error too.
+            if error.is::<cmd::UsageError>() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
-}
-
-/// Logs to stderr, filtered by `RUST_LOG` (or [`DEFAULT_LOG_FILTER`]).
-fn init_logging() {
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(spec) => EnvFilter::try_new(&spec).unwrap_or_else(|e| {
-            eprintln!("wsfleet: ignoring RUST_LOG={spec:?} ({e}); using {DEFAULT_LOG_FILTER:?}");
-            EnvFilter::new(DEFAULT_LOG_FILTER)
-        }),
-        Err(_) => EnvFilter::new(DEFAULT_LOG_FILTER),
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
 }
 
 /// Prints an error and its causes on one line of stderr. A cause whose text

@@ -1,13 +1,16 @@
 //! End-to-end tests of the `wsfleet` binary, on loopback only. Every child
 //! process is bounded by a timeout and killed if a test fails.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read as _, Write as _};
+use std::net::TcpStream;
+use std::path::PathBuf;
 use std::process::{Child, Command as StdCommand, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use assert_cmd::Command;
 use predicates::prelude::*;
+use wsfleet::serve::ChaosMode;
 
 const BIN: &str = env!("CARGO_BIN_EXE_wsfleet");
 
@@ -130,16 +133,20 @@ fn help_documents_every_subcommand() {
 
 #[test]
 fn run_demo_for_a_while_echoes_everything() {
+    // No URL, no config: the embedded echo server and 100 connections.
     let output = wsfleet()
-        .args(["run", "--duration", "3s", "--connections", "20"])
+        .args(["run", "--duration", "3s"])
         .assert()
         .success()
         .get_output()
         .clone();
     let stdout = String::from_utf8(output.stdout).unwrap();
     let (sent, received, connections) = summary(&stdout);
-    assert_eq!(connections, 20, "{stdout}");
-    assert!(sent >= 20, "every connection sends at least once: {stdout}");
+    assert_eq!(connections, 100, "{stdout}");
+    assert!(
+        sent >= 100,
+        "every connection sends at least once: {stdout}"
+    );
     assert!(received <= sent, "{stdout}");
     assert!(received + connections >= sent, "{stdout}");
 }
@@ -224,4 +231,374 @@ fn bad_size_and_header_are_usage_errors() {
         .assert()
         .code(2)
         .stderr(predicate::str::contains("Name: value"));
+}
+
+/// A port nothing listens on now (bound, then released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// `GET path` over plain HTTP/1.1; the status code and the body.
+fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let mut tcp = TcpStream::connect(addr)?;
+    tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        tcp,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    tcp.read_to_string(&mut response)?;
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Polls `GET path` until `done` says yes to the answer (at most 15 s).
+fn http_until(addr: &str, path: &str, done: impl Fn(u16, &str) -> bool) -> (u16, String) {
+    let t0 = Instant::now();
+    loop {
+        if let Ok((status, body)) = http_get(addr, path) {
+            if done(status, &body) {
+                return (status, body);
+            }
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "GET {path} never answered as expected"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A config file in a fresh temporary folder, removed when dropped.
+struct TempConfig(PathBuf);
+
+impl TempConfig {
+    fn new(name: &str, text: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("wsfleet-cli-test-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("wsfleet.toml");
+        std::fs::write(&path, text).expect("write config");
+        Self(path)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().expect("utf-8 temp path")
+    }
+}
+
+impl Drop for TempConfig {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+#[test]
+fn run_config_file_and_flags_over_it() {
+    let config = TempConfig::new(
+        "precedence",
+        "# a small demo\nconnections = 4\nduration = \"2s\"\ninterval = \"200ms\"\n",
+    );
+    let stdout = |extra: &[&str]| {
+        let mut args = vec!["run", "--config", config.path()];
+        args.extend_from_slice(extra);
+        let output = wsfleet().args(args).assert().success().get_output().clone();
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let from_file = stdout(&[]);
+    assert_eq!(summary(&from_file).2, 4, "{from_file}");
+    let overridden = stdout(&["--connections", "6"]);
+    assert_eq!(summary(&overridden).2, 6, "{overridden}");
+}
+
+#[test]
+fn bad_config_key_is_a_usage_error_naming_file_line_and_key() {
+    let config = TempConfig::new("badkey", "connections = 4\n\nconections = 5\n");
+    wsfleet()
+        .args(["run", "--config", config.path()])
+        .assert()
+        .code(2)
+        .stderr(
+            predicate::str::contains(format!("{}:3: unknown key `conections`", config.path()))
+                .and(predicate::str::contains("panicked").not()),
+        );
+    let config = TempConfig::new("badsize", "max-message = \"5XB\"\n");
+    wsfleet()
+        .args(["run", "--config", config.path()])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(format!(
+            "{}:1: max-message: invalid size \"5XB\"",
+            config.path()
+        )));
+    wsfleet()
+        .args(["run", "--config", "/nonexistent/wsfleet.toml"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "cannot read config file /nonexistent/wsfleet.toml",
+        ));
+}
+
+#[test]
+fn admin_endpoint_answers_while_running() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let (mut run, _lines) = Running::start(&["run", "--admin", &addr, "--connections", "10"]);
+
+    let (status, body) = http_until(&addr, "/healthz", |status, body| {
+        status == 200 && body.contains("10/10 ready")
+    });
+    assert!(body.contains("10/10 ready"), "{status} {body}");
+
+    let (_, body) = http_until(&addr, "/connections", |status, _| status == 200);
+    let connections: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let connections = connections.as_array().expect("an array");
+    assert_eq!(connections.len(), 10, "{body}");
+    for conn in connections {
+        for field in [
+            "id",
+            "slot",
+            "state",
+            "url",
+            "connected_since",
+            "reconnects",
+            "bytes_in",
+            "bytes_out",
+            "msgs_in",
+            "msgs_out",
+            "buffered_bytes",
+            "peak_buffered_bytes",
+            "last_error",
+        ] {
+            assert!(conn.get(field).is_some(), "{field} missing in {conn}");
+        }
+        assert_eq!(conn["state"], "ready", "{conn}");
+    }
+
+    let (_, metrics) = http_until(&addr, "/metrics", |status, _| status == 200);
+    assert!(
+        metrics.contains("wsfleet_connections_ready 10"),
+        "{metrics}"
+    );
+
+    run.signal("INT");
+    let status = run.wait_exit(Duration::from_secs(15));
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn shard_runs_its_share_of_the_slots() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let (mut run, _lines) = Running::start(&[
+        "run",
+        "--admin",
+        &addr,
+        "--shard",
+        "1/2",
+        "--connections",
+        "10",
+    ]);
+    let (_, body) = http_until(&addr, "/connections", |status, _| status == 200);
+    let connections: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let slots: Vec<u64> = connections
+        .as_array()
+        .expect("an array")
+        .iter()
+        .map(|c| c["slot"].as_u64().expect("slot number"))
+        .collect();
+    assert_eq!(slots, [1, 3, 5, 7, 9], "{body}");
+    run.signal("TERM");
+    let status = run.wait_exit(Duration::from_secs(15));
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn output_jsonl_is_one_object_per_message() {
+    let output = wsfleet()
+        .args([
+            "run",
+            "--duration",
+            "2s",
+            "--connections",
+            "3",
+            "--interval",
+            "200ms",
+            "--send-on-connect",
+            "hello",
+            "--output",
+            "jsonl",
+        ])
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let (_, received, _) = summary(&stdout);
+    let lines: Vec<&str> = stdout.lines().filter(|l| !l.starts_with("sent=")).collect();
+    assert_eq!(lines.len() as u64, received, "{stdout}");
+    let mut hellos = 0;
+    for line in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+        assert!(
+            v["conn"].is_u64() && v["slot"].is_u64() && v["ts"].is_u64(),
+            "{line}"
+        );
+        assert_eq!(v["kind"], "text", "{line}");
+        let payload = v["payload"].as_str().expect("text payload");
+        if payload == "hello" {
+            hellos += 1;
+        } else {
+            assert!(payload.starts_with("wsfleet demo #"), "{line}");
+        }
+    }
+    assert_eq!(
+        hellos, 3,
+        "each connection's --send-on-connect comes back: {stdout}"
+    );
+}
+
+#[test]
+fn log_format_json_writes_json_lines() {
+    let output = wsfleet()
+        .args([
+            "run",
+            "--duration",
+            "1s",
+            "--connections",
+            "2",
+            "--log-format",
+            "json",
+        ])
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.lines().count() >= 2, "{stderr}");
+    for line in stderr.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+        assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
+    }
+    // RUST_LOG filters: nothing below warn, and nothing is wrong here.
+    wsfleet()
+        .env("RUST_LOG", "warn")
+        .args(["run", "--duration", "1s", "--connections", "2"])
+        .assert()
+        .success()
+        .stderr("");
+}
+
+#[test]
+fn run_against_nothing_logs_why_and_keeps_trying() {
+    let url = format!("ws://127.0.0.1:{}/", free_port());
+    let output = wsfleet()
+        .args([
+            "run",
+            "--url",
+            &url,
+            "--connections",
+            "2",
+            "--duration",
+            "2s",
+        ])
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains("connect failed") && stderr.contains("tcp connect to 127.0.0.1:"),
+        "{stderr}"
+    );
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(summary(&stdout), (0, 0, 0), "{stdout}");
+    assert!(stdout.contains("reconnects="), "{stdout}");
+}
+
+#[test]
+fn bad_run_values_are_usage_errors() {
+    for (args, needle) in [
+        (
+            &["run", "--memory-budget", "5XB"][..],
+            "invalid size \"5XB\"",
+        ),
+        (&["run", "--shard", "2/2"], "invalid shard"),
+        (
+            &["run", "--conections", "5"],
+            "unexpected argument '--conections'",
+        ),
+        (&["run", "--max-message", "5"], "invalid --max-message"),
+        (
+            &["run", "--connections", "2", "--shard", "3/4"],
+            "would run none",
+        ),
+    ] {
+        wsfleet().args(args).assert().code(2).stderr(
+            predicate::str::contains(needle).and(predicate::str::contains("panicked").not()),
+        );
+    }
+}
+
+#[test]
+fn serve_help_lists_every_chaos_mode() {
+    let output = wsfleet()
+        .args(["serve", "--help"])
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let help = String::from_utf8(output.stdout).unwrap();
+    for mode in ChaosMode::ALL {
+        assert!(help.contains(mode.name()), "{mode} missing:\n{help}");
+        assert!(
+            help.contains(mode.describe()),
+            "{mode} unexplained:\n{help}"
+        );
+    }
+}
+
+#[test]
+fn connect_to_a_lying_length_server_fails_with_a_protocol_error() {
+    let (mut serve, lines) = Running::start(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--chaos",
+        "lying-length",
+    ]);
+    let first = lines
+        .recv_timeout(Duration::from_secs(15))
+        .expect("serve prints its address");
+    let url = first
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
+        .to_owned();
+    wsfleet()
+        .args(["connect", &url])
+        .write_stdin("")
+        .assert()
+        .code(1)
+        .stderr(
+            predicate::str::contains("protocol error")
+                .and(predicate::str::contains("1009"))
+                .and(predicate::str::contains("max_frame_payload")),
+        );
+    serve.signal("TERM");
+    let status = serve.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "{status:?}");
 }

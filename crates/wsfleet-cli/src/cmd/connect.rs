@@ -2,7 +2,10 @@
 //!
 //! Everything runs in one task: `tokio::select!` over the next stdin line
 //! and `Connection::recv` (cancel-safe), and a send happens after the select
-//! has dropped the `recv` future, never while it is held.
+//! has dropped the `recv` future, never while it is held. At EOF on stdin,
+//! `Connection::begin_close` queues the close frame and `recv` goes on
+//! returning what the peer sent before its own close frame, so nothing in
+//! flight is lost.
 
 use std::io;
 use std::time::Duration;
@@ -59,7 +62,11 @@ pub(crate) async fn run(args: ConnectArgs) -> anyhow::Result<()> {
                         }
                     }
                 };
-                conn.send(message).await.context("send failed")?;
+                if let Err(send_error) = conn.send(message).await {
+                    // The connection is ending: its own reason (a protocol
+                    // error, say) says more than the refused send.
+                    return finish_after_failed_send(&mut conn, &mut stdout, send_error).await;
+                }
             }
             received = conn.recv() => {
                 match on_received(&conn, received, &mut stdout).await? {
@@ -71,7 +78,7 @@ pub(crate) async fn run(args: ConnectArgs) -> anyhow::Result<()> {
         }
     }
 
-    // EOF on stdin: print what is still on its way, then close.
+    // EOF on stdin: with --linger, wait for late answers first.
     if !args.linger.is_zero() {
         let cap = tokio::time::sleep(LINGER_CAP);
         tokio::pin!(cap);
@@ -83,13 +90,44 @@ pub(crate) async fn run(args: ConnectArgs) -> anyhow::Result<()> {
                     match on_received(&conn, received, &mut stdout).await? {
                         Flow::Continue => {}
                         Flow::Ended => return Ok(()),
-                        Flow::StdoutClosed => break,
+                        Flow::StdoutClosed => return close(&mut conn).await,
                     }
                 }
             }
         }
     }
-    close(&mut conn).await
+    // Close, and print what the peer sent before its close frame.
+    conn.begin_close(CloseCode::NORMAL, "")
+        .context("cannot start the close handshake")?;
+    let mut printing = true;
+    loop {
+        let received = conn.recv().await;
+        if !printing && matches!(received, Some(Ok(_))) {
+            continue;
+        }
+        match on_received(&conn, received, &mut stdout).await? {
+            Flow::Continue => {}
+            Flow::Ended => return Ok(()),
+            Flow::StdoutClosed => printing = false,
+        }
+    }
+}
+
+/// After a send was refused: prints what still arrives and fails with why
+/// the connection ended, or with the send error if it ended cleanly.
+async fn finish_after_failed_send<W: AsyncWrite + Unpin>(
+    conn: &mut Connection,
+    out: &mut W,
+    send_error: wsfleet::Error,
+) -> anyhow::Result<()> {
+    loop {
+        let received = conn.recv().await;
+        let ended = received.is_none();
+        match on_received(conn, received, out).await? {
+            Flow::Continue | Flow::StdoutClosed if !ended => {}
+            _ => return Err(send_error).context("send failed"),
+        }
+    }
 }
 
 /// The configuration the flags ask for.

@@ -4,6 +4,7 @@
 mod connect;
 mod run;
 mod serve;
+mod top;
 
 use std::time::Duration;
 
@@ -32,6 +33,7 @@ pub(crate) fn execute(command: Command) -> anyhow::Result<()> {
             Command::Run(args) => run::run(args).await,
             Command::Connect(args) => connect::run(args).await,
             Command::Serve(args) => serve::run(args).await,
+            Command::Top(args) => top::run(args).await,
         }
     });
     runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
@@ -49,7 +51,9 @@ pub(crate) fn limits(max_message: Option<usize>) -> anyhow::Result<Limits> {
             .with_max_message(max)
             .with_max_frame_payload(limits.max_frame_payload.min(max));
     }
-    limits.validate().context("invalid --max-message")?;
+    if let Err(e) = limits.validate() {
+        return usage_error(format!("invalid --max-message: {e}"));
+    }
     Ok(limits)
 }
 
@@ -100,4 +104,23 @@ impl Signals {
             }
         }
     }
+}
+
+/// An error in what the user asked for, found after the command line was
+/// parsed (a config file, a combination of settings): `wsfleet` exits with
+/// status 2 for it, as clap does for a bad flag.
+#[derive(Debug)]
+pub(crate) struct UsageError(pub(crate) String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// Fails with a [`UsageError`] saying `message`.
+pub(crate) fn usage_error<T>(message: impl Into<String>) -> anyhow::Result<T> {
+    Err(UsageError(message.into()).into())
 }

@@ -1,0 +1,589 @@
+//! `wsfleet run`'s settings: the flags over the `--config` file over the
+//! defaults, checked once into a [`Plan`].
+//!
+//! The file is TOML with one key per flag, named like the flag without its
+//! dashes (`max-lifetime = "55m"`); a repeatable flag is an array (`url =
+//! ["wss://a/", "wss://b/"]`). Sizes and durations are strings as on the
+//! command line, or plain numbers (bytes, seconds). A flag given on the
+//! command line replaces the file's value (for a repeatable flag, the whole
+//! array). An unknown key, a bad value or a TOML syntax error is a usage
+//! error naming the file, the line and the key. `examples/wsfleet.toml` (at
+//! the repository root) documents every key.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
+use wsfleet::connect::TlsOptions;
+use wsfleet::{ConnectionConfig, Keepalive};
+
+use crate::cli::{self, OutputFormat, RunArgs, Shard};
+use crate::cmd::UsageError;
+use crate::units;
+
+/// Connections when neither a flag nor the file says.
+pub(crate) const DEFAULT_CONNECTIONS: u32 = 100;
+/// `/healthz` threshold when neither a flag nor the file says.
+pub(crate) const DEFAULT_HEALTHY_SHARE: f64 = 0.9;
+/// Demo send period when neither a flag nor the file says.
+pub(crate) const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Everything `run` does, settled: flags, then the file, then defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Plan {
+    /// Upstream URLs; empty means the demo (embedded echo server).
+    pub(crate) urls: Vec<String>,
+    /// Connections of the whole fleet (all shards).
+    pub(crate) connections: u32,
+    /// This process's share.
+    pub(crate) shard: Shard,
+    /// Rotation period, if any.
+    pub(crate) max_lifetime: Option<Duration>,
+    /// Largest message accepted, if not the default.
+    pub(crate) max_message: Option<usize>,
+    /// Fleet memory budget, if not the default.
+    pub(crate) memory_budget: Option<usize>,
+    /// New connections per second, if not the default.
+    pub(crate) connect_rate: Option<f64>,
+    /// Texts sent on each new connection.
+    pub(crate) send_on_connect: Vec<String>,
+    /// Admin endpoint address, if any.
+    pub(crate) admin: Option<SocketAddr>,
+    /// Ready share for a healthy `/healthz`.
+    pub(crate) healthy_share: f64,
+    /// Where received messages go.
+    pub(crate) output: OutputFormat,
+    /// Stop after this long, if set.
+    pub(crate) duration: Option<Duration>,
+    /// Demo send period per connection.
+    pub(crate) interval: Duration,
+    /// Subprotocols to offer.
+    pub(crate) protocols: Vec<String>,
+    /// Extra request headers.
+    pub(crate) headers: Vec<(String, String)>,
+    /// Extra CA files (relative ones in the file are read from the file's
+    /// folder).
+    pub(crate) ca_files: Vec<PathBuf>,
+    /// Skip TLS verification.
+    pub(crate) insecure: bool,
+    /// Ping after this much quiet; `Some(ZERO)` turns pings off.
+    pub(crate) ping_interval: Option<Duration>,
+    /// Pong wait, if not the default.
+    pub(crate) pong_timeout: Option<Duration>,
+}
+
+impl Plan {
+    /// Reads `--config` (if given) and lays the flags over it.
+    ///
+    /// # Errors
+    /// A [`UsageError`] for an unreadable or bad file (naming file, line and
+    /// key) or settings that do not fit together.
+    pub(crate) fn resolve(args: RunArgs) -> Result<Self, UsageError> {
+        let (file, folder) = match &args.config {
+            Some(path) => (
+                load(path)?,
+                path.parent().map(Path::to_path_buf).unwrap_or_default(),
+            ),
+            None => (FileConfig::default(), PathBuf::new()),
+        };
+        let list = |flag: Vec<String>, file: Option<Vec<String>>| {
+            if flag.is_empty() {
+                file.unwrap_or_default()
+            } else {
+                flag
+            }
+        };
+        let plan = Self {
+            urls: list(args.urls, file.url.map(unwrap_all)),
+            connections: args
+                .connections
+                .or(file.connections.map(|c| c.0))
+                .unwrap_or(DEFAULT_CONNECTIONS),
+            shard: args.shard.or(file.shard.map(|s| s.0)).unwrap_or_default(),
+            max_lifetime: args.max_lifetime.or(file.max_lifetime.map(|d| d.0)),
+            max_message: args.max_message.or(file.max_message.map(|s| s.0)),
+            memory_budget: args.memory_budget.or(file.memory_budget.map(|s| s.0)),
+            connect_rate: args.connect_rate.or(file.connect_rate.map(|r| r.0)),
+            send_on_connect: list(args.send_on_connect, file.send_on_connect),
+            admin: args.admin.or(file.admin),
+            healthy_share: args
+                .healthy_share
+                .or(file.healthy_share.map(|s| s.0))
+                .unwrap_or(DEFAULT_HEALTHY_SHARE),
+            output: args.output.or(file.output).unwrap_or_default(),
+            duration: args.duration.or(file.duration.map(|d| d.0)),
+            interval: args
+                .interval
+                .or(file.interval.map(|d| d.0))
+                .unwrap_or(DEFAULT_INTERVAL),
+            protocols: list(args.protocols, file.protocol),
+            headers: if args.headers.is_empty() {
+                file.header.map(unwrap_all).unwrap_or_default()
+            } else {
+                args.headers
+            },
+            ca_files: if args.ca_files.is_empty() {
+                // Relative paths in the file are relative to the file.
+                file.ca
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|p| folder.join(p))
+                    .collect()
+            } else {
+                args.ca_files
+            },
+            insecure: args.insecure || file.insecure.unwrap_or(false),
+            ping_interval: args.ping_interval.or(file.ping_interval.map(|d| d.0)),
+            pong_timeout: args.pong_timeout.or(file.pong_timeout.map(|d| d.0)),
+        };
+        plan.check()?;
+        Ok(plan)
+    }
+
+    /// Settings that are each fine but do not fit together.
+    fn check(&self) -> Result<(), UsageError> {
+        let Shard { index, count } = self.shard;
+        if index >= self.connections {
+            return Err(UsageError(format!(
+                "shard {index}/{count} of {} connections would run none: \
+                 --connections must be above the shard index",
+                self.connections
+            )));
+        }
+        Ok(())
+    }
+
+    /// The per-connection configuration: limits, keepalive, subprotocols,
+    /// headers and TLS.
+    ///
+    /// # Errors
+    /// A [`UsageError`] for limits out of range or an unusable CA file.
+    pub(crate) fn connection_config(&self) -> anyhow::Result<ConnectionConfig> {
+        let mut config = ConnectionConfig::default().limits(crate::cmd::limits(self.max_message)?);
+        let mut keepalive = Keepalive::default();
+        if let Some(interval) = self.ping_interval {
+            keepalive = keepalive.with_interval((!interval.is_zero()).then_some(interval));
+        }
+        if let Some(timeout) = self.pong_timeout {
+            keepalive = keepalive.with_pong_timeout(timeout);
+        }
+        config = config.keepalive(keepalive);
+        for protocol in &self.protocols {
+            config = config.protocol(protocol.clone());
+        }
+        for (name, value) in &self.headers {
+            config = config.header(name.clone(), value.clone());
+        }
+        if !self.ca_files.is_empty() || self.insecure {
+            let mut tls = TlsOptions::default();
+            tls.extra_ca_files.clone_from(&self.ca_files);
+            tls.insecure_skip_verify = self.insecure;
+            let tls: Arc<_> = tls
+                .build()
+                .map_err(|e| UsageError(format!("cannot set up TLS: {e}")))?;
+            config = config.tls(tls);
+        }
+        Ok(config)
+    }
+}
+
+/// The file's keys: one per flag of `wsfleet run`, named like it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileConfig {
+    url: Option<Vec<WsUrl>>,
+    connections: Option<Count>,
+    shard: Option<ShardValue>,
+    max_lifetime: Option<Lifetime>,
+    max_message: Option<Size>,
+    memory_budget: Option<Size>,
+    connect_rate: Option<Rate>,
+    send_on_connect: Option<Vec<String>>,
+    admin: Option<SocketAddr>,
+    healthy_share: Option<Share>,
+    output: Option<OutputFormat>,
+    duration: Option<Dur>,
+    interval: Option<Period>,
+    protocol: Option<Vec<String>>,
+    header: Option<Vec<Header>>,
+    ca: Option<Vec<PathBuf>>,
+    insecure: Option<bool>,
+    ping_interval: Option<Dur>,
+    pong_timeout: Option<Period>,
+}
+
+fn unwrap_all<T, W: Into<T>>(values: Vec<W>) -> Vec<T> {
+    values.into_iter().map(Into::into).collect()
+}
+
+/// Reads and parses the file.
+fn load(path: &Path) -> Result<FileConfig, UsageError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| UsageError(format!("cannot read config file {}: {e}", path.display())))?;
+    toml::from_str(&text).map_err(|e| UsageError(describe(path, &text, &e)))
+}
+
+/// `FILE:LINE: KEY: what is wrong` from a TOML error and its span.
+fn describe(path: &Path, text: &str, error: &toml::de::Error) -> String {
+    let message = error.message().trim();
+    let message = match message.strip_prefix("unknown field ") {
+        Some(rest) => format!("unknown key {rest}"),
+        None => message.to_owned(),
+    };
+    let Some(span) = error.span() else {
+        return format!("{}: {message}", path.display());
+    };
+    let start = span.start.min(text.len());
+    let line_no = text[..start].matches('\n').count() + 1;
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    // The key this line sets, unless the message names it already.
+    let key = line
+        .split_once('=')
+        .map(|(key, _)| key.trim())
+        .filter(|key| {
+            !key.is_empty()
+                && key
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        });
+    match key {
+        Some(key) if !message.contains(&format!("`{key}`")) => {
+            format!("{}:{line_no}: {key}: {message}", path.display())
+        }
+        _ => format!("{}:{line_no}: {message}", path.display()),
+    }
+}
+
+/// A value read from a string (as on the command line) or a plain number.
+struct ParseVisitor<T> {
+    parse: fn(&str) -> Result<T, String>,
+    expecting: &'static str,
+}
+
+impl<T> Visitor<'_> for ParseVisitor<T> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.expecting)
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+        (self.parse)(v).map_err(E::custom)
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
+        self.visit_str(&v.to_string())
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
+        self.visit_str(&v.to_string())
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<T, E> {
+        self.visit_str(&v.to_string())
+    }
+}
+
+/// Declares a newtype read with a [`ParseVisitor`].
+macro_rules! parsed {
+    ($(#[$doc:meta])* $name:ident($ty:ty), $parse:expr, $expecting:literal) => {
+        $(#[$doc])*
+        #[derive(Debug)]
+        struct $name($ty);
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                d.deserialize_any(ParseVisitor {
+                    parse: $parse,
+                    expecting: $expecting,
+                })
+                .map($name)
+            }
+        }
+    };
+}
+
+parsed!(
+    /// `url`: a ws:// or wss:// URL.
+    WsUrl(String),
+    cli::parse_url,
+    "a ws:// or wss:// URL"
+);
+parsed!(
+    /// `connections`: 1 to 1,000,000.
+    Count(u32),
+    |s| match s.trim().parse::<u32>() {
+        Ok(n) if (1..=1_000_000).contains(&n) => Ok(n),
+        _ => Err(format!("invalid number of connections {s:?}: expected 1 to 1000000")),
+    },
+    "a number of connections"
+);
+parsed!(
+    /// `shard`: `"I/N"`.
+    ShardValue(Shard),
+    cli::parse_shard,
+    "a shard as \"I/N\""
+);
+parsed!(
+    /// `max-lifetime`: a duration of at least 100ms.
+    Lifetime(Duration),
+    cli::parse_lifetime,
+    "a duration such as \"55m\""
+);
+parsed!(
+    /// A size: `"5MiB"` or a number of bytes.
+    Size(usize),
+    |s| units::parse_size_usize(s).map_err(|e| e.to_string()),
+    "a size such as \"5MiB\" or a number of bytes"
+);
+parsed!(
+    /// `connect-rate`: above zero.
+    Rate(f64),
+    cli::parse_rate,
+    "a number of connections per second"
+);
+parsed!(
+    /// `healthy-share`: 0.0 to 1.0.
+    Share(f64),
+    cli::parse_share,
+    "a number from 0.0 to 1.0"
+);
+parsed!(
+    /// A duration: `"30s"` or a number of seconds.
+    Dur(Duration),
+    |s| units::parse_duration(s).map_err(|e| e.to_string()),
+    "a duration such as \"30s\" or a number of seconds"
+);
+parsed!(
+    /// A duration above zero.
+    Period(Duration),
+    |s| units::parse_period(s).map_err(|e| e.to_string()),
+    "a duration such as \"1s\""
+);
+parsed!(
+    /// `header`: `"Name: value"`.
+    Header((String, String)),
+    cli::parse_header,
+    "a header as \"Name: value\""
+);
+
+impl From<WsUrl> for String {
+    fn from(url: WsUrl) -> Self {
+        url.0
+    }
+}
+
+impl From<Header> for (String, String) {
+    fn from(header: Header) -> Self {
+        header.0
+    }
+}
+
+/// Every key the file may hold, as serde lists them (for the example-file
+/// test).
+#[cfg(test)]
+fn known_keys() -> Vec<String> {
+    let error = toml::from_str::<FileConfig>("no-such-key-at-all = 1").unwrap_err();
+    let message = error.message();
+    let list = message
+        .split_once("expected one of ")
+        .map(|(_, list)| list)
+        .unwrap_or_else(|| panic!("no key list in {message:?}"));
+    list.split(", ")
+        .map(|key| key.trim().trim_matches('`').to_owned())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    /// The example file shipped at the repository root.
+    const EXAMPLE: &str = include_str!("../../../../../examples/wsfleet.toml");
+
+    fn run_args(argv: &[&str]) -> RunArgs {
+        let mut all = vec!["wsfleet", "run"];
+        all.extend_from_slice(argv);
+        match Cli::try_parse_from(all).unwrap().command {
+            Command::Run(args) => args,
+            _ => panic!("not run"),
+        }
+    }
+
+    /// Writes `text` to a fresh file and resolves `argv` with it.
+    fn with_file(name: &str, text: &str, argv: &[&str]) -> Result<Plan, UsageError> {
+        let dir =
+            std::env::temp_dir().join(format!("wsfleet-config-test-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("wsfleet.toml");
+        std::fs::write(&path, text).unwrap();
+        let path = path.to_str().unwrap().to_owned();
+        let mut all = vec!["--config", path.as_str()];
+        all.extend_from_slice(argv);
+        let result = Plan::resolve(run_args(&all));
+        let _ = std::fs::remove_dir_all(&dir);
+        result
+    }
+
+    #[test]
+    fn defaults_without_a_file() {
+        let plan = Plan::resolve(run_args(&[])).unwrap();
+        assert!(plan.urls.is_empty());
+        assert_eq!(plan.connections, DEFAULT_CONNECTIONS);
+        assert_eq!(plan.shard, Shard::default());
+        assert_eq!(plan.healthy_share, DEFAULT_HEALTHY_SHARE);
+        assert_eq!(plan.output, OutputFormat::None);
+        assert_eq!(plan.interval, DEFAULT_INTERVAL);
+        assert_eq!(plan.admin, None);
+    }
+
+    #[test]
+    fn file_values_and_flags_over_them() {
+        let text = r#"
+url = ["ws://127.0.0.1:9/a", "ws://127.0.0.1:9/b"]
+connections = 40
+shard = "1/4"
+max-lifetime = "55m"
+max-message = "1MiB"
+memory-budget = 1048576
+connect-rate = 20
+send-on-connect = ["hello"]
+admin = "127.0.0.1:9100"
+healthy-share = 0.5
+output = "jsonl"
+duration = 30
+interval = "500ms"
+protocol = ["v1"]
+header = ["Authorization: Bearer x"]
+ca = ["ca.pem"]
+insecure = false
+ping-interval = "0s"
+pong-timeout = "3s"
+"#;
+        let plan = with_file("values", text, &[]).unwrap();
+        assert_eq!(plan.urls, ["ws://127.0.0.1:9/a", "ws://127.0.0.1:9/b"]);
+        assert_eq!(plan.connections, 40);
+        assert_eq!(plan.shard, Shard { index: 1, count: 4 });
+        assert_eq!(plan.max_lifetime, Some(Duration::from_secs(55 * 60)));
+        assert_eq!(plan.max_message, Some(1 << 20));
+        assert_eq!(plan.memory_budget, Some(1 << 20));
+        assert_eq!(plan.connect_rate, Some(20.0));
+        assert_eq!(plan.send_on_connect, ["hello"]);
+        assert_eq!(plan.admin, Some("127.0.0.1:9100".parse().unwrap()));
+        assert_eq!(plan.healthy_share, 0.5);
+        assert_eq!(plan.output, OutputFormat::Jsonl);
+        assert_eq!(plan.duration, Some(Duration::from_secs(30)));
+        assert_eq!(plan.interval, Duration::from_millis(500));
+        assert_eq!(plan.protocols, ["v1"]);
+        assert_eq!(
+            plan.headers,
+            [("Authorization".to_owned(), "Bearer x".to_owned())]
+        );
+        assert!(plan.ca_files[0].ends_with("ca.pem") && plan.ca_files[0].is_absolute());
+        assert_eq!(plan.ping_interval, Some(Duration::ZERO));
+        assert_eq!(plan.pong_timeout, Some(Duration::from_secs(3)));
+
+        let plan = with_file(
+            "flags",
+            text,
+            &[
+                "--connections",
+                "8",
+                "--url",
+                "ws://127.0.0.1:9/c",
+                "--output",
+                "none",
+                "--shard",
+                "0/1",
+            ],
+        )
+        .unwrap();
+        assert_eq!(plan.connections, 8);
+        assert_eq!(plan.urls, ["ws://127.0.0.1:9/c"]);
+        assert_eq!(plan.output, OutputFormat::None);
+        assert_eq!(plan.shard, Shard::default());
+        // Untouched keys still come from the file.
+        assert_eq!(plan.healthy_share, 0.5);
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let e = with_file("unknown", "connections = 5\n\nconections = 5\n", &[]).unwrap_err();
+        let e = e.to_string();
+        assert!(
+            e.contains("wsfleet.toml:3: unknown key `conections`"),
+            "{e}"
+        );
+        assert!(
+            e.contains("`connections`"),
+            "the known keys are listed: {e}"
+        );
+    }
+
+    #[test]
+    fn bad_values_name_file_line_and_key() {
+        for (text, line, needle) in [
+            (
+                "connections = 5\nmax-message = \"5XB\"\n",
+                2,
+                "max-message: invalid size \"5XB\": unknown unit",
+            ),
+            ("url = [\"http://x/\"]\n", 1, "url: invalid url"),
+            ("\n\nconnections = 0\n", 3, "connections: invalid number"),
+            ("shard = \"2/2\"\n", 1, "shard: invalid shard"),
+            ("output = \"xml\"\n", 1, "output: unknown variant `xml`"),
+            (
+                "max-lifetime = \"1ms\"\n",
+                1,
+                "max-lifetime: invalid lifetime",
+            ),
+            ("connections = [1]\n", 1, "connections: invalid type"),
+            ("connections = \n", 1, ""),
+        ] {
+            let e = with_file("bad", text, &[]).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("wsfleet.toml:{line}: {needle}")),
+                "{text:?}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn missing_file_and_empty_shard() {
+        let e = Plan::resolve(run_args(&["--config", "/no/such/wsfleet.toml"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("cannot read config file /no/such/wsfleet.toml"),
+            "{e}"
+        );
+        let e = Plan::resolve(run_args(&["--connections", "2", "--shard", "3/4"]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("would run none"), "{e}");
+    }
+
+    #[test]
+    fn the_example_file_is_valid_and_documents_every_key() {
+        let config: FileConfig = toml::from_str(EXAMPLE).unwrap();
+        // It runs the demo as it is: no URL.
+        assert!(config.url.is_none());
+        let keys = known_keys();
+        assert!(keys.len() > 15, "{keys:?}");
+        for key in keys {
+            let documented = EXAMPLE.lines().any(|line| {
+                let line = line.trim_start_matches('#').trim_start();
+                line.starts_with(&format!("{key} ="))
+            });
+            assert!(documented, "key {key:?} is not in examples/wsfleet.toml");
+        }
+    }
+}
