@@ -296,8 +296,16 @@ impl FleetBuilder {
                 }
             })
             .collect();
+        if slots.is_empty() {
+            return bad(
+                "shard",
+                format!("{index}/{count}"),
+                "this shard gets no slot: it needs more connections than shards",
+            );
+        }
         let (events_tx, events_rx) = mpsc::channel(self.event_capacity);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let (finished_tx, finished_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             slots,
             settings,
@@ -325,8 +333,12 @@ impl FleetBuilder {
             .collect();
         Ok(Fleet {
             shared,
-            events: Some(Events(events_rx)),
+            events: Some(Events {
+                rx: events_rx,
+                finished: finished_rx,
+            }),
             shutdown: shutdown_tx,
+            finished: finished_tx,
             tasks,
         })
     }

@@ -166,18 +166,36 @@ impl std::error::Error for FleetSendError {}
 /// The receiving end of the fleet's events: bounded; a consumer that falls
 /// behind makes connections stop reading (backpressure), never a queue grow.
 #[derive(Debug)]
-pub struct Events(mpsc::Receiver<Event>);
+pub struct Events {
+    rx: mpsc::Receiver<Event>,
+    /// Turns true when `shutdown` has finished: no event follows those queued.
+    finished: watch::Receiver<bool>,
+}
 
 impl Events {
-    /// The next event; `None` once the fleet has shut down and every event
-    /// was taken.
+    /// The next event; `None` once the fleet has shut down (or was dropped)
+    /// and every event was taken — even while a [`FleetMonitor`] is alive.
     pub async fn recv(&mut self) -> Option<Event> {
-        self.0.recv().await
+        loop {
+            if *self.finished.borrow() {
+                return self.rx.try_recv().ok();
+            }
+            tokio::select! {
+                biased;
+                event = self.rx.recv() => return event,
+                changed = self.finished.changed() => {
+                    if changed.is_err() {
+                        // The fleet handle is gone: drain what is queued.
+                        return self.rx.try_recv().ok();
+                    }
+                }
+            }
+        }
     }
 
     /// An event if one is waiting.
     pub fn try_recv(&mut self) -> Option<Event> {
-        self.0.try_recv().ok()
+        self.rx.try_recv().ok()
     }
 }
 
@@ -241,6 +259,7 @@ pub struct Fleet {
     shared: Arc<Shared>,
     events: Option<Events>,
     shutdown: watch::Sender<bool>,
+    finished: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -365,6 +384,7 @@ impl Fleet {
                 a.abort();
             }
         }
+        let _ = self.finished.send(true);
     }
 }
 
