@@ -270,7 +270,8 @@ impl Protocol {
     }
 
     /// Frees buffers that hold nothing (an empty read buffer, a flushed
-    /// write buffer). Call before waiting for a long time, so an idle
+    /// write buffer). Buffers are otherwise kept for reuse while traffic
+    /// flows; call this once a connection has gone quiet, so an idle
     /// connection holds no buffer memory.
     pub fn release_idle_buffers(&mut self) {
         if self.rbuf.is_empty() && self.rbuf_charge > 0 {

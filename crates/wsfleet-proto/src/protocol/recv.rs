@@ -81,13 +81,24 @@ impl Protocol {
         if self.rbuf_charge > 0 && self.rbuf.try_reclaim(grow) {
             return Ok(());
         }
-        let new_cap = len + grow;
-        self.account.charge(new_cap)?;
-        let mut fresh = BytesMut::with_capacity(new_cap);
-        fresh.extend_from_slice(&self.rbuf);
-        self.rbuf = fresh;
-        self.account.refund(self.rbuf_charge);
-        self.rbuf_charge = new_cap;
+        // Grow in place (realloc: a large buffer moves by remapping pages,
+        // not by copying), to what `Vec` amortisation will allocate: twice
+        // the capacity, at least what is needed, at most the hard cap.
+        // That is charged first; a refusal fails the connection.
+        let target = (len + grow)
+            .max(self.rbuf.capacity().saturating_mul(2))
+            .min(hard_cap.max(len + grow));
+        if target > self.rbuf_charge {
+            self.account.charge(target - self.rbuf_charge)?;
+            self.rbuf_charge = target;
+        }
+        self.rbuf.reserve(target - len);
+        // The allocator may round up; the true size is what is charged.
+        if self.rbuf.capacity() > self.rbuf_charge {
+            self.account
+                .charge_forced(self.rbuf.capacity() - self.rbuf_charge);
+            self.rbuf_charge = self.rbuf.capacity();
+        }
         Ok(())
     }
 
@@ -109,12 +120,7 @@ impl Protocol {
             return Ok(None);
         }
         match self.next_event() {
-            Ok(None) => {
-                if self.rbuf.is_empty() && self.frame.is_none_or(|f| f.streaming) {
-                    self.release_idle_buffers();
-                }
-                Ok(None)
-            }
+            Ok(None) => Ok(None),
             Ok(some) => Ok(some),
             Err(e) => Err(self.fail(e)),
         }

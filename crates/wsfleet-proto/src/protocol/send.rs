@@ -127,18 +127,16 @@ impl Protocol {
     }
 
     /// Marks `n` bytes returned by [`poll_transmit`](Self::poll_transmit) as
-    /// written. A fully written buffer is freed.
+    /// written. A fully written buffer is kept for reuse until
+    /// [`release_idle_buffers`](Self::release_idle_buffers).
     pub fn advance_transmit(&mut self, n: usize) {
         let n = n.min(self.pending_out());
         self.written_total += n as u64;
         self.wpos += n;
         if self.wpos == self.wbuf.len() {
+            // Kept for the next frame; `release_idle_buffers` frees it.
             self.wbuf.clear();
             self.wpos = 0;
-            if self.wbuf.capacity() > 0 {
-                self.account.refund(self.wbuf.capacity());
-                self.wbuf = Vec::new();
-            }
         }
     }
 

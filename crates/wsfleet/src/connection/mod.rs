@@ -68,7 +68,11 @@ pub struct Connection {
     /// WebSocket bytes that arrived with the handshake response.
     leftover: Bytes,
     keepalive: KeepaliveState,
+    /// One timer for keepalive and buffer release, at the earlier deadline.
     timer: Option<Pin<Box<Sleep>>>,
+    keepalive_at: Option<Instant>,
+    /// When to free buffers that went quiet (see `driver::IDLE_RELEASE`).
+    release_at: Option<Instant>,
     deadlines: connect::Deadlines,
     peer_close: Option<CloseFrame>,
     /// recv() has reported the end (None or an error) already.
@@ -143,9 +147,8 @@ impl Connection {
         config: &ConnectionConfig,
     ) -> Self {
         let keepalive = KeepaliveState::new(config.keepalive, Instant::now());
-        let timer = keepalive
-            .first_deadline()
-            .map(|at| Box::pin(tokio::time::sleep_until(at)));
+        let keepalive_at = keepalive.first_deadline();
+        let timer = keepalive_at.map(|at| Box::pin(tokio::time::sleep_until(at)));
         Self {
             stream,
             proto,
@@ -154,6 +157,8 @@ impl Connection {
             leftover,
             keepalive,
             timer,
+            keepalive_at,
+            release_at: None,
             deadlines: config.deadlines,
             peer_close: None,
             finished: false,
@@ -234,11 +239,6 @@ impl Connection {
             match self.proto.poll_event() {
                 Ok(Some(Event::Message(m))) => {
                     self.stats.msgs_in += 1;
-                    if !self.proto.is_mid_message() {
-                        // Nothing else buffered: free it now, so stats read
-                        // while the caller holds the message are exact.
-                        self.proto.release_idle_buffers();
-                    }
                     return Some(Ok(m));
                 }
                 Ok(Some(Event::Close(frame))) => {

@@ -84,3 +84,32 @@ impl MemoryBudget for FleetBudget {
         self.used.fetch_sub(bytes, Ordering::AcqRel);
     }
 }
+
+/// One connection's view of the fleet budget: charges the fleet and keeps
+/// the connection's own total, which its stats record reads (exact even
+/// while the connection sits idle in `recv`).
+#[derive(Debug)]
+pub(crate) struct ConnBudget {
+    pub(crate) fleet: std::sync::Arc<FleetBudget>,
+    pub(crate) held: std::sync::Arc<AtomicUsize>,
+}
+
+impl MemoryBudget for ConnBudget {
+    fn try_reserve(&self, bytes: usize) -> bool {
+        let ok = self.fleet.try_reserve(bytes);
+        if ok {
+            self.held.fetch_add(bytes, Ordering::Relaxed);
+        }
+        ok
+    }
+
+    fn force_reserve(&self, bytes: usize) {
+        self.fleet.force_reserve(bytes);
+        self.held.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    fn release(&self, bytes: usize) {
+        self.fleet.release(bytes);
+        self.held.fetch_sub(bytes, Ordering::Relaxed);
+    }
+}

@@ -21,6 +21,7 @@ use tracing::Instrument;
 use wsfleet_proto::{CloseCode, Message};
 
 use super::backoff::Jitter;
+use super::budget::ConnBudget;
 use super::intensity::Verdict;
 use super::reason::DisconnectReason;
 use super::stats::{ConnRecord, ConnState};
@@ -79,11 +80,18 @@ impl Running {
     }
 }
 
+/// A connection ready to serve, with the live count of its buffer bytes.
+struct Opened {
+    conn: Connection,
+    protocol: Option<String>,
+    held: Arc<std::sync::atomic::AtomicUsize>,
+}
+
 /// What ended the wait for a replacement connection (a transient value on
 /// the stack, so the large variant costs nothing).
 #[allow(clippy::large_enum_variant)]
 enum Rotation {
-    Opened(Result<(Connection, Option<String>), DisconnectReason>),
+    Opened(Result<Opened, DisconnectReason>),
     OldEnded(Result<TaskEnd, tokio::task::JoinError>),
     Shutdown,
 }
@@ -135,7 +143,7 @@ async fn supervise(
             }
         }
         if !first {
-            if !restart_allowed(shared, slot, &mut shutdown).await {
+            if !Box::pin(restart_allowed(shared, slot, &mut shutdown)).await {
                 return;
             }
             shared.reconnects.fetch_add(1, Ordering::Relaxed);
@@ -149,7 +157,7 @@ async fn supervise(
         }
         let id = shared.next_conn_id();
         let opened = tokio::select! {
-            r = open(shared, &target) => r,
+            r = Box::pin(open(shared, &target)) => r,
             _ = shutdown.changed() => return,
         };
         match opened {
@@ -169,17 +177,16 @@ async fn supervise(
                     .max(retry_after.unwrap_or_default());
                 failures = failures.saturating_add(1);
             }
-            Ok((conn, protocol)) => {
-                match serve(
+            Ok(opened) => {
+                match Box::pin(serve(
                     shared,
                     slot,
                     &target,
                     id,
-                    conn,
-                    protocol,
+                    opened,
                     &mut shutdown,
                     &mut jitter,
-                )
+                ))
                 .await
                 {
                     Outcome::Shutdown => return,
@@ -251,11 +258,13 @@ async fn sleep_or_shutdown(at: Instant, shutdown: &mut watch::Receiver<bool>) ->
 
 /// Connects and runs the on-connect hook in a task of its own, so a panic
 /// in the hook is caught here as that connection's failure.
-async fn open(
-    shared: &Arc<Shared>,
-    target: &Target,
-) -> Result<(Connection, Option<String>), DisconnectReason> {
-    let config = shared.settings.connection.clone();
+async fn open(shared: &Arc<Shared>, target: &Target) -> Result<Opened, DisconnectReason> {
+    let mut config = shared.settings.connection.clone();
+    let held = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    config.budget = Some(Arc::new(ConnBudget {
+        fleet: shared.budget.clone(),
+        held: held.clone(),
+    }));
     let hook = shared.settings.on_connect.clone();
     let target = target.clone();
     let started = Instant::now();
@@ -276,7 +285,11 @@ async fn open(
             }
         }
         let protocol = conn.protocol().map(str::to_owned);
-        Ok((conn, protocol))
+        Ok(Opened {
+            conn,
+            protocol,
+            held,
+        })
     }));
     let result = task.await;
     if matches!(result, Ok(Ok(_))) {
@@ -300,14 +313,13 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
 }
 
 /// Starts the task of a ready connection and makes it the slot's current one.
-async fn start(
-    shared: &Arc<Shared>,
-    slot: &SlotShared,
-    id: ConnId,
-    conn: Connection,
-    protocol: Option<String>,
-) -> Running {
-    let record = Arc::new(ConnRecord::successor(&slot.record(), id));
+async fn start(shared: &Arc<Shared>, slot: &SlotShared, id: ConnId, opened: Opened) -> Running {
+    let Opened {
+        conn,
+        protocol,
+        held,
+    } = opened;
+    let record = Arc::new(ConnRecord::successor(&slot.record(), id, held));
     let (inbox_tx, inbox_rx) = mpsc::channel(shared.settings.inbox_capacity);
     let (drain_tx, drain_rx) = oneshot::channel();
     let span = tracing::info_span!("conn", conn = %id);
@@ -379,13 +391,12 @@ async fn serve(
     slot: &SlotShared,
     target: &Target,
     id: ConnId,
-    conn: Connection,
-    protocol: Option<String>,
+    opened: Opened,
     shutdown: &mut watch::Receiver<bool>,
     jitter: &mut Jitter,
 ) -> Outcome {
     let settings = &shared.settings;
-    let mut current = start(shared, slot, id, conn, protocol).await;
+    let mut current = Box::pin(start(shared, slot, id, opened)).await;
     let mut rotate_at = next_rotation(settings.max_lifetime, settings.lifetime_jitter, jitter);
     let mut rotation_failures: u32 = 0;
     loop {
@@ -393,7 +404,7 @@ async fn serve(
             end = &mut current.task => {
                 *slot.inbox.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 current.record.set_state(ConnState::Backoff);
-                report(shared, slot.id, current.id, &current.record, end).await;
+                Box::pin(report(shared, slot.id, current.id, &current.record, end)).await;
                 return Outcome::Ended { lived: current.since.elapsed() };
             }
             _ = sleep_until_opt(rotate_at) => {
@@ -404,7 +415,7 @@ async fn serve(
                 let opened = tokio::select! {
                     r = async {
                         tokio::time::sleep_until(turn).await;
-                        open(shared, target).await
+                        Box::pin(open(shared, target)).await
                     } => Rotation::Opened(r),
                     end = &mut current.task => Rotation::OldEnded(end),
                     _ = shutdown.changed() => Rotation::Shutdown,
@@ -414,15 +425,15 @@ async fn serve(
                     Rotation::OldEnded(end) => {
                         *slot.inbox.lock().unwrap_or_else(|p| p.into_inner()) = None;
                         current.record.set_state(ConnState::Backoff);
-                        report(shared, slot.id, current.id, &current.record, end).await;
+                        Box::pin(report(shared, slot.id, current.id, &current.record, end)).await;
                         return Outcome::Ended { lived: current.since.elapsed() };
                     }
                     Rotation::Shutdown => None,
                 };
                 match opened {
-                    None => return drain_for_shutdown(shared, slot, current).await,
-                    Some(Ok((conn, protocol))) => {
-                        let fresh = start(shared, slot, new_id, conn, protocol).await;
+                    None => return Box::pin(drain_for_shutdown(shared, slot, current)).await,
+                    Some(Ok(opened)) => {
+                        let fresh = Box::pin(start(shared, slot, new_id, opened)).await;
                         let mut old = std::mem::replace(&mut current, fresh);
                         old.record.set_state(ConnState::Draining);
                         shared.draining.lock().unwrap_or_else(|p| p.into_inner()).push(old.record.clone());
@@ -432,7 +443,7 @@ async fn serve(
                         let slot_id = slot.id;
                         let watcher = tokio::spawn(async move {
                             let end = (&mut old.task).await;
-                            report(&watcher_shared, slot_id, old.id, &old.record, end).await;
+                            Box::pin(report(&watcher_shared, slot_id, old.id, &old.record, end)).await;
                             watcher_shared
                                 .draining
                                 .lock()
@@ -455,7 +466,7 @@ async fn serve(
                     }
                 }
             }
-            _ = shutdown.changed() => return drain_for_shutdown(shared, slot, current).await,
+            _ = shutdown.changed() => return Box::pin(drain_for_shutdown(shared, slot, current)).await,
         }
     }
 }
@@ -465,7 +476,7 @@ async fn drain_for_shutdown(shared: &Shared, slot: &SlotShared, mut current: Run
     current.drain(DisconnectReason::Shutdown, None);
     let limit = shared.settings.connection.deadlines.close + Duration::from_millis(500);
     match tokio::time::timeout(limit, &mut current.task).await {
-        Ok(end) => report(shared, slot.id, current.id, &current.record, end).await,
+        Ok(end) => Box::pin(report(shared, slot.id, current.id, &current.record, end)).await,
         Err(_) => tracing::warn!(conn = %current.id, "connection did not close in time; aborted"),
     }
     current.record.set_state(ConnState::Closed);
@@ -588,5 +599,28 @@ async fn conn_task(
     TaskEnd {
         reason,
         undelivered,
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn task_futures_stay_small() {
+        let fleet = super::super::Fleet::builder("ws://127.0.0.1:9/")
+            .connections(1)
+            .spawn()
+            .unwrap();
+        let shared = fleet.shared.clone();
+        let (_tx, rx) = watch::channel(false);
+        let target = Target::parse("ws://127.0.0.1:9/").unwrap();
+        let slot_future = run_slot(shared.clone(), 0, target.clone(), rx);
+        let open_future = open(&shared, &target);
+        let (slot_size, open_size) = (size_of_val(&slot_future), size_of_val(&open_future));
+        eprintln!("run_slot {slot_size} B, open {open_size} B");
+        // Rare paths (dialling, reporting, draining) are boxed: the future
+        // every slot holds all its life stays small.
+        assert!(slot_size <= 2048, "run_slot future is {slot_size} B");
     }
 }

@@ -3,8 +3,8 @@
 //! consistent across connections (as deadpool's `Status` says of its pool):
 //! each number is exact for its connection at the moment it was read.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::counters::{Counters, Totals};
@@ -65,7 +65,7 @@ impl ConnState {
 #[derive(Debug)]
 pub(crate) struct ConnRecord {
     pub(crate) slot: SlotId,
-    pub(crate) url: std::sync::Arc<str>,
+    pub(crate) url: Arc<str>,
     id: AtomicU64,
     state: AtomicU8,
     connected_since_ms: AtomicU64,
@@ -74,13 +74,14 @@ pub(crate) struct ConnRecord {
     bytes_out: AtomicU64,
     msgs_in: AtomicU64,
     msgs_out: AtomicU64,
-    buffered: AtomicUsize,
+    /// Shared with the connection's budget: exact at every growth and release.
+    buffered: Arc<AtomicUsize>,
     peak_buffered: AtomicUsize,
     last_error: Mutex<Option<String>>,
 }
 
 impl ConnRecord {
-    pub(crate) fn new(slot: SlotId, url: std::sync::Arc<str>) -> Self {
+    pub(crate) fn new(slot: SlotId, url: Arc<str>) -> Self {
         Self {
             slot,
             url,
@@ -92,7 +93,7 @@ impl ConnRecord {
             bytes_out: AtomicU64::new(0),
             msgs_in: AtomicU64::new(0),
             msgs_out: AtomicU64::new(0),
-            buffered: AtomicUsize::new(0),
+            buffered: Arc::new(AtomicUsize::new(0)),
             peak_buffered: AtomicUsize::new(0),
             last_error: Mutex::new(None),
         }
@@ -100,8 +101,9 @@ impl ConnRecord {
 
     /// The record of a slot's next connection: the slot's history
     /// (reconnects, last error, peak buffer) carries over, traffic starts at 0.
-    pub(crate) fn successor(previous: &Self, id: ConnId) -> Self {
-        let next = Self::new(previous.slot, previous.url.clone());
+    pub(crate) fn successor(previous: &Self, id: ConnId, buffered: Arc<AtomicUsize>) -> Self {
+        let mut next = Self::new(previous.slot, previous.url.clone());
+        next.buffered = buffered;
         next.reconnects.store(
             previous.reconnects.load(Ordering::Relaxed),
             Ordering::Relaxed,
@@ -143,7 +145,6 @@ impl ConnRecord {
         ] {
             counter.store(0, Ordering::Relaxed);
         }
-        self.buffered.store(0, Ordering::Relaxed);
         self.set_state(ConnState::Ready);
     }
 
@@ -167,7 +168,6 @@ impl ConnRecord {
             let before = mine.swap(now, Ordering::Relaxed);
             total.fetch_add(now.saturating_sub(before), Ordering::Relaxed);
         }
-        self.buffered.store(s.buffered_bytes, Ordering::Relaxed);
         self.peak_buffered
             .fetch_max(s.peak_buffered_bytes, Ordering::Relaxed);
     }

@@ -250,9 +250,12 @@ async fn budget_holds_when_every_connection_gets_a_large_message() {
     })
     .await;
     let stats = fleet.stats();
+    // Only the close frames owed to dropped peers may pass the budget (a
+    // close must go out to close cleanly): a few dozen bytes each.
+    let slack = 8 * 64;
     assert!(
-        stats.budget_peak <= budget,
-        "peak {} > budget {budget}",
+        stats.budget_peak <= budget + slack,
+        "peak {} > budget {budget} + {slack}",
         stats.budget_peak
     );
     assert!(dropped_for_budget > 0, "the test must push past the budget");
