@@ -6,22 +6,33 @@
 //!
 //! - [`PyServer`]: the Python `websockets` server (`py/ws_server.py` in this crate),
 //!   run by the interpreter of the test venv (see [`venv`]). Modes in [`Mode`];
-//!   permessage-deflate via [`PyOptions::deflate`].
+//!   permessage-deflate via [`ServerOptions::deflate`].
+//! - [`AiohttpServer`]: the aiohttp server (`py/aiohttp_server.py`), same venv,
+//!   same [`Mode`]s and options.
+//! - [`NodeServer`]: the Node.js `ws` server (`node/ws_server.js`), same [`Mode`]s
+//!   and options.
 //! - [`RustServer`]: an in-process tokio-tungstenite server, same [`Mode`]s
 //!   (no permessage-deflate: tungstenite has none).
+//! - [`Nginx`]: nginx as a reverse proxy for `ws` and `wss` in front of any of
+//!   them (or any server on 127.0.0.1).
 //! - [`free_port`], [`bounded`]: small helpers for tests.
 //!
-//! The Python peer needs the venv that `scripts/setup-venv` creates (and
-//! `scripts/test` refreshes). When it is missing, [`PyServer::start`] fails with an
-//! error saying so, so a test never skips silently.
+//! The child peers need what the scripts install: the venv (`scripts/setup-venv`)
+//! for the Python peers, `node_modules` (`scripts/setup-node`) for the Node peer,
+//! the `nginx` package (`scripts/setup-debian`); `scripts/test` runs all three.
+//! When one is missing, `start` fails with an error saying which script to run,
+//! so a test never skips silently.
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
-//! use wsfleet_testkit::{Mode, PyServer, RustServer};
+//! use wsfleet_testkit::{Mode, Nginx, NodeServer, PyServer, RustServer, ServerOptions};
 //!
 //! let py = PyServer::start(Mode::Echo).await?;
 //! let rs = RustServer::start(Mode::close(1001, "going away")).await?;
-//! println!("{} {}", py.url(), rs.url()); // ws://127.0.0.1:PORT/
+//! let node = NodeServer::start_with(Mode::Echo, ServerOptions { deflate: true, ..Default::default() }).await?;
+//! let proxy = Nginx::start(py.port()).await?;
+//! println!("{} {} {}", py.url(), rs.url(), node.url()); // ws://127.0.0.1:PORT/
+//! println!("{} {}", proxy.ws_url(), proxy.wss_url()); // wss://localhost:PORT/
 //! # Ok(())
 //! # }
 //! ```
@@ -29,6 +40,9 @@
 //! The Autobahn run (kosoku) is driven by `scripts/autobahn`, not from Rust.
 
 mod capture;
+mod child;
+mod nginx;
+mod node;
 mod py;
 mod rust_server;
 mod venv;
@@ -36,7 +50,9 @@ mod venv;
 use std::future::Future;
 use std::time::Duration;
 
-pub use py::{PyOptions, PyServer};
+pub use nginx::{Nginx, NginxOptions};
+pub use node::{NodeOptions, NodeServer, node, node_dir};
+pub use py::{AiohttpServer, PyOptions, PyServer};
 pub use rust_server::RustServer;
 pub use venv::{python, require_python, venv, workspace_root};
 
@@ -78,6 +94,29 @@ impl Mode {
     /// Shorthand for [`Mode::Subprotocol`].
     pub fn subprotocol(name: impl Into<String>) -> Self {
         Mode::Subprotocol(name.into())
+    }
+}
+
+/// How to start a child server peer ([`PyServer`], [`AiohttpServer`],
+/// [`NodeServer`]) beyond its [`Mode`].
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Offer permessage-deflate. Default: off.
+    pub deflate: bool,
+    /// Port on 127.0.0.1; 0 (the default) lets the OS pick one. A fixed port is
+    /// for restarting a server where a client expects it (reconnect tests).
+    pub port: u16,
+    /// How long to wait for the server to report its port. Default: 20 s.
+    pub startup_timeout: Duration,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            deflate: false,
+            port: 0,
+            startup_timeout: Duration::from_secs(20),
+        }
     }
 }
 

@@ -1,40 +1,20 @@
-//! The Python `websockets` server peer (`py/ws_server.py`), as a child process.
+//! The Python server peers, as child processes run by the test venv's
+//! interpreter: `websockets` (`py/ws_server.py`) and aiohttp
+//! (`py/aiohttp_server.py`).
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
-use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, ChildStdin, Command};
-use tokio::task::JoinHandle;
+use tokio::process::Command;
 
-use crate::Mode;
-use crate::capture::Captured;
+use crate::child::ChildServer;
 use crate::venv::{SETUP_HINT, require_python};
+use crate::{Mode, ServerOptions};
 
-/// How to start a [`PyServer`] beyond its [`Mode`].
-#[derive(Debug, Clone)]
-pub struct PyOptions {
-    /// Offer permessage-deflate (`compression="deflate"`). Default: off.
-    pub deflate: bool,
-    /// Port on 127.0.0.1; 0 (the default) lets the OS pick one. A fixed port is
-    /// for restarting a server where a client expects it (reconnect tests).
-    pub port: u16,
-    /// How long to wait for the server to report its port. Default: 20 s.
-    pub startup_timeout: Duration,
-}
-
-impl Default for PyOptions {
-    fn default() -> Self {
-        PyOptions {
-            deflate: false,
-            port: 0,
-            startup_timeout: Duration::from_secs(20),
-        }
-    }
-}
+/// How to start a [`PyServer`] beyond its [`Mode`]: the options every child
+/// server peer takes (the name predates [`ServerOptions`]).
+pub type PyOptions = ServerOptions;
 
 /// A Python `websockets` server on 127.0.0.1, killed when dropped.
 ///
@@ -42,21 +22,28 @@ impl Default for PyOptions {
 /// so no server outlives a killed test run.
 #[derive(Debug)]
 pub struct PyServer {
-    child: Child,
-    // Held open: the child exits when it closes.
-    _stdin: Option<ChildStdin>,
-    port: u16,
-    stderr: Captured,
+    server: ChildServer,
 }
 
-/// `crates/wsfleet-testkit/py/ws_server.py`.
-fn script() -> PathBuf {
+/// An aiohttp server (`aiohttp.web.WebSocketResponse`) on 127.0.0.1, killed
+/// when dropped; permessage-deflate (aiohttp's `compress=True`) via
+/// [`ServerOptions::deflate`].
+///
+/// Runs in the same venv as [`PyServer`] and, like it, exits when the test
+/// process dies.
+#[derive(Debug)]
+pub struct AiohttpServer {
+    server: ChildServer,
+}
+
+/// `crates/wsfleet-testkit/py/NAME`.
+fn script(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("py")
-        .join("ws_server.py")
+        .join(name)
 }
 
-fn mode_args(mode: &Mode) -> Vec<String> {
+pub(crate) fn mode_args(mode: &Mode) -> Vec<String> {
     match mode {
         Mode::Echo => vec!["echo".into()],
         Mode::Silent => vec!["silent".into()],
@@ -64,6 +51,38 @@ fn mode_args(mode: &Mode) -> Vec<String> {
         Mode::Subprotocol(name) => vec!["subprotocol".into(), name.clone()],
         Mode::Headers => vec!["headers".into()],
     }
+}
+
+fn venv_hint(stderr: &str) -> Option<String> {
+    (stderr.contains("ModuleNotFoundError") || stderr.contains("ImportError"))
+        .then(|| format!("the venv lacks a package: {SETUP_HINT}"))
+}
+
+/// Starts `py/<script_name>` in `mode` with `options` (the scripts share their
+/// command line).
+async fn start_script(
+    script_name: &str,
+    label: &str,
+    mode: &Mode,
+    options: &ServerOptions,
+) -> io::Result<ChildServer> {
+    let python = require_python()?;
+    let mut cmd = Command::new(&python);
+    cmd.arg("-u")
+        .arg(script(script_name))
+        .arg("--exit-on-stdin-eof")
+        .args(["--port", &options.port.to_string()]);
+    if options.deflate {
+        cmd.arg("--deflate");
+    }
+    cmd.args(mode_args(mode));
+    // websockets caps a message at 4096 fragments by default; the harness wants
+    // `max_size` (64 MiB) to be the only limit.
+    if std::env::var_os("WEBSOCKETS_MAX_FRAGMENTS").is_none() {
+        cmd.env("WEBSOCKETS_MAX_FRAGMENTS", "1048576");
+    }
+    let what = format!("{label} ({})", mode_args(mode).join(" "));
+    ChildServer::spawn(cmd, &what, options.startup_timeout, venv_hint).await
 }
 
 impl PyServer {
@@ -93,92 +112,29 @@ impl PyServer {
     ///
     /// As [`PyServer::start`].
     pub async fn start_with(mode: Mode, options: PyOptions) -> io::Result<PyServer> {
-        let python = require_python()?;
-        let script = script();
-        let mut cmd = Command::new(&python);
-        cmd.arg("-u")
-            .arg(&script)
-            .arg("--exit-on-stdin-eof")
-            .args(["--port", &options.port.to_string()]);
-        if options.deflate {
-            cmd.arg("--deflate");
-        }
-        cmd.args(mode_args(&mode));
-        // websockets caps a message at 4096 fragments by default; the harness wants
-        // `max_size` (64 MiB) to be the only limit.
-        if std::env::var_os("WEBSOCKETS_MAX_FRAGMENTS").is_none() {
-            cmd.env("WEBSOCKETS_MAX_FRAGMENTS", "1048576");
-        }
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = cmd.spawn().map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("spawning {} {}: {e}", python.display(), script.display()),
-            )
-        })?;
-        let stdin = child.stdin.take();
-        let (stderr, stderr_done) =
-            Captured::spawn_reader(child.stderr.take().expect("stderr is piped"));
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout is piped")).lines();
-
-        let what = format!("Python test server ({})", mode_args(&mode).join(" "));
-        let startup = tokio::time::timeout(options.startup_timeout, async {
-            while let Some(line) = lines.next_line().await? {
-                if let Some(port) = line.strip_prefix("LISTENING ") {
-                    return port.trim().parse::<u16>().map(Some).map_err(|e| {
-                        io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            format!("bad port line {line:?}: {e}"),
-                        )
-                    });
-                }
-            }
-            Ok(None) // stdout closed: the server exited
-        })
-        .await;
-        let problem = match startup {
-            Ok(Ok(Some(port))) => {
-                // Drain stdout so a chatty server never blocks on a full pipe.
-                tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-                return Ok(PyServer {
-                    child,
-                    _stdin: stdin,
-                    port,
-                    stderr,
-                });
-            }
-            Ok(Ok(None)) => "exited before it reported its port".to_owned(),
-            Ok(Err(e)) => format!("failed while starting: {e}"),
-            Err(_) => format!(
-                "did not report its port within {:?}",
-                options.startup_timeout
-            ),
-        };
-        Err(startup_error(&what, &problem, child, &stderr, stderr_done).await)
+        let server = start_script("ws_server.py", "Python test server", &mode, &options).await?;
+        Ok(PyServer { server })
     }
 
     /// The port it listens on (127.0.0.1).
     pub fn port(&self) -> u16 {
-        self.port
+        self.server.port()
     }
 
     /// `127.0.0.1:PORT`.
     pub fn addr(&self) -> SocketAddr {
-        (Ipv4Addr::LOCALHOST, self.port).into()
+        (Ipv4Addr::LOCALHOST, self.port()).into()
     }
 
     /// `ws://127.0.0.1:PORT/`.
     pub fn url(&self) -> String {
-        format!("ws://127.0.0.1:{}/", self.port)
+        format!("ws://127.0.0.1:{}/", self.port())
     }
 
     /// What the server wrote to stderr so far (its last 64 KiB): handler
     /// exceptions and `websockets` warnings. Handy in assertion messages.
     pub fn stderr(&self) -> String {
-        self.stderr.text()
+        self.server.stderr()
     }
 
     /// Kills the server now and waits for it to exit (the port is released).
@@ -188,43 +144,57 @@ impl PyServer {
     ///
     /// If the process cannot be killed or waited for.
     pub async fn kill(&mut self) -> io::Result<()> {
-        self.child.kill().await
+        self.server.kill().await
     }
 }
 
-impl Drop for PyServer {
-    fn drop(&mut self) {
-        // kill_on_drop does the same; being explicit costs nothing.
-        let _ = self.child.start_kill();
+impl AiohttpServer {
+    /// Starts a server in `mode` with default [`ServerOptions`] (no compression).
+    ///
+    /// # Errors
+    ///
+    /// As [`PyServer::start`]; a venv without aiohttp gets the same hint.
+    pub async fn start(mode: Mode) -> io::Result<AiohttpServer> {
+        Self::start_with(mode, ServerOptions::default()).await
     }
-}
 
-async fn startup_error(
-    what: &str,
-    problem: &str,
-    mut child: Child,
-    stderr: &Captured,
-    stderr_done: JoinHandle<()>,
-) -> io::Error {
-    let _ = child.start_kill();
-    let status: Option<ExitStatus> = tokio::time::timeout(Duration::from_secs(5), child.wait())
-        .await
-        .ok()
-        .and_then(Result::ok);
-    let _ = tokio::time::timeout(Duration::from_secs(2), stderr_done).await;
-    let text = stderr.text();
-    let hint = if text.contains("ModuleNotFoundError") || text.contains("ImportError") {
-        format!("\nhint: the venv lacks a package: {SETUP_HINT}")
-    } else {
-        String::new()
-    };
-    io::Error::other(format!(
-        "{what} {problem} ({}); its stderr:\n{}{hint}",
-        status.map_or_else(|| "exit status unknown".to_owned(), |s| s.to_string()),
-        if text.trim().is_empty() {
-            "(empty)"
-        } else {
-            text.trim_end()
-        },
-    ))
+    /// Starts a server in `mode` with `options`.
+    ///
+    /// # Errors
+    ///
+    /// As [`AiohttpServer::start`].
+    pub async fn start_with(mode: Mode, options: ServerOptions) -> io::Result<AiohttpServer> {
+        let server =
+            start_script("aiohttp_server.py", "aiohttp test server", &mode, &options).await?;
+        Ok(AiohttpServer { server })
+    }
+
+    /// The port it listens on (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.server.port()
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> SocketAddr {
+        (Ipv4Addr::LOCALHOST, self.port()).into()
+    }
+
+    /// `ws://127.0.0.1:PORT/`.
+    pub fn url(&self) -> String {
+        format!("ws://127.0.0.1:{}/", self.port())
+    }
+
+    /// What the server wrote to stderr so far (its last 64 KiB).
+    pub fn stderr(&self) -> String {
+        self.server.stderr()
+    }
+
+    /// Kills the server now and waits for it to exit.
+    ///
+    /// # Errors
+    ///
+    /// If the process cannot be killed or waited for.
+    pub async fn kill(&mut self) -> io::Result<()> {
+        self.server.kill().await
+    }
 }

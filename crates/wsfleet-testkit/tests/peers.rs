@@ -1,8 +1,10 @@
 //! The test peers start, listen on loopback and behave as their mode says.
 //!
 //! The client is tokio-tungstenite, so these tests do not depend on wsfleet. The
-//! Python tests (`py_*`) need the venv: without it they fail with "run scripts/test
-//! (or scripts/setup-venv) first" rather than skip.
+//! Python tests (`py_*`, `aiohttp_*`) need the venv, the Node tests (`node_*`)
+//! `scripts/setup-node`, the nginx tests (`nginx_*`) `scripts/setup-debian`:
+//! without them they fail with "run scripts/test (or scripts/setup-...) first"
+//! rather than skip.
 
 use std::time::Duration;
 
@@ -17,7 +19,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, O
 use tokio_tungstenite::tungstenite::{Error, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use wsfleet_testkit::{
-    MAX_MESSAGE_SIZE, Mode, PyOptions, PyServer, RustServer, bounded, free_port,
+    AiohttpServer, MAX_MESSAGE_SIZE, Mode, Nginx, NodeServer, PyOptions, PyServer, RustServer,
+    ServerOptions, bounded, free_port,
 };
 
 type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -417,4 +420,260 @@ async fn free_port_can_be_bound() {
     tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .expect("bind the free port");
+}
+
+/// Polls until nothing accepts on `port` (a killed child is reaped asynchronously).
+async fn wait_refused(port: u16) {
+    for _ in 0..100 {
+        if TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("a dropped server still accepts on {port}");
+}
+
+fn deflate_options() -> ServerOptions {
+    ServerOptions {
+        deflate: true,
+        ..ServerOptions::default()
+    }
+}
+
+// ---- Node.js `ws` server ----
+
+#[tokio::test]
+async fn node_echo_keeps_type_and_size() {
+    bounded("node echo", async {
+        let server = NodeServer::echo().await.unwrap_or_else(|e| py_error(e));
+        assert!(server.url().starts_with("ws://127.0.0.1:"));
+        check_echo(&server.url()).await;
+        check_many_fragments(&server.url()).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn node_deflate_only_when_asked() {
+    bounded("node deflate", async {
+        let plain = NodeServer::echo().await.unwrap_or_else(|e| py_error(e));
+        let head = raw_handshake_offering_deflate(plain.port()).await;
+        assert!(head.starts_with("http/1.1 101"), "{head}");
+        assert!(!head.contains("permessage-deflate"), "{head}");
+
+        let deflate = NodeServer::start_with(Mode::Echo, deflate_options())
+            .await
+            .unwrap_or_else(|e| py_error(e));
+        let head = raw_handshake_offering_deflate(deflate.port()).await;
+        assert!(
+            head.contains("sec-websocket-extensions: permessage-deflate"),
+            "{head}"
+        );
+        check_echo(&deflate.url()).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn node_silent_never_answers_ping() {
+    bounded("node silent", async {
+        let server = NodeServer::start(Mode::Silent)
+            .await
+            .unwrap_or_else(|e| py_error(e));
+        check_silent(&server.url()).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn node_close_sends_code_and_reason() {
+    bounded("node close", async {
+        let server = NodeServer::start(Mode::close(4001, "bye now"))
+            .await
+            .unwrap_or_else(|e| py_error(e));
+        check_close(&server.url(), 4001, "bye now").await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn node_close_can_send_a_forbidden_code() {
+    bounded("node close 1005", async {
+        let server = NodeServer::start(Mode::close(1005, ""))
+            .await
+            .unwrap_or_else(|e| py_error(e));
+        let mut ws = connect(&server.url()).await;
+        match ws.next().await {
+            Some(Ok(Message::Close(Some(frame)))) => assert_eq!(frame.code, CloseCode::Protocol),
+            other => panic!("expected tungstenite's reply to close code 1005, got {other:?}"),
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn node_subprotocol_is_selected() {
+    bounded("node subprotocol", async {
+        let server = NodeServer::start(Mode::subprotocol("chat.v2"))
+            .await
+            .unwrap_or_else(|e| py_error(e));
+        check_subprotocol(&server.url()).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn node_headers_are_reported() {
+    bounded("node headers", async {
+        let server = NodeServer::start(Mode::Headers)
+            .await
+            .unwrap_or_else(|e| py_error(e));
+        check_headers(&server.url()).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn node_server_dies_with_its_handle() {
+    bounded("node lifecycle", async {
+        let server = NodeServer::echo().await.unwrap_or_else(|e| py_error(e));
+        let port = server.port();
+        check_echo(&server.url()).await;
+        drop(server);
+        wait_refused(port).await;
+    })
+    .await;
+}
+
+// ---- aiohttp server ----
+
+#[tokio::test]
+async fn aiohttp_echo_keeps_type_and_size() {
+    bounded("aiohttp echo", async {
+        let server = AiohttpServer::start(Mode::Echo)
+            .await
+            .unwrap_or_else(|e| py_error(e));
+        check_echo(&server.url()).await;
+        check_many_fragments(&server.url()).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn aiohttp_deflate_only_when_asked() {
+    bounded("aiohttp deflate", async {
+        let plain = AiohttpServer::start(Mode::Echo)
+            .await
+            .unwrap_or_else(|e| py_error(e));
+        let head = raw_handshake_offering_deflate(plain.port()).await;
+        assert!(head.starts_with("http/1.1 101"), "{head}");
+        assert!(!head.contains("permessage-deflate"), "{head}");
+
+        let deflate = AiohttpServer::start_with(Mode::Echo, deflate_options())
+            .await
+            .unwrap_or_else(|e| py_error(e));
+        let head = raw_handshake_offering_deflate(deflate.port()).await;
+        assert!(
+            head.contains("sec-websocket-extensions: permessage-deflate"),
+            "{head}"
+        );
+        check_echo(&deflate.url()).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn aiohttp_modes_behave() {
+    bounded("aiohttp modes", async {
+        let silent = AiohttpServer::start(Mode::Silent)
+            .await
+            .unwrap_or_else(|e| py_error(e));
+        check_silent(&silent.url()).await;
+        let close = AiohttpServer::start(Mode::close(4001, "bye now"))
+            .await
+            .unwrap_or_else(|e| py_error(e));
+        check_close(&close.url(), 4001, "bye now").await;
+        let subprotocol = AiohttpServer::start(Mode::subprotocol("chat.v2"))
+            .await
+            .unwrap_or_else(|e| py_error(e));
+        check_subprotocol(&subprotocol.url()).await;
+        let headers = AiohttpServer::start(Mode::Headers)
+            .await
+            .unwrap_or_else(|e| py_error(e));
+        check_headers(&headers.url()).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn aiohttp_server_dies_with_its_handle() {
+    bounded("aiohttp lifecycle", async {
+        let server = AiohttpServer::start(Mode::Echo)
+            .await
+            .unwrap_or_else(|e| py_error(e));
+        let port = server.port();
+        drop(server);
+        wait_refused(port).await;
+    })
+    .await;
+}
+
+// ---- nginx reverse proxy ----
+
+#[tokio::test]
+async fn nginx_proxies_websocket_upgrades() {
+    bounded("nginx proxy", async {
+        let upstream = RustServer::start(Mode::Headers).await.unwrap();
+        let nginx = Nginx::start(upstream.port())
+            .await
+            .unwrap_or_else(|e| py_error(e));
+        assert!(nginx.ws_url().starts_with("ws://127.0.0.1:"));
+        assert!(nginx.wss_url().starts_with("wss://localhost:"));
+        // The upstream reports what nginx forwarded: the upgrade headers it was
+        // configured to send and the client's own.
+        check_headers(&nginx.ws_url()).await;
+        assert!(upstream.errors().is_empty(), "{:?}", upstream.errors());
+        assert!(nginx.dir().join("nginx.conf").is_file());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn nginx_proxies_8_mib_and_dies_with_its_handle() {
+    bounded("nginx echo and lifecycle", async {
+        let upstream = RustServer::echo().await.unwrap();
+        let nginx = Nginx::start(upstream.port())
+            .await
+            .unwrap_or_else(|e| py_error(e));
+        let (http, https, dir) = (
+            nginx.http_port(),
+            nginx.https_port(),
+            nginx.dir().to_owned(),
+        );
+        check_echo(&nginx.ws_url()).await;
+        let logs = nginx.logs();
+        assert!(logs.contains("error.log"), "{logs}");
+        drop(nginx);
+        wait_refused(http).await;
+        wait_refused(https).await;
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn nginx_startup_failure_reports_its_log() {
+    bounded("nginx bad certificate", async {
+        let upstream = RustServer::echo().await.unwrap();
+        let mut options = wsfleet_testkit::NginxOptions::default();
+        // A key that does not match: nginx refuses to start.
+        options.cert = options.cert.with_file_name("ca.pem");
+        let err = Nginx::start_with(upstream.port(), options)
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("nginx exited while starting"), "{text}");
+        assert!(text.contains("key values mismatch"), "{text}");
+    })
+    .await;
 }

@@ -8,6 +8,7 @@ mod chaos;
 mod fleet;
 mod fleet_1k;
 mod hostile;
+mod interop;
 mod peers;
 mod proxy;
 mod script;
