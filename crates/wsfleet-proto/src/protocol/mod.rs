@@ -11,7 +11,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use crate::budget::MemoryBudget;
-use crate::deflate::DeflateParams;
+use crate::deflate::{DeflateParams, INFLATE_CONTEXT_BYTES, deflate_context_bytes};
 use crate::error::ProtocolError;
 use crate::frame::{CloseFrame, OpCode};
 use crate::keys::MaskKeys;
@@ -283,6 +283,18 @@ impl Protocol {
             self.account.refund(self.wbuf.capacity());
             self.wbuf = Vec::new();
             self.wpos = 0;
+        }
+        // Compression contexts without context takeover hold no state
+        // between messages: free them too (with takeover they must stay).
+        if let Some(state) = &mut self.deflate {
+            let p = state.params;
+            if p.server_no_context_takeover && state.inflater.take().is_some() {
+                self.account.refund(INFLATE_CONTEXT_BYTES);
+            }
+            if p.client_no_context_takeover && state.deflater.take().is_some() {
+                self.account
+                    .refund(deflate_context_bytes(p.client_max_window_bits));
+            }
         }
     }
 

@@ -378,8 +378,13 @@ impl Protocol {
         let account = &mut self.account;
         let mut grow = |n: usize| account.charge(n).map_err(|_| ());
         let result = inflate_bounded(&mut ctx, compressed, max, &mut out, &mut grow);
-        let keep = !state.params.server_no_context_takeover && result.is_ok();
-        if keep {
+        if result.is_ok() {
+            // Without context takeover the window starts empty for every
+            // message: reset, and keep the context for the next one while
+            // traffic flows (`release_idle_buffers` frees it when quiet).
+            if state.params.server_no_context_takeover {
+                ctx.reset(false);
+            }
             state.inflater = Some(ctx);
         } else {
             self.account.refund(INFLATE_CONTEXT_BYTES);

@@ -225,9 +225,14 @@ impl Protocol {
         };
         let mut out = Vec::new();
         let result = deflate_message(&mut ctx, payload, &mut out);
-        if p.client_no_context_takeover || result.is_err() {
+        if result.is_err() {
             self.account.refund(cost);
         } else if let Some(state) = self.deflate.as_mut() {
+            // Without context takeover: reset, and keep it while traffic
+            // flows (`release_idle_buffers` frees it when quiet).
+            if p.client_no_context_takeover {
+                ctx.reset();
+            }
             state.deflater = Some(ctx);
         }
         result.map(|()| Some(out))
