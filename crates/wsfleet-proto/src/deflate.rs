@@ -223,6 +223,32 @@ pub(crate) fn inflate_bounded(
     out: &mut Vec<u8>,
     grow: &mut dyn FnMut(usize) -> Result<(), ()>,
 ) -> Result<(), InflateError> {
+    let result = inflate_parts(ctx, input, max, out, grow);
+    // A message may end with a BFINAL=1 block (RFC 7692 §7.2.3.3): the
+    // stream is then over, and a context kept for takeover would produce
+    // nothing for later messages. Start the next message afresh.
+    if result.is_ok() && ended(ctx) {
+        ctx.reset(false);
+    }
+    result
+}
+
+/// True when the deflate stream in `ctx` has ended (BFINAL seen).
+fn ended(ctx: &mut Decompress) -> bool {
+    let mut probe = [0u8; 1];
+    matches!(
+        ctx.decompress(&[], &mut probe, FlushDecompress::None),
+        Ok(Status::StreamEnd)
+    )
+}
+
+fn inflate_parts(
+    ctx: &mut Decompress,
+    input: &[u8],
+    max: usize,
+    out: &mut Vec<u8>,
+    grow: &mut dyn FnMut(usize) -> Result<(), ()>,
+) -> Result<(), InflateError> {
     for part in [input, &TRAILER[..]] {
         let mut rest = part;
         loop {
@@ -394,6 +420,18 @@ mod tests {
         assert!(matches!(err, InflateError::TooLarge(n) if n <= max + INFLATE_CHUNK + 1));
         assert!(out.capacity() <= max + INFLATE_CHUNK + 1);
         assert_eq!(charged, out.capacity());
+    }
+
+    #[test]
+    fn a_final_block_does_not_silence_later_messages_with_context_takeover() {
+        // "hello" as a BFINAL=1 fixed-Huffman block (fuzz finding F2).
+        let bfinal = [0xca, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00];
+        let mut d = new_inflater();
+        for _ in 0..3 {
+            let mut out = Vec::new();
+            inflate_bounded(&mut d, &bfinal, 1 << 20, &mut out, &mut |_| Ok(())).unwrap();
+            assert_eq!(out, b"hello");
+        }
     }
 
     #[test]

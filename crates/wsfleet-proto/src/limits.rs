@@ -177,9 +177,13 @@ impl Limits {
         Ok(())
     }
 
-    /// The most bytes one connection's protocol buffers can hold at once:
-    /// a frame being read, a message being reassembled, and the outbound
-    /// queue (plus one read chunk of slack). Useful to size a memory budget.
+    /// The most bytes one connection's protocol buffers can hold at once
+    /// without compression: a frame being read, a message being
+    /// reassembled, and the outbound queue (plus one read chunk of slack).
+    /// With permessage-deflate add [`crate::deflate::INFLATE_CONTEXT_BYTES`],
+    /// `max_message` + [`crate::deflate::INFLATE_CHUNK`] for the inflated
+    /// output, and the compressor ([`crate::deflate::deflate_context_bytes`]).
+    /// Every byte of it is charged to the budget either way.
     pub const fn max_buffered(&self) -> usize {
         self.max_frame_payload
             .saturating_mul(2)

@@ -94,7 +94,8 @@ impl HandshakeRequest {
     /// with CR, LF or NUL (header injection), an empty or non-token name, or a
     /// header the handshake sets itself.
     pub fn encode(&self) -> Result<Vec<u8>, HandshakeError> {
-        let bad = |s: &str| s.bytes().any(|b| matches!(b, b'\r' | b'\n' | 0));
+        // Control bytes (but tab) would corrupt the request or smuggle headers.
+        let bad = |s: &str| s.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f);
         let bad_name = |s: &str| s.is_empty() || s.bytes().any(|b| !is_token_byte(b));
         for (name, value) in &self.headers {
             if bad_name(name)
@@ -105,9 +106,12 @@ impl HandshakeRequest {
             }
         }
         for (what, value) in [("Host", &self.host), ("path", &self.path)] {
-            if bad(value) || value.contains(' ') {
+            if value.is_empty() || bad(value) || value.contains([' ', '\t']) {
                 return Err(HandshakeError::InvalidRequestHeader(what.to_owned()));
             }
+        }
+        if !self.path.starts_with('/') {
+            return Err(HandshakeError::InvalidRequestHeader("path".to_owned()));
         }
         if let Some(origin) = &self.origin {
             if bad(origin) {
@@ -430,6 +434,22 @@ mod tests {
         assert!(req.encode().is_err());
         let req = HandshakeRequest::new("h", "/", [0; 16]).header("Sec-WebSocket-Key", "x");
         assert!(req.encode().is_err());
+        assert!(
+            HandshakeRequest::new("h", "", [0; 16]).encode().is_err(),
+            "empty path"
+        );
+        assert!(
+            HandshakeRequest::new("h", "/a\x01", [0; 16])
+                .encode()
+                .is_err(),
+            "control byte"
+        );
+        assert!(
+            HandshakeRequest::new("h", "/", [0; 16])
+                .header("X", "a\x7fb")
+                .encode()
+                .is_err()
+        );
         let req = HandshakeRequest::new("h", "/", [0; 16]).header("Authorization", "Bearer t");
         assert!(
             String::from_utf8(req.encode().unwrap())

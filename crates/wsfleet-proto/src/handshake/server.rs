@@ -1,3 +1,5 @@
+use base64::Engine;
+
 use super::{HandshakeError, accept_key, has_token, header, header_tokens};
 use crate::limits::Limits;
 
@@ -71,7 +73,12 @@ pub fn parse_request(
     require("Upgrade", &|v| has_token(v, "websocket"))?;
     require("Connection", &|v| has_token(v, "upgrade"))?;
     require("Sec-WebSocket-Version", &|v| v.trim_ascii() == b"13")?;
-    let key = require("Sec-WebSocket-Key", &|v| v.trim_ascii().len() == 24)?;
+    // A key is 16 random bytes in base64 (RFC 6455 §4.1).
+    let key = require("Sec-WebSocket-Key", &|v| {
+        base64::engine::general_purpose::STANDARD
+            .decode(v.trim_ascii())
+            .is_ok_and(|k| k.len() == 16)
+    })?;
     Ok(Some((
         ServerRequest {
             path: request.path.unwrap_or("/").to_owned(),
@@ -131,6 +138,34 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(resp.protocol.as_deref(), Some("chat"));
+    }
+
+    #[test]
+    fn a_key_that_is_not_16_base64_bytes_is_refused() {
+        let request = |key: &str| {
+            format!(
+                "GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n\r\n"
+            )
+        };
+        assert!(
+            parse_request(
+                request("AAAAAAAAAAAAAAAAAAAAAA==").as_bytes(),
+                &Limits::default()
+            )
+            .is_ok()
+        );
+        for bad in ["!!!!!!!!!!!!!!!!!!!!!!!!", "AAAAAAAAAAAAAAAAAAAAAAAA"] {
+            assert!(
+                matches!(
+                    parse_request(request(bad).as_bytes(), &Limits::default()),
+                    Err(HandshakeError::BadHeader {
+                        name: "Sec-WebSocket-Key",
+                        ..
+                    })
+                ),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
