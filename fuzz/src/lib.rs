@@ -456,10 +456,9 @@ fn model_inner(
     let inflate = |inflater: &mut Option<Decompress>, input: &[u8]| {
         let mut ctx = inflater.take().unwrap_or_else(|| Decompress::new(false));
         let (out, ended) = reference_inflate(&mut ctx, input, limits.max_message)?;
-        // F2 (findings.md): the machine keeps a context that saw a final
-        // block, so every later message inflates to nothing. Unless strict,
-        // the model does the same, to keep fuzzing past it.
-        if takeover && (!ended || !strict()) {
+        // F2 (findings.md, fixed): a context that saw a final block is not
+        // kept; the next message starts a fresh stream.
+        if takeover && !ended {
             *inflater = Some(ctx);
         }
         Ok::<_, ModelError>(out)
