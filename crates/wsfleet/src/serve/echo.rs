@@ -134,7 +134,9 @@ async fn accept_loop(
                             }
                         }
                     }
-                    let _ = conn.flush().await;
+                    // A client that stopped reading must not pin this task
+                    // (and its connection permit) forever.
+                    let _ = tokio::time::timeout(config.deadlines.close, conn.flush()).await;
                 }
                 Err(e) => tracing::debug!(error = %e, "echo server: handshake failed"),
             }

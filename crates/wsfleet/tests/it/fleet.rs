@@ -286,7 +286,7 @@ async fn shutdown_closes_every_connection_cleanly() {
         .expect("spawn");
     let mut events = fleet.events().expect("events");
     until_ready(&fleet, &mut events, 20).await;
-    let budget = fleet.stats();
+    let monitor = fleet.monitor();
     bounded("shutdown", fleet.shutdown()).await;
     let mut closed = 0;
     while let Some(event) = events.try_recv() {
@@ -297,7 +297,19 @@ async fn shutdown_closes_every_connection_cleanly() {
         }
     }
     assert_eq!(closed, 20);
-    assert_eq!(budget.target, 20);
+    // Every buffer byte went back to the budget.
+    let after = monitor.stats();
+    assert_eq!(
+        after.budget_used, 0,
+        "budget still holds {} bytes",
+        after.budget_used
+    );
+    assert!(
+        after
+            .connections
+            .iter()
+            .all(|c| c.state == ConnState::Closed)
+    );
 }
 
 /// A server whose answer changes over time: for each accepted connection it
