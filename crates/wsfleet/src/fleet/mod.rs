@@ -25,6 +25,7 @@ mod backoff;
 mod budget;
 mod builder;
 mod counters;
+mod inbox;
 mod intensity;
 mod rate;
 mod reason;
@@ -48,6 +49,7 @@ pub use intensity::RestartIntensity;
 pub use reason::DisconnectReason;
 pub use stats::{ConnState, ConnectionInfo, FleetStats};
 
+use inbox::{Inbox, TrySendError};
 use stats::ConnRecord;
 
 /// A connection's id, unique within a fleet (a slot's successive
@@ -206,7 +208,7 @@ pub(crate) struct SlotShared {
     pub(crate) url: Arc<str>,
     pub(crate) current: Mutex<Arc<ConnRecord>>,
     /// Inbox of the ready connection; `None` when none is ready.
-    pub(crate) inbox: Mutex<Option<(ConnId, mpsc::Sender<Message>)>>,
+    pub(crate) inbox: Mutex<Option<(ConnId, Arc<Inbox>)>>,
 }
 
 impl SlotShared {
@@ -217,7 +219,7 @@ impl SlotShared {
             .clone()
     }
 
-    fn inbox(&self) -> Option<(ConnId, mpsc::Sender<Message>)> {
+    fn inbox(&self) -> Option<(ConnId, Arc<Inbox>)> {
         self.inbox.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
@@ -290,18 +292,18 @@ impl Fleet {
             if let Some((id, inbox)) = slot.inbox() {
                 match inbox.try_send(message) {
                     Ok(()) => return Ok(id),
-                    Err(mpsc::error::TrySendError::Full(back)) => {
+                    Err(TrySendError::Full(back)) => {
                         message = back;
                         first_ready.get_or_insert((id, inbox));
                     }
-                    Err(mpsc::error::TrySendError::Closed(back)) => message = back,
+                    Err(TrySendError::Closed(back)) => message = back,
                 }
             }
         }
         match first_ready {
             Some((id, inbox)) => match inbox.send(message).await {
                 Ok(()) => Ok(id),
-                Err(back) => Err(FleetSendError::NoReadyConnection(back.0)),
+                Err(back) => Err(FleetSendError::NoReadyConnection(back)),
             },
             None => Err(FleetSendError::NoReadyConnection(message)),
         }
@@ -318,7 +320,7 @@ impl Fleet {
                     return inbox
                         .send(message)
                         .await
-                        .map_err(|back| FleetSendError::UnknownConnection(back.0));
+                        .map_err(FleetSendError::UnknownConnection);
                 }
             }
         }

@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -22,6 +22,7 @@ use wsfleet_proto::{CloseCode, Message};
 
 use super::backoff::Jitter;
 use super::budget::ConnBudget;
+use super::inbox::{Inbox, Receiver};
 use super::intensity::Verdict;
 use super::reason::DisconnectReason;
 use super::stats::{ConnRecord, ConnState};
@@ -53,7 +54,7 @@ impl<T> Drop for Task<T> {
 struct Drain {
     reason: DisconnectReason,
     /// Where to move messages still waiting in its inbox.
-    forward: Option<mpsc::Sender<Message>>,
+    forward: Option<Arc<Inbox>>,
 }
 
 /// What a connection task leaves behind.
@@ -68,12 +69,12 @@ struct Running {
     record: Arc<ConnRecord>,
     task: Task<TaskEnd>,
     drain: Option<oneshot::Sender<Drain>>,
-    inbox: mpsc::Sender<Message>,
+    inbox: Arc<Inbox>,
     since: Instant,
 }
 
 impl Running {
-    fn drain(&mut self, reason: DisconnectReason, forward: Option<mpsc::Sender<Message>>) {
+    fn drain(&mut self, reason: DisconnectReason, forward: Option<Arc<Inbox>>) {
         if let Some(tx) = self.drain.take() {
             let _ = tx.send(Drain { reason, forward });
         }
@@ -82,7 +83,9 @@ impl Running {
 
 /// A connection ready to serve, with the live count of its buffer bytes.
 struct Opened {
-    conn: Connection,
+    /// Boxed: an `Opened` passes through several futures (dial, rotation,
+    /// start) whose state would each reserve room for a whole connection.
+    conn: Box<Connection>,
     protocol: Option<String>,
     held: Arc<std::sync::atomic::AtomicUsize>,
 }
@@ -269,9 +272,11 @@ async fn open(shared: &Arc<Shared>, target: &Target) -> Result<Opened, Disconnec
     let target = target.clone();
     let started = Instant::now();
     let task = Task(tokio::spawn(async move {
-        let mut conn = Connection::connect_target(target, &config)
-            .await
-            .map_err(|e| DisconnectReason::from_connect(&e))?;
+        let mut conn = Box::new(
+            Connection::connect_target(target, &config)
+                .await
+                .map_err(|e| DisconnectReason::from_connect(&e))?,
+        );
         if let Some(hook) = hook {
             let limit = config.deadlines.handshake;
             match tokio::time::timeout(limit, hook(&mut conn)).await {
@@ -320,7 +325,7 @@ async fn start(shared: &Arc<Shared>, slot: &SlotShared, id: ConnId, opened: Open
         held,
     } = opened;
     let record = Arc::new(ConnRecord::successor(&slot.record(), id, held));
-    let (inbox_tx, inbox_rx) = mpsc::channel(shared.settings.inbox_capacity);
+    let inbox = Arc::new(Inbox::new(shared.settings.inbox_capacity));
     let (drain_tx, drain_rx) = oneshot::channel();
     let span = tracing::info_span!("conn", conn = %id);
     let task = Task(tokio::spawn(
@@ -329,14 +334,14 @@ async fn start(shared: &Arc<Shared>, slot: &SlotShared, id: ConnId, opened: Open
             slot.id,
             id,
             conn,
-            inbox_rx,
+            Receiver::new(inbox.clone()),
             drain_rx,
             record.clone(),
         )
         .instrument(span),
     ));
     *slot.current.lock().unwrap_or_else(|p| p.into_inner()) = record.clone();
-    *slot.inbox.lock().unwrap_or_else(|p| p.into_inner()) = Some((id, inbox_tx.clone()));
+    *slot.inbox.lock().unwrap_or_else(|p| p.into_inner()) = Some((id, inbox.clone()));
     tracing::debug!(conn = %id, "connection ready");
     shared
         .emit(id, slot.id, EventKind::Connected { protocol })
@@ -346,7 +351,7 @@ async fn start(shared: &Arc<Shared>, slot: &SlotShared, id: ConnId, opened: Open
         record,
         task,
         drain: Some(drain_tx),
-        inbox: inbox_tx,
+        inbox,
         since: Instant::now(),
     }
 }
@@ -505,8 +510,8 @@ async fn conn_task(
     shared: Arc<Shared>,
     slot: SlotId,
     id: ConnId,
-    mut conn: Connection,
-    mut inbox: mpsc::Receiver<Message>,
+    mut conn: Box<Connection>,
+    inbox: Receiver,
     mut drain: oneshot::Receiver<Drain>,
     record: Arc<ConnRecord>,
 ) -> TaskEnd {
@@ -539,11 +544,11 @@ async fn conn_task(
             command = &mut drain, if draining.is_none() => {
                 let command = command.unwrap_or(Drain { reason: DisconnectReason::Shutdown, forward: None });
                 inbox.close();
-                while let Ok(m) = inbox.try_recv() {
+                while let Some(m) = inbox.try_recv() {
                     match &command.forward {
                         Some(next) => {
                             if let Err(back) = next.send(m).await {
-                                undelivered.push(back.0);
+                                undelivered.push(back);
                             }
                         }
                         None => undelivered.push(m),
@@ -592,7 +597,7 @@ async fn conn_task(
     );
     undelivered.extend(held);
     inbox.close();
-    while let Ok(m) = inbox.try_recv() {
+    while let Some(m) = inbox.try_recv() {
         undelivered.push(m);
     }
     record.update(&conn.stats(), &shared.counters);
