@@ -221,12 +221,17 @@ impl Connection {
         if self.finished {
             return None;
         }
+        // Rare paths (closing, errors) are boxed inside: the future an idle
+        // connection parks in stays small, which is most of its memory.
         let result = match self.close_deadline {
             None => self.recv_inner().await,
-            Some(at) => match tokio::time::timeout_at(at, self.recv_inner()).await {
-                Ok(r) => r,
-                Err(_) => Some(Err(Error::CloseTimeout(self.deadlines.close))),
-            },
+            Some(at) => {
+                let close = self.deadlines.close;
+                match Box::pin(tokio::time::timeout_at(at, self.recv_inner())).await {
+                    Ok(r) => r,
+                    Err(_) => Some(Err(Error::CloseTimeout(close))),
+                }
+            }
         };
         if !matches!(result, Some(Ok(_))) {
             self.finished = true;
@@ -245,7 +250,7 @@ impl Connection {
                     tracing::debug!(peer = %self.peer, close = ?frame, "peer closed");
                     self.peer_close = frame;
                     // Our reply is queued: write it and end TCP, bounded.
-                    return match self.finish_close().await {
+                    return match Box::pin(self.finish_close()).await {
                         Ok(()) => None,
                         Err(e) => Some(Err(e)),
                     };
@@ -254,13 +259,13 @@ impl Connection {
                 Ok(None) => {}
                 Err(e) => {
                     tracing::debug!(peer = %self.peer, error = %e, "protocol error; closing");
-                    let _ = self.finish_close().await;
+                    let _ = Box::pin(self.finish_close()).await;
                     return Some(Err(Error::Protocol(e)));
                 }
             }
             if !self.leftover.is_empty() {
                 if let Err(e) = self.feed_leftover() {
-                    let _ = self.finish_close().await;
+                    let _ = Box::pin(self.finish_close()).await;
                     return Some(Err(Error::Protocol(e)));
                 }
                 continue;
@@ -278,10 +283,10 @@ impl Connection {
                         let _ = self
                             .proto
                             .close(CloseCode::POLICY_VIOLATION, "pong timeout");
-                        let _ = tokio::time::timeout(
+                        let _ = Box::pin(tokio::time::timeout(
                             std::time::Duration::from_millis(100),
                             self.flush(),
-                        )
+                        ))
                         .await;
                     }
                     return Some(Err(e));

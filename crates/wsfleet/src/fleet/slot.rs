@@ -413,67 +413,119 @@ async fn serve(
                 return Outcome::Ended { lived: current.since.elapsed() };
             }
             _ = sleep_until_opt(rotate_at) => {
-                // Make before break: the old connection serves until the new one is ready.
-                let turn = shared.pacer.reserve(Instant::now());
-                let new_id = shared.next_conn_id();
-                // The old connection may die while the new one dials: watch it.
-                let opened = tokio::select! {
-                    r = async {
-                        tokio::time::sleep_until(turn).await;
-                        Box::pin(open(shared, target)).await
-                    } => Rotation::Opened(r),
-                    end = &mut current.task => Rotation::OldEnded(end),
-                    _ = shutdown.changed() => Rotation::Shutdown,
-                };
-                let opened = match opened {
-                    Rotation::Opened(r) => Some(r),
-                    Rotation::OldEnded(end) => {
-                        *slot.inbox.lock().unwrap_or_else(|p| p.into_inner()) = None;
-                        current.record.set_state(ConnState::Backoff);
-                        Box::pin(report(shared, slot.id, current.id, &current.record, end)).await;
-                        return Outcome::Ended { lived: current.since.elapsed() };
+                let rotated = Box::pin(rotate(
+                    shared,
+                    slot,
+                    target,
+                    &mut current,
+                    shutdown,
+                    jitter,
+                    &mut rotation_failures,
+                    &mut rotate_at,
+                ))
+                .await;
+                match rotated {
+                    None => {}
+                    Some(Outcome::Shutdown) => {
+                        return Box::pin(drain_for_shutdown(shared, slot, current)).await;
                     }
-                    Rotation::Shutdown => None,
-                };
-                match opened {
-                    None => return Box::pin(drain_for_shutdown(shared, slot, current)).await,
-                    Some(Ok(opened)) => {
-                        let fresh = Box::pin(start(shared, slot, new_id, opened)).await;
-                        let mut old = std::mem::replace(&mut current, fresh);
-                        old.record.set_state(ConnState::Draining);
-                        shared.draining.lock().unwrap_or_else(|p| p.into_inner()).push(old.record.clone());
-                        old.drain(DisconnectReason::Rotated, Some(current.inbox.clone()));
-                        shared.counters.rotations.fetch_add(1, Ordering::Relaxed);
-                        let watcher_shared = shared.clone();
-                        let slot_id = slot.id;
-                        let watcher = tokio::spawn(async move {
-                            let end = (&mut old.task).await;
-                            Box::pin(report(&watcher_shared, slot_id, old.id, &old.record, end)).await;
-                            watcher_shared
-                                .draining
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .retain(|r| !Arc::ptr_eq(r, &old.record));
-                        });
-                        let mut tasks = shared.draining_tasks.lock().unwrap_or_else(|p| p.into_inner());
-                        tasks.retain(|t| !t.is_finished());
-                        tasks.push(watcher);
-                        rotation_failures = 0;
-                        rotate_at = next_rotation(settings.max_lifetime, settings.lifetime_jitter, jitter);
-                    }
-                    Some(Err(reason)) => {
-                        // The old connection keeps serving; try again after a backoff.
-                        tracing::warn!(conn = %new_id, %reason, "replacement connection failed; keeping the current one");
-                        shared.emit(new_id, slot.id, EventKind::Disconnected(reason)).await;
-                        let wait = settings.backoff.delay(rotation_failures, jitter.unit()).max(Duration::from_millis(10));
-                        rotation_failures = rotation_failures.saturating_add(1);
-                        rotate_at = Some(Instant::now() + wait);
-                    }
+                    Some(ended) => return ended,
                 }
             }
             _ = shutdown.changed() => return Box::pin(drain_for_shutdown(shared, slot, current)).await,
         }
     }
+}
+
+/// Replaces the current connection, make before break: the old one serves
+/// until the new one is ready, then drains in a task of its own. `Some` when
+/// the slot's serving ends here (the old connection died while dialling, or
+/// shutdown: the caller drains). Boxed by the caller: rotation is rare, and
+/// its state would otherwise sit in every idle slot's future.
+#[allow(clippy::too_many_arguments)]
+async fn rotate(
+    shared: &Arc<Shared>,
+    slot: &SlotShared,
+    target: &Target,
+    current: &mut Running,
+    shutdown: &mut watch::Receiver<bool>,
+    jitter: &mut Jitter,
+    rotation_failures: &mut u32,
+    rotate_at: &mut Option<Instant>,
+) -> Option<Outcome> {
+    let settings = &shared.settings;
+    // Make before break: the old connection serves until the new one is ready.
+    let turn = shared.pacer.reserve(Instant::now());
+    let new_id = shared.next_conn_id();
+    // The old connection may die while the new one dials: watch it.
+    let opened = tokio::select! {
+        r = async {
+            tokio::time::sleep_until(turn).await;
+            Box::pin(open(shared, target)).await
+        } => Rotation::Opened(r),
+        end = &mut current.task => Rotation::OldEnded(end),
+        _ = shutdown.changed() => Rotation::Shutdown,
+    };
+    let opened = match opened {
+        Rotation::Opened(r) => Some(r),
+        Rotation::OldEnded(end) => {
+            *slot.inbox.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            current.record.set_state(ConnState::Backoff);
+            Box::pin(report(shared, slot.id, current.id, &current.record, end)).await;
+            return Some(Outcome::Ended {
+                lived: current.since.elapsed(),
+            });
+        }
+        Rotation::Shutdown => None,
+    };
+    match opened {
+        None => return Some(Outcome::Shutdown),
+        Some(Ok(opened)) => {
+            let fresh = Box::pin(start(shared, slot, new_id, opened)).await;
+            let mut old = std::mem::replace(current, fresh);
+            old.record.set_state(ConnState::Draining);
+            shared
+                .draining
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(old.record.clone());
+            old.drain(DisconnectReason::Rotated, Some(current.inbox.clone()));
+            shared.counters.rotations.fetch_add(1, Ordering::Relaxed);
+            let watcher_shared = shared.clone();
+            let slot_id = slot.id;
+            let watcher = tokio::spawn(async move {
+                let end = (&mut old.task).await;
+                Box::pin(report(&watcher_shared, slot_id, old.id, &old.record, end)).await;
+                watcher_shared
+                    .draining
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .retain(|r| !Arc::ptr_eq(r, &old.record));
+            });
+            let mut tasks = shared
+                .draining_tasks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            tasks.retain(|t| !t.is_finished());
+            tasks.push(watcher);
+            *rotation_failures = 0;
+            *rotate_at = next_rotation(settings.max_lifetime, settings.lifetime_jitter, jitter);
+        }
+        Some(Err(reason)) => {
+            // The old connection keeps serving; try again after a backoff.
+            tracing::warn!(conn = %new_id, %reason, "replacement connection failed; keeping the current one");
+            shared
+                .emit(new_id, slot.id, EventKind::Disconnected(reason))
+                .await;
+            let wait = settings
+                .backoff
+                .delay(*rotation_failures, jitter.unit())
+                .max(Duration::from_millis(10));
+            *rotation_failures = rotation_failures.saturating_add(1);
+            *rotate_at = Some(Instant::now() + wait);
+        }
+    }
+    None
 }
 
 async fn drain_for_shutdown(shared: &Shared, slot: &SlotShared, mut current: Running) -> Outcome {
