@@ -8,6 +8,8 @@
 //! blocks XOR-ed with a 64-byte copy of the (rotated) key, a loop LLVM turns into plain
 //! vector XORs; the remainder uses 8-byte words, then single bytes.
 
+use std::mem::MaybeUninit;
+
 /// Bytes per block of the fast path. A multiple of 4, so every block starts at key phase 0.
 const BLOCK: usize = 64;
 
@@ -77,6 +79,43 @@ pub fn mask_into(dst: &mut [u8], src: &[u8], key: [u8; 4]) {
     let (dst, src) = (dst_blocks.into_remainder(), src_blocks.remainder());
     dst.copy_from_slice(src);
     xor_tail(dst, key);
+}
+
+/// As [`mask_into`], into uninitialised memory such as the spare capacity
+/// of a write buffer, so the buffer need not be zero-filled first (for a
+/// 16 MiB message that fill cost as much as the masking).
+///
+/// ```
+/// use std::mem::MaybeUninit;
+/// use wsfleet_proto::mask::{apply_mask, mask_into_uninit};
+///
+/// let key = [1, 2, 3, 4];
+/// let mut out = Vec::with_capacity(5);
+/// mask_into_uninit(&mut out.spare_capacity_mut()[..5], b"abcde", key);
+/// // SAFETY: all 5 bytes were written above.
+/// unsafe { out.set_len(5) };
+/// apply_mask(&mut out, key, 0);
+/// assert_eq!(&out, b"abcde");
+/// ```
+#[inline]
+pub fn mask_into_uninit(dst: &mut [MaybeUninit<u8>], src: &[u8], key: [u8; 4]) {
+    debug_assert_eq!(dst.len(), src.len(), "mask_into_uninit: length mismatch");
+    let len = dst.len().min(src.len());
+    let (dst, src) = (&mut dst[..len], &src[..len]);
+    let wide = widen_key(key);
+
+    let mut dst_blocks = dst.chunks_exact_mut(BLOCK);
+    let mut src_blocks = src.chunks_exact(BLOCK);
+    for (d, s) in (&mut dst_blocks).zip(&mut src_blocks) {
+        for ((d, s), k) in d.iter_mut().zip(s.iter()).zip(wide.iter()) {
+            d.write(*s ^ *k);
+        }
+    }
+    // Every block is a multiple of 4 bytes long: the tail starts at phase 0.
+    let (dst, src) = (dst_blocks.into_remainder(), src_blocks.remainder());
+    for (i, (d, s)) in dst.iter_mut().zip(src).enumerate() {
+        d.write(*s ^ key[i % 4]);
+    }
 }
 
 /// The key as seen from payload byte `offset`: `rotated[i] == key[(offset + i) % 4]`.
@@ -229,6 +268,23 @@ mod tests {
             let mut expected = data.clone();
             apply_mask(&mut expected, key, 0);
             prop_assert_eq!(dst, expected);
+        }
+
+        #[test]
+        fn mask_into_uninit_equals_mask_into_prop(
+            data in proptest::collection::vec(any::<u8>(), 0..2048),
+            key in any::<[u8; 4]>(),
+        ) {
+            let mut expected = vec![0u8; data.len()];
+            mask_into(&mut expected, &data, key);
+            let mut out: Vec<u8> = Vec::with_capacity(data.len());
+            mask_into_uninit(&mut out.spare_capacity_mut()[..data.len()], &data, key);
+            // SAFETY: every byte up to data.len() was written above.
+            #[allow(unsafe_code)]
+            unsafe {
+                out.set_len(data.len());
+            }
+            prop_assert_eq!(out, expected);
         }
     }
 }

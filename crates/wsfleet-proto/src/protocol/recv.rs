@@ -33,6 +33,14 @@ impl Protocol {
     /// (the error is sticky, as any other).
     pub fn read_buf(&mut self) -> Result<Limit<&mut BytesMut>, ProtocolError> {
         let spare = self.rbuf.capacity() - self.rbuf.len();
+        if self.rbuf.is_empty() && spare < self.rbuf_charge / 2 {
+            // Most of the allocation lies behind the read position: move
+            // back to its start now, which copies nothing (and does nothing
+            // while the user still holds a payload split from it), rather
+            // than copy a half-received large frame when the end is reached.
+            let _ = self.rbuf.try_reclaim(self.rbuf_charge);
+        }
+        let spare = self.rbuf.capacity() - self.rbuf.len();
         if spare == 0 {
             if let Err(e) = self.grow_rbuf() {
                 return Err(self.fail(e));

@@ -8,7 +8,7 @@ use crate::error::{ConfigError, SendError};
 use crate::frame::{
     CloseCode, CloseFrame, FrameHeader, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN, OpCode, encode_header,
 };
-use crate::mask::mask_into;
+use crate::mask::mask_into_uninit;
 use crate::message::Message;
 
 impl Protocol {
@@ -263,8 +263,18 @@ impl Protocol {
         match mask {
             Some(key) => {
                 let start = self.wbuf.len();
-                self.wbuf.resize(start + payload.len(), 0);
-                mask_into(&mut self.wbuf[start..], payload, key);
+                self.wbuf.reserve(payload.len());
+                mask_into_uninit(
+                    &mut self.wbuf.spare_capacity_mut()[..payload.len()],
+                    payload,
+                    key,
+                );
+                // SAFETY: the call above initialised the `payload.len()`
+                // bytes after `start`, within the reserved capacity.
+                #[allow(unsafe_code)]
+                unsafe {
+                    self.wbuf.set_len(start + payload.len());
+                }
             }
             None => self.wbuf.extend_from_slice(payload),
         }

@@ -648,3 +648,41 @@ mod deflate {
         assert_eq!(sent_close_code(p.poll_transmit()), 1007);
     }
 }
+
+/// Large frames received one after another, each payload dropped before the
+/// next arrives, are never moved while being received: the buffer goes back
+/// to the start of its allocation while empty (free), instead of filling the
+/// rest and then copying a half-received frame to the front.
+#[test]
+fn large_frames_are_received_in_place() {
+    let mut p = client();
+    let payload = vec![7u8; 1 << 20];
+    let bytes = frame(true, OpCode::Binary, &payload, None);
+    let header_len = bytes.len() - payload.len();
+    let mut placements = Vec::new();
+    for _ in 0..4 {
+        let (mut at, mut first, mut got) = (0, None, None);
+        while at < bytes.len() {
+            let mut buf = p.read_buf().expect("read_buf");
+            let start = buf.get_mut().as_ptr() as usize;
+            first.get_or_insert(start);
+            let n = buf.remaining_mut().min(bytes.len() - at).min(64 << 10);
+            buf.put_slice(&bytes[at..at + n]);
+            at += n;
+            while let Some(ev) = p.poll_event().expect("event") {
+                got = Some(ev);
+            }
+        }
+        let Some(Event::Message(m)) = got else {
+            panic!("no message: {got:?}")
+        };
+        assert_eq!(m.len(), payload.len());
+        placements.push((first.unwrap_or(0), m.payload().as_ptr() as usize));
+    }
+    // The first frame grows the buffer; each later one stays where its
+    // first byte was read, and all of them start at the same place.
+    for &(first, payload_at) in &placements[1..] {
+        assert_eq!(payload_at, first + header_len, "moved: {placements:x?}");
+    }
+    assert!(placements[1..].iter().all(|p| p.0 == placements[1].0));
+}

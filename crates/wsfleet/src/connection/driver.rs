@@ -87,9 +87,18 @@ impl Connection {
                 if timer.as_mut().poll(cx).is_ready() {
                     let now = Instant::now();
                     if self.release_at.is_some_and(|at| at <= now) {
-                        self.release_at = None;
-                        if !self.proto.is_mid_message() {
-                            self.proto.release_idle_buffers();
+                        // Quiet means nothing arrived for IDLE_RELEASE: if
+                        // bytes came since the deadline was set, look again
+                        // then (checked lazily, so a busy connection pays no
+                        // timer reset per read and keeps its buffers).
+                        let quiet_until = self.keepalive.last_rx() + IDLE_RELEASE;
+                        if quiet_until > now {
+                            self.release_at = Some(quiet_until);
+                        } else {
+                            self.release_at = None;
+                            if !self.proto.is_mid_message() {
+                                self.proto.release_idle_buffers();
+                            }
                         }
                     }
                     if self.keepalive_at.is_some_and(|at| at <= now) {

@@ -88,6 +88,11 @@ impl KeepaliveState {
         self.config.pong_timeout
     }
 
+    /// When bytes last arrived (or the connection opened).
+    pub(crate) fn last_rx(&self) -> Instant {
+        self.last_rx
+    }
+
     /// Bytes arrived at `now`.
     pub(crate) fn on_receive(&mut self, now: Instant) {
         self.last_rx = now;
