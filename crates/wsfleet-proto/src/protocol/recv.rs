@@ -21,6 +21,11 @@ use crate::utf8;
 /// read-buffer allocation, and the buffer can be reused in place.
 const COPY_OUT_MAX: usize = 1024;
 
+/// The least [`Protocol::feed`] grows the read buffer by: a small message
+/// and its header fit, and a one-byte-at-a-time peer cannot make it
+/// reallocate on every byte.
+const MIN_GROW: usize = 64;
+
 impl Protocol {
     /// Lends spare capacity of the read buffer, to append received bytes to
     /// (for example with `tokio_util::io::poll_read_buf`). The buffer grows
@@ -32,40 +37,60 @@ impl Protocol {
     /// [`ProtocolError::BudgetExhausted`] when the budget refuses the growth
     /// (the error is sticky, as any other).
     pub fn read_buf(&mut self) -> Result<Limit<&mut BytesMut>, ProtocolError> {
-        let spare = self.rbuf.capacity() - self.rbuf.len();
-        if self.rbuf.is_empty() && spare < self.rbuf_charge / 2 {
-            // Most of the allocation lies behind the read position: move
-            // back to its start now, which copies nothing (and does nothing
-            // while the user still holds a payload split from it), rather
-            // than copy a half-received large frame when the end is reached.
-            let _ = self.rbuf.try_reclaim(self.rbuf_charge);
-        }
-        let spare = self.rbuf.capacity() - self.rbuf.len();
+        self.rewind_empty_rbuf();
+        let spare = self.read_spare();
         if spare == 0 {
-            if let Err(e) = self.grow_rbuf() {
+            if let Err(e) = self.grow_rbuf(self.limits.read_chunk) {
                 return Err(self.fail(e));
             }
         }
-        let spare = self.rbuf.capacity() - self.rbuf.len();
+        let spare = self.read_spare();
         Ok((&mut self.rbuf).limit(spare))
     }
 
-    /// Copies `bytes` into the read buffer (a convenience for tests and
-    /// fuzzers; the runtime reads into [`read_buf`](Self::read_buf)).
+    /// Bytes the read buffer can take now without growing.
+    pub fn read_spare(&self) -> usize {
+        self.rbuf.capacity() - self.rbuf.len()
+    }
+
+    /// Copies received `bytes` into the read buffer, growing it by what they
+    /// need rather than by a whole [`Limits::read_chunk`](crate::Limits::read_chunk):
+    /// the runtime reads small arrivals into a stack buffer and hands them
+    /// over here, so a connection exchanging small messages holds a read
+    /// buffer of their size, not of a chunk. Also the entry point of tests
+    /// and fuzzers.
     ///
     /// # Errors
     /// As [`read_buf`](Self::read_buf).
     pub fn feed(&mut self, mut bytes: &[u8]) -> Result<(), ProtocolError> {
+        self.rewind_empty_rbuf();
         while !bytes.is_empty() {
-            let mut buf = self.read_buf()?;
-            let n = buf.remaining_mut().min(bytes.len());
-            buf.put_slice(&bytes[..n]);
+            if self.read_spare() == 0 {
+                if let Err(e) = self.grow_rbuf(bytes.len().max(MIN_GROW)) {
+                    return Err(self.fail(e));
+                }
+            }
+            let n = self.read_spare().min(bytes.len());
+            self.rbuf.put_slice(&bytes[..n]);
             bytes = &bytes[n..];
         }
         Ok(())
     }
 
-    fn grow_rbuf(&mut self) -> Result<(), ProtocolError> {
+    /// Moves an empty read buffer back to the start of its allocation when
+    /// most of it lies behind the read position. That copies nothing (and
+    /// does nothing while the user still holds a payload split from it);
+    /// otherwise a large frame would fill the rest of the allocation and be
+    /// copied to the front half-received.
+    fn rewind_empty_rbuf(&mut self) {
+        if self.rbuf.is_empty() && self.read_spare() < self.rbuf_charge / 2 {
+            let _ = self.rbuf.try_reclaim(self.rbuf_charge);
+        }
+    }
+
+    /// Grows the read buffer by at least `floor` bytes (more while a large
+    /// frame is arriving).
+    fn grow_rbuf(&mut self, floor: usize) -> Result<(), ProtocolError> {
         let len = self.rbuf.len();
         let chunk = self.limits.read_chunk;
         // Bytes still due for a frame kept whole in the buffer: grow by
@@ -75,7 +100,7 @@ impl Protocol {
             Some(f) if !f.streaming => f.len.saturating_sub(len),
             _ => 0,
         };
-        let grow = chunk.max(due.min(len));
+        let grow = floor.max(due.min(len));
         // The most the buffer can legitimately need: one whole frame plus
         // one chunk of the next. More means poll_event was not drained.
         let hard_cap = self.limits.max_frame_payload + MAX_HEADER_LEN + chunk;

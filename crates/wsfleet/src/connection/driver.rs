@@ -7,7 +7,9 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use tokio::io::AsyncWrite;
+use std::mem::MaybeUninit;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
 use std::time::Duration;
@@ -20,6 +22,9 @@ use crate::connect::MaybeTlsStream;
 /// buffers: long enough that a busy connection keeps reusing them, short
 /// enough that an idle fleet holds none.
 const IDLE_RELEASE: Duration = Duration::from_millis(200);
+
+/// Bytes read into the stack at a message boundary (see `poll_step`).
+const STACK_READ: usize = 4096;
 
 /// What one step achieved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,27 +59,48 @@ impl Connection {
             Poll::Pending => false,
         };
         if read && self.proto.wants_read() {
-            // Plain TCP: wait for readability before lending a buffer, so an
-            // idle connection holds no read buffer at all.
-            let ready = match &self.stream {
-                MaybeTlsStream::Plain(tcp) => tcp.poll_read_ready(cx).is_ready(),
-                _ => true,
-            };
-            if ready {
-                let mut buf = self.proto.read_buf().map_err(Error::Protocol)?;
-                match tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut buf) {
-                    Poll::Ready(Ok(0)) => {
-                        self.proto.release_idle_buffers();
-                        return Poll::Ready(Ok(Step::Eof));
+            let read = match &mut self.stream {
+                // Plain TCP between messages, without a roomy buffer: read
+                // into the stack and keep only what arrived, so an idle
+                // connection holds no read buffer and one trading small
+                // messages holds one of their size, not a whole chunk.
+                MaybeTlsStream::Plain(tcp)
+                    if self.proto.read_spare() < STACK_READ && !self.proto.is_mid_message() =>
+                {
+                    let mut stack = [MaybeUninit::<u8>::uninit(); STACK_READ];
+                    let mut buf = ReadBuf::uninit(&mut stack);
+                    match Pin::new(tcp).poll_read(cx, &mut buf) {
+                        Poll::Ready(Ok(())) => {
+                            let n = buf.filled().len();
+                            if n > 0 {
+                                self.proto.feed(buf.filled()).map_err(Error::Protocol)?;
+                            }
+                            Poll::Ready(Ok(n))
+                        }
+                        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                        Poll::Pending => Poll::Pending,
                     }
-                    Poll::Ready(Ok(n)) => {
-                        self.stats.bytes_in += n as u64;
-                        self.keepalive.on_receive(Instant::now());
-                        return Poll::Ready(Ok(Step::Progress));
-                    }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::Io(e))),
-                    Poll::Pending => {}
                 }
+                // Otherwise read straight into the protocol's buffer (plain
+                // TCP once readable, so no buffer is lent while waiting).
+                MaybeTlsStream::Plain(tcp) if tcp.poll_read_ready(cx).is_pending() => Poll::Pending,
+                stream => {
+                    let mut buf = self.proto.read_buf().map_err(Error::Protocol)?;
+                    tokio_util::io::poll_read_buf(Pin::new(stream), cx, &mut buf)
+                }
+            };
+            match read {
+                Poll::Ready(Ok(0)) => {
+                    self.proto.release_idle_buffers();
+                    return Poll::Ready(Ok(Step::Eof));
+                }
+                Poll::Ready(Ok(n)) => {
+                    self.stats.bytes_in += n as u64;
+                    self.keepalive.on_receive(Instant::now());
+                    return Poll::Ready(Ok(Step::Progress));
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::Io(e))),
+                Poll::Pending => {}
             }
             // Nothing to read now: free the buffers if it stays quiet.
             if self.release_at.is_none() && self.proto.buffered_bytes() > 0 {

@@ -4,6 +4,7 @@
 //! One binary (rustls' `tests/api.rs` layout) to keep link time low.
 
 mod admin;
+mod buffers;
 mod chaos;
 mod fleet;
 mod fleet_1k;
