@@ -9,10 +9,11 @@
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_main};
+use wsfleet_proto::deflate::DeflateConfig;
 use wsfleet_proto::frame::{FrameHeader, MAX_HEADER_LEN, OpCode, encode_header, parse_header};
 use wsfleet_proto::mask::{apply_mask, mask_into};
 use wsfleet_proto::utf8::{Utf8Validator, validate};
-use wsfleet_proto::{FixedKey, Limits, Message, Protocol};
+use wsfleet_proto::{FixedKey, Limits, Message, Protocol, ProtocolError};
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * KIB;
@@ -185,6 +186,96 @@ fn bench_frames(c: &mut Criterion) {
     g.finish();
 }
 
+/// One server message as permessage-deflate sends it: raw deflate, sync
+/// flushed, the 4-byte trailer removed, in one RSV1 frame.
+fn compressed_frame(opcode: OpCode, payload: &[u8]) -> Vec<u8> {
+    use flate2::{Compress, Compression, FlushCompress};
+    let mut ctx = Compress::new(Compression::new(6), false);
+    let mut body = Vec::with_capacity(payload.len() / 2 + 1024);
+    let mut rest = payload;
+    loop {
+        let before = ctx.total_in();
+        ctx.compress_vec(rest, &mut body, FlushCompress::Sync)
+            .expect("compress");
+        rest = &rest[(ctx.total_in() - before) as usize..];
+        if rest.is_empty() && body.capacity() > body.len() && body.ends_with(&[0, 0, 0xff, 0xff]) {
+            break;
+        }
+        body.reserve(body.capacity().max(1024));
+    }
+    body.truncate(body.len() - 4);
+    let header = FrameHeader {
+        fin: true,
+        rsv: 0b100,
+        opcode,
+        mask: None,
+        payload_len: body.len() as u64,
+    };
+    let mut head = [0; MAX_HEADER_LEN];
+    let n = encode_header(&header, &mut head);
+    let mut wire = head[..n].to_vec();
+    wire.extend_from_slice(&body);
+    wire
+}
+
+/// Bounded inflate through the whole machine (read buffer, RSV1, inflate in
+/// chunks counted against the limits, UTF-8, message out), in inflated
+/// bytes/s; and the cost of refusing a deflate bomb at `max_message`.
+fn bench_inflate(c: &mut Criterion) {
+    let mut g = c.benchmark_group("inflate");
+    let params = DeflateConfig::default()
+        .accept("permessage-deflate; client_no_context_takeover; server_no_context_takeover")
+        .expect("deflate parameters");
+    let decode = |wire: &[u8], limits: Limits| {
+        let mut p = Protocol::client(limits, Box::new(FixedKey([0; 4]))).with_deflate(params);
+        let result = p.feed(wire).and_then(|()| p.poll_event());
+        black_box(result)
+    };
+    let json = {
+        let mut s = String::new();
+        let mut i = 0u64;
+        while s.len() < 64 * KIB {
+            s.push_str(&format!(
+                r#"{{"seq":{i},"symbol":"BTC-USD","bid":{},"ask":{},"ts":{}}},"#,
+                40_000 + i % 97,
+                40_001 + i % 89,
+                1_700_000_000_000u64 + i * 7
+            ));
+            i += 1;
+        }
+        s.truncate(64 * KIB);
+        s.into_bytes()
+    };
+    let text = compressed_frame(OpCode::Text, &json);
+    g.throughput(Throughput::Bytes(json.len() as u64));
+    g.bench_with_input(
+        BenchmarkId::new("json_text", json.len()),
+        &text,
+        |b, wire| {
+            b.iter(|| match decode(wire, Limits::default()) {
+                Ok(Some(_)) => {}
+                other => panic!("decode: {other:?}"),
+            })
+        },
+    );
+    // 1 MiB of zeros is about 1 KiB compressed; with max_message 64 KiB it
+    // is refused after at most 64 KiB (plus one chunk) of output.
+    let bomb = compressed_frame(OpCode::Binary, &vec![0u8; MIB]);
+    g.throughput(Throughput::Elements(1));
+    g.bench_with_input(
+        BenchmarkId::new("bomb_refused", bomb.len()),
+        &bomb,
+        |b, wire| {
+            let limits = Limits::default().with_max_message(64 * KIB);
+            b.iter(|| match decode(wire, limits) {
+                Err(e @ ProtocolError::MessageTooLarge { .. }) => black_box(e),
+                other => panic!("a bomb was not refused for its size: {other:?}"),
+            })
+        },
+    );
+    g.finish();
+}
+
 // `criterion_group!` expands to an undocumented `pub fn`.
 #[allow(missing_docs)]
 mod groups {
@@ -192,7 +283,8 @@ mod groups {
         benches,
         super::bench_unmask,
         super::bench_utf8,
-        super::bench_frames
+        super::bench_frames,
+        super::bench_inflate
     );
 }
 criterion_main!(groups::benches);
