@@ -16,7 +16,6 @@
 //! `--write-docs` rewrites docs/benchmarks.md and docs/benchmarks.svg.
 //! Loopback only; every loop is bounded in count and in time.
 
-mod alloc;
 mod libs;
 mod orchestrate;
 mod report;
@@ -34,7 +33,7 @@ use crate::scenarios::{Params, Scenario};
 use crate::server::ServerImpl;
 
 #[global_allocator]
-static GLOBAL: alloc::Counting = alloc::Counting;
+static GLOBAL: wsfleet_testkit::measure::CountingAlloc = wsfleet_testkit::measure::CountingAlloc;
 
 #[derive(Debug, Parser)]
 #[command(about = "Benchmarks wsfleet against other tokio WebSocket clients")]

@@ -10,9 +10,9 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use tokio::sync::{Barrier, Semaphore};
 
-use crate::alloc::live_bytes;
 use crate::libs::{Client, Kind, Lib};
 use crate::sys::{cpu_time, minor_faults, rss_bytes};
+use wsfleet_testkit::measure::live_heap_bytes as live_bytes;
 
 /// Which scenario a client process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -52,14 +52,9 @@ pub(crate) fn cpu_time() -> Duration {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
-/// Resident set size of this process, in bytes (`VmRSS`).
+/// Resident set size of this process, in bytes (`VmRSS`; 0 if unreadable).
 pub(crate) fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
+    wsfleet_testkit::measure::proc_status_bytes("VmRSS:").unwrap_or(0)
 }
 
 /// The CPU model name, as /proc/cpuinfo says it.

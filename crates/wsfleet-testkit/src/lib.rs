@@ -16,6 +16,8 @@
 //! - [`Nginx`]: nginx as a reverse proxy for `ws` and `wss` in front of any of
 //!   them (or any server on 127.0.0.1).
 //! - [`free_port`], [`bounded`]: small helpers for tests.
+//! - [`measure`]: a counting global allocator, RSS, open descriptors and live
+//!   tokio tasks, for the bench, the examples and the soak.
 //!
 //! The child peers need what the scripts install: the venv (`scripts/setup-venv`)
 //! for the Python peers, `node_modules` (`scripts/setup-node`) for the Node peer,
@@ -41,6 +43,7 @@
 
 mod capture;
 mod child;
+pub mod measure;
 mod nginx;
 mod node;
 mod py;

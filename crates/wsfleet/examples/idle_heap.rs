@@ -17,7 +17,6 @@
 //! it, and freed heap is not always returned to the OS, so RSS of a second,
 //! larger run starts from the high-water mark of the first.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::process::{ExitCode, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -27,89 +26,13 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use wsfleet::ConnectionConfig;
 use wsfleet::fleet::{DisconnectReason, EventKind, Events, Fleet};
 use wsfleet::serve::EchoServer;
-
-/// Bytes allocated and not yet freed, process-wide.
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-/// Most bytes live at once since the last [`reset_peak`].
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-/// The system allocator, counting live bytes.
-struct Counting;
-
-fn grew(bytes: usize) {
-    let now = LIVE.fetch_add(bytes, Ordering::Relaxed) + bytes;
-    PEAK.fetch_max(now, Ordering::Relaxed);
-}
-
-fn shrank(bytes: usize) {
-    LIVE.fetch_sub(bytes, Ordering::Relaxed);
-}
-
-fn reset_peak() {
-    PEAK.store(LIVE.load(Ordering::Relaxed), Ordering::Relaxed);
-}
-
-// SAFETY: every method forwards to `System` with the caller's arguments
-// unchanged and returns its result unchanged, so `System`'s guarantees are
-// ours; the counters beside it are plain atomics and never allocate.
-#[allow(unsafe_code)]
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: our caller upholds `alloc`'s contract (non-zero size).
-        let ptr = unsafe { System.alloc(layout) };
-        if !ptr.is_null() {
-            grew(layout.size());
-        }
-        ptr
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: as for `alloc`.
-        let ptr = unsafe { System.alloc_zeroed(layout) };
-        if !ptr.is_null() {
-            grew(layout.size());
-        }
-        ptr
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from this allocator (hence from `System`) with `layout`.
-        unsafe { System.dealloc(ptr, layout) };
-        shrank(layout.size());
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: `ptr` came from `System` with `layout`; the caller upholds
-        // `realloc`'s contract for `new_size`.
-        let new = unsafe { System.realloc(ptr, layout, new_size) };
-        if !new.is_null() {
-            grew(new_size);
-            shrank(layout.size());
-        }
-        new
-    }
-}
+use wsfleet_testkit::measure::{
+    CountingAlloc, live_heap_bytes, open_files_limit, peak_heap_bytes, proc_status_bytes,
+    reset_heap_peak,
+};
 
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
-
-/// One `VmXXX:` line of `/proc/self/status`, in bytes.
-fn proc_status_bytes(key: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            let line = status.lines().find(|l| l.starts_with(key))?;
-            line.split_whitespace().nth(1)?.parse::<u64>().ok()
-        })
-        .map_or(0, |kib| kib * 1024)
-}
-
-/// The soft limit on open files, from `/proc/self/limits`.
-fn open_files_limit() -> Option<u64> {
-    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    line.split_whitespace().nth(3)?.parse().ok()
-}
+static ALLOCATOR: CountingAlloc = CountingAlloc;
 
 fn kib(bytes: f64) -> String {
     format!("{:.1} KiB", bytes / 1024.0)
@@ -163,9 +86,9 @@ async fn consume(mut events: Events, seen: Arc<Seen>) {
 /// One fleet of `n`: returns false on failure (after saying why).
 async fn measure(url: &str, n: usize) -> bool {
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let heap_before = LIVE.load(Ordering::Relaxed);
-    let rss_before = proc_status_bytes("VmRSS:");
-    reset_peak();
+    let heap_before = live_heap_bytes();
+    let rss_before = proc_status_bytes("VmRSS:").unwrap_or(0);
+    reset_heap_peak();
 
     let mut fleet = match Fleet::builder(url)
         .connections(n)
@@ -209,10 +132,10 @@ async fn measure(url: &str, n: usize) -> bool {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let ramp = started.elapsed();
-    let ramp_peak = PEAK.load(Ordering::Relaxed);
+    let ramp_peak = peak_heap_bytes();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let heap_after = LIVE.load(Ordering::Relaxed);
-    let rss_after = proc_status_bytes("VmRSS:");
+    let heap_after = live_heap_bytes();
+    let rss_after = proc_status_bytes("VmRSS:").unwrap_or(0);
     // Taken after the heap reading: the snapshot holds a record per connection.
     let budget_used = fleet.stats().budget_used;
     let still_ready = fleet.ready();
@@ -220,7 +143,7 @@ async fn measure(url: &str, n: usize) -> bool {
     fleet.shutdown().await;
     let _ = consumer.await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let heap_end = LIVE.load(Ordering::Relaxed);
+    let heap_end = live_heap_bytes();
 
     let per = |bytes: usize| bytes as f64 / n as f64;
     println!("connections {n} (ramp-up {ramp:.2?}, {still_ready} ready after 2 s idle)");

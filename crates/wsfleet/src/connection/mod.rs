@@ -77,8 +77,12 @@ pub struct Connection {
     peer_close: Option<CloseFrame>,
     /// recv() has reported the end (None or an error) already.
     finished: bool,
-    /// Set by `begin_close`: recv() ends by then.
+    /// When the close handshake began, plus the close deadline: every
+    /// wait of the close ends by then, however often `recv()` is cancelled.
     close_deadline: Option<Instant>,
+    /// How `recv()` ends once the close under way is finished. Set before
+    /// the close is awaited, so a `recv()` dropped meanwhile resumes it.
+    ending: Option<Ending>,
     need_flush: bool,
     stats: ConnectionStats,
 }
@@ -163,6 +167,7 @@ impl Connection {
             peer_close: None,
             finished: false,
             close_deadline: None,
+            ending: None,
             need_flush: false,
             stats: ConnectionStats::default(),
         }
@@ -216,10 +221,19 @@ impl Connection {
     /// An error ends the connection: after a protocol error a close frame
     /// with the matching code has been sent (within the close deadline).
     ///
-    /// Cancel-safe: dropping the future loses nothing.
+    /// Cancel-safe: dropping the future loses nothing. A close under way
+    /// (ours, the peer's, or one after an error) resumes in the next call,
+    /// within the deadline counted from when it began, with no second close
+    /// frame.
     pub async fn recv(&mut self) -> Option<Result<Message, Error>> {
         if self.finished {
             return None;
+        }
+        if self.ending.is_some() {
+            // A close was under way when an earlier recv() was dropped.
+            let result = Box::pin(self.finish_ending()).await;
+            self.finished = true;
+            return result.err().map(Err);
         }
         // Rare paths (closing, errors) are boxed inside: the future an idle
         // connection parks in stays small, which is most of its memory.
@@ -250,23 +264,18 @@ impl Connection {
                     tracing::debug!(peer = %self.peer, close = ?frame, "peer closed");
                     self.peer_close = frame;
                     // Our reply is queued: write it and end TCP, bounded.
-                    return match Box::pin(self.finish_close()).await {
-                        Ok(()) => None,
-                        Err(e) => Some(Err(e)),
-                    };
+                    return Box::pin(self.end_with(Ending::Clean)).await;
                 }
                 Ok(Some(_ping_or_pong)) => continue,
                 Ok(None) => {}
                 Err(e) => {
                     tracing::debug!(peer = %self.peer, error = %e, "protocol error; closing");
-                    let _ = Box::pin(self.finish_close()).await;
-                    return Some(Err(Error::Protocol(e)));
+                    return Box::pin(self.end_with(Ending::Failed(Error::Protocol(e)))).await;
                 }
             }
             if !self.leftover.is_empty() {
                 if let Err(e) = self.feed_leftover() {
-                    let _ = Box::pin(self.finish_close()).await;
-                    return Some(Err(Error::Protocol(e)));
+                    return Box::pin(self.end_with(Ending::Failed(Error::Protocol(e)))).await;
                 }
                 continue;
             }
@@ -292,6 +301,24 @@ impl Connection {
                     return Some(Err(e));
                 }
             }
+        }
+    }
+
+    /// Records how `recv()` ends, then finishes the close under way: if the
+    /// future is dropped meanwhile, the next `recv()` resumes from here.
+    async fn end_with(&mut self, ending: Ending) -> Option<Result<Message, Error>> {
+        self.ending = Some(ending);
+        self.finish_ending().await.err().map(Err)
+    }
+
+    /// Finishes the close (within the deadline set when it began) and
+    /// reports the recorded ending: a clean close is `Ok` unless the close
+    /// itself failed; a failure is reported as it was.
+    async fn finish_ending(&mut self) -> Result<(), Error> {
+        let closed = self.finish_close().await;
+        match self.ending.take() {
+            Some(Ending::Failed(e)) => Err(e),
+            Some(Ending::Clean) | None => closed,
         }
     }
 
@@ -378,11 +405,16 @@ impl Connection {
         if self.finished {
             return Ok(());
         }
-        self.proto
-            .close(code, reason)
-            .map_err(Error::InvalidCloseCode)?;
+        if self.ending.is_none() {
+            self.proto
+                .close(code, reason)
+                .map_err(Error::InvalidCloseCode)?;
+            self.ending = Some(Ending::Clean);
+        }
+        // Dropped meanwhile, the close resumes in the next call or `recv()`.
+        let result = self.finish_ending().await;
         self.finished = true;
-        self.finish_close().await
+        result
     }
 
     /// Starts the close handshake without waiting: the close frame is queued
@@ -409,6 +441,10 @@ impl Connection {
     /// the close deadline, then shuts the socket.
     async fn finish_close(&mut self) -> Result<(), Error> {
         let deadline = self.deadlines.close;
+        // Absolute from when the close began: a resumed close keeps it.
+        let at = *self
+            .close_deadline
+            .get_or_insert_with(|| Instant::now() + deadline);
         let drain = async {
             loop {
                 // Input after our close is parsed only for the peer's close.
@@ -431,7 +467,7 @@ impl Connection {
                 }
             }
         };
-        let result = match tokio::time::timeout(deadline, drain).await {
+        let result = match tokio::time::timeout_at(at, drain).await {
             Ok(r) => r,
             Err(_) => Err(Error::CloseTimeout(deadline)),
         };
@@ -443,6 +479,14 @@ impl Connection {
         .await;
         result
     }
+}
+
+/// How `recv()` reports the end of a connection whose close is under way.
+enum Ending {
+    /// The peer closed: `None`, unless finishing the close fails.
+    Clean,
+    /// An error ended the connection; reported once the close is done.
+    Failed(Error),
 }
 
 impl std::fmt::Debug for Connection {

@@ -34,6 +34,31 @@ use crate::{Connection, Error};
 /// outbound byte limit, bounds what can be handed back when a connection dies.
 const MAX_INFLIGHT: usize = 1024;
 
+/// How often a message refused for lack of budget (or room) is retried while
+/// nothing else wakes its connection: budget freed by another connection
+/// sends no signal here.
+const HELD_RETRY: Duration = Duration::from_millis(20);
+
+/// A timer that exists only while a message is held, so an idle
+/// connection's task carries a pointer, not a whole timer.
+struct HeldRetry(Option<Pin<Box<tokio::time::Sleep>>>);
+
+impl HeldRetry {
+    fn new(held: bool) -> Self {
+        Self(held.then(|| Box::pin(tokio::time::sleep(HELD_RETRY))))
+    }
+}
+
+impl Future for HeldRetry {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        match &mut self.0 {
+            Some(sleep) => sleep.as_mut().poll(cx),
+            None => Poll::Pending,
+        }
+    }
+}
+
 /// A task aborted when its handle is dropped, so nothing outlives its owner.
 struct Task<T>(JoinHandle<T>);
 
@@ -625,6 +650,8 @@ async fn conn_task(
                 },
                 None => inbox_open = false,
             },
+            // The retry itself is at the top of the loop.
+            () = HeldRetry::new(held.is_some()), if held.is_some() => {}
             event = conn.recv() => match event {
                 Some(Ok(m)) => shared.emit(id, slot, EventKind::Message(m)).await,
                 None => {

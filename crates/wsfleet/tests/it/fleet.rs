@@ -545,3 +545,53 @@ fn a_shard_without_slots_is_refused() {
         .unwrap_err();
     assert_eq!(err.field, "shard");
 }
+
+/// Issue 7: a message the fleet accepted but the connection could not queue
+/// for lack of budget is held, and goes out once the budget frees — even
+/// when nothing else happens on that connection to wake it.
+#[tokio::test]
+async fn a_send_refused_by_the_budget_goes_out_once_it_frees() {
+    use wsfleet::proto::MemoryBudget;
+    let server = echo_server().await;
+    let budget = 256 << 10;
+    let mut fleet = Fleet::builder(server.url())
+        .connections(1)
+        .connect_rate(1000.0)
+        .memory_budget(budget)
+        .keepalive(wsfleet::Keepalive::default().with_interval(None))
+        .spawn()
+        .expect("spawn");
+    let mut events = fleet.events().expect("events");
+    until_ready(&fleet, &mut events, 1).await;
+    // Someone else holds the whole budget: the message cannot be queued.
+    let held = budget - fleet.budget().used();
+    assert!(
+        fleet.budget().try_reserve(held),
+        "take the rest of the budget"
+    );
+    fleet
+        .send(Message::text("held back"))
+        .await
+        .expect("the fleet accepts it");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        events.try_recv().is_none(),
+        "nothing can go out while the budget is full"
+    );
+    fleet.budget().release(held);
+    let echoed = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            match events.recv().await.expect("event").kind {
+                EventKind::Message(m) => return m,
+                EventKind::Disconnected(reason) => panic!("dropped: {reason}"),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the held message goes out once the budget frees");
+    assert_eq!(echoed, Message::text("held back"));
+    let monitor = fleet.monitor();
+    fleet.shutdown().await;
+    assert_eq!(monitor.stats().budget_used, 0, "every byte came back");
+}

@@ -211,3 +211,138 @@ async fn endless_handshake_headers_hit_the_byte_limit() {
         other => panic!("expected TooLarge, got {other:?}"),
     }
 }
+
+/// Reads what the client sends for as long as the test runs, never closing
+/// the socket and never answering a close: counts the client's close frames.
+async fn count_closes_and_stall(
+    mut tcp: tokio::net::TcpStream,
+    closes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use tokio::io::AsyncReadExt;
+    let mut server = wsfleet::proto::Protocol::server(wsfleet::Limits::default());
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = tcp.read(&mut chunk).await.unwrap_or(0);
+        if n == 0 {
+            // Keep our end open: a stalled peer does not end TCP.
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            return;
+        }
+        // After the client's close, a server machine refuses more input:
+        // count close frames on the raw bytes too (opcode 0x8, FIN set).
+        let _ = server.feed(&chunk[..n]);
+        while let Ok(Some(event)) = server.poll_event() {
+            if matches!(event, wsfleet::proto::Event::Close(_)) {
+                closes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    }
+}
+
+/// Calls `recv()` under a short timeout again and again (each call's future
+/// dropped when it fires), as a `select!` loop does, until one call returns.
+/// The outcome and when it came.
+async fn recv_with_cancellations(
+    conn: &mut Connection,
+    every: Duration,
+) -> (Option<Result<Message, Error>>, std::time::Instant) {
+    bounded("recv ends despite cancellations", async {
+        loop {
+            if let Ok(result) = tokio::time::timeout(every, conn.recv()).await {
+                return (result, std::time::Instant::now());
+            }
+        }
+    })
+    .await
+}
+
+/// Issue 7: a `recv()` dropped during the close handshake (here every
+/// 300 ms, with a 2 s close deadline) must resume the close where it
+/// stopped: the deadline counts from when the close began, and a single
+/// close frame goes out.
+#[tokio::test]
+async fn cancelled_recv_resumes_a_close_the_peer_began() {
+    let closes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = closes.clone();
+    let server = ScriptServer::start(true, |mut tcp| async move {
+        // The peer closes, then never ends TCP.
+        tcp.write_all(&frame(true, OpCode::Close, &1000u16.to_be_bytes()))
+            .await
+            .unwrap();
+        count_closes_and_stall(tcp, counter).await;
+    })
+    .await;
+    let mut conn = connect(&server.url()).await;
+    let began = std::time::Instant::now();
+    let (result, ended) = recv_with_cancellations(&mut conn, Duration::from_millis(300)).await;
+    let took = ended - began;
+    assert!(
+        matches!(result, Some(Err(Error::CloseTimeout(_)))),
+        "{result:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(1800) && took < Duration::from_millis(3000),
+        "the 2 s close deadline counts from the close, took {took:?}"
+    );
+    assert_eq!(conn.close_frame().map(|f| f.code.as_u16()), Some(1000));
+    assert!(bounded("after the end", conn.recv()).await.is_none());
+    assert_eq!(closes.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+/// Issue 7: after a protocol error the close (1002) is under way; a
+/// cancelled `recv()` must not lose the error, restart the deadline or send
+/// a second close frame.
+#[tokio::test]
+async fn cancelled_recv_resumes_the_close_after_a_protocol_error() {
+    let closes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = closes.clone();
+    let server = ScriptServer::start(true, |mut tcp| async move {
+        tcp.write_all(b"\xff\xfe junk that is no frame")
+            .await
+            .unwrap();
+        count_closes_and_stall(tcp, counter).await;
+    })
+    .await;
+    let mut conn = connect(&server.url()).await;
+    let began = std::time::Instant::now();
+    let (result, ended) = recv_with_cancellations(&mut conn, Duration::from_millis(300)).await;
+    let took = ended - began;
+    assert!(
+        matches!(result, Some(Err(Error::Protocol(_)))),
+        "{result:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(1800) && took < Duration::from_millis(3000),
+        "the 2 s close deadline counts from the error, took {took:?}"
+    );
+    assert!(bounded("after the end", conn.recv()).await.is_none());
+    assert_eq!(closes.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+/// Issue 7: a close we began (`begin_close`) against a peer that never
+/// answers ends at the close deadline however often `recv()` is cancelled.
+#[tokio::test]
+async fn cancelled_recv_keeps_the_deadline_of_a_close_we_began() {
+    let closes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = closes.clone();
+    let server = ScriptServer::start(true, |tcp| async move {
+        count_closes_and_stall(tcp, counter).await;
+    })
+    .await;
+    let mut conn = connect(&server.url()).await;
+    let began = std::time::Instant::now();
+    conn.begin_close(wsfleet::proto::CloseCode::NORMAL, "bye")
+        .expect("begin close");
+    let (result, ended) = recv_with_cancellations(&mut conn, Duration::from_millis(300)).await;
+    let took = ended - began;
+    assert!(
+        matches!(result, Some(Err(Error::CloseTimeout(_)))),
+        "{result:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(1800) && took < Duration::from_millis(3000),
+        "took {took:?}"
+    );
+    assert!(bounded("after the end", conn.recv()).await.is_none());
+    assert_eq!(closes.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
