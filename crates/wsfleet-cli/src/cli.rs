@@ -171,6 +171,8 @@ pub(crate) struct RunArgs {
     /// path can read and change the traffic. For throwaway test servers only.
     #[arg(long)]
     pub(crate) insecure: bool,
+    #[command(flatten)]
+    pub(crate) transport: TransportArgs,
     /// Send a ping after a connection has received nothing for this long; 0
     /// turns pings off (a dead peer is then never noticed) [default: 20s].
     #[arg(long, value_name = "DUR", value_parser = units::parse_duration)]
@@ -179,6 +181,32 @@ pub(crate) struct RunArgs {
     /// after a ping [default: 10s].
     #[arg(long, value_name = "DUR", value_parser = units::parse_period)]
     pub(crate) pong_timeout: Option<Duration>,
+}
+
+/// Compression and proxy flags, shared by `run` and `connect`.
+#[derive(Debug, Clone, Default, Args)]
+pub(crate) struct TransportArgs {
+    /// Offer permessage-deflate (RFC 7692) with the library defaults: no
+    /// context takeover (contexts freed between messages), messages under
+    /// 256 bytes sent as they are. See docs/deflate.md for the memory cost.
+    #[arg(long)]
+    pub(crate) deflate: bool,
+    /// Connect through this proxy: http://[user:pass@]host:port (HTTP
+    /// CONNECT) or socks5://… / socks5h://… (SOCKS5; socks5h resolves names
+    /// at the proxy) [default: from HTTPS_PROXY, http_proxy, ALL_PROXY and
+    /// NO_PROXY, as curl reads them].
+    #[arg(long, value_name = "URL", value_parser = parse_proxy, conflicts_with = "no_proxy")]
+    pub(crate) proxy: Option<String>,
+    /// Connect directly, ignoring the *_PROXY environment variables.
+    #[arg(long)]
+    pub(crate) no_proxy: bool,
+}
+
+/// Checks a proxy URL the way the connection will read it.
+fn parse_proxy(s: &str) -> Result<String, String> {
+    wsfleet::connect::Proxy::parse(s)
+        .map(|_| s.to_owned())
+        .map_err(|e| e.to_string())
 }
 
 /// Flags of `wsfleet connect`.
@@ -202,6 +230,8 @@ pub(crate) struct ConnectArgs {
     /// path can read and change the traffic. For throwaway test servers only.
     #[arg(long)]
     pub(crate) insecure: bool,
+    #[command(flatten)]
+    pub(crate) transport: TransportArgs,
     /// Send each stdin line as a binary message (its raw bytes) instead of
     /// text. Received binary messages are printed as hex either way.
     #[arg(long)]

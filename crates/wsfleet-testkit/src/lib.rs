@@ -15,13 +15,15 @@
 //!   (no permessage-deflate: tungstenite has none).
 //! - [`Nginx`]: nginx as a reverse proxy for `ws` and `wss` in front of any of
 //!   them (or any server on 127.0.0.1).
+//! - [`ProxyServer`]: tinyproxy (HTTP CONNECT) or microsocks (SOCKS5), with
+//!   optional credentials.
 //! - [`free_port`], [`bounded`]: small helpers for tests.
 //! - [`measure`]: a counting global allocator, RSS, open descriptors and live
 //!   tokio tasks, for the bench, the examples and the soak.
 //!
 //! The child peers need what the scripts install: the venv (`scripts/setup-venv`)
 //! for the Python peers, `node_modules` (`scripts/setup-node`) for the Node peer,
-//! the `nginx` package (`scripts/setup-debian`); `scripts/test` runs all three.
+//! the `nginx`, `tinyproxy` and `microsocks` packages (`scripts/setup-debian`); `scripts/test` runs all three.
 //! When one is missing, `start` fails with an error saying which script to run,
 //! so a test never skips silently.
 //!
@@ -46,6 +48,7 @@ mod child;
 pub mod measure;
 mod nginx;
 mod node;
+mod proxy;
 mod py;
 mod rust_server;
 mod venv;
@@ -55,6 +58,7 @@ use std::time::Duration;
 
 pub use nginx::{Nginx, NginxOptions};
 pub use node::{NodeOptions, NodeServer, node, node_dir};
+pub use proxy::{ProxyKind, ProxyServer};
 pub use py::{AiohttpServer, PyOptions, PyServer};
 pub use rust_server::RustServer;
 pub use venv::{python, require_python, venv, workspace_root};

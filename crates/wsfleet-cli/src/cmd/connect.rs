@@ -32,7 +32,7 @@ pub(crate) async fn run(args: ConnectArgs) -> anyhow::Result<()> {
     let config = connection_config(&args)?;
     let max_line = config.limits.max_message;
     let mut conn = Connection::connect(&args.url, &config).await?;
-    tracing::debug!(peer = conn.peer(), protocol = ?conn.protocol(), "connected");
+    tracing::debug!(peer = conn.peer(), protocol = ?conn.protocol(), deflate = ?conn.deflate(), "connected");
 
     let mut stdin = BufReader::new(tokio::io::stdin());
     let mut stdout = BufWriter::new(tokio::io::stdout());
@@ -145,7 +145,8 @@ fn connection_config(args: &ConnectArgs) -> anyhow::Result<ConnectionConfig> {
         tls.insecure_skip_verify = args.insecure;
         config = config.tls(tls.build()?);
     }
-    Ok(config)
+    let t = &args.transport;
+    super::transport(config, t.deflate, t.proxy.as_deref(), t.no_proxy)
 }
 
 /// What to do after one `recv`.

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use wsfleet::Limits;
+use wsfleet::connect::{Proxy, ProxySetting};
+use wsfleet::proto::deflate::DeflateConfig;
+use wsfleet::{ConnectionConfig, Limits};
 
 use crate::cli::Command;
 
@@ -55,6 +57,30 @@ pub(crate) fn limits(max_message: Option<usize>) -> anyhow::Result<Limits> {
         return usage_error(format!("invalid --max-message: {e}"));
     }
     Ok(limits)
+}
+
+/// Applies the compression and proxy settings to `config`.
+///
+/// # Errors
+/// A [`UsageError`] for a proxy URL that does not parse.
+pub(crate) fn transport(
+    mut config: ConnectionConfig,
+    deflate: bool,
+    proxy: Option<&str>,
+    no_proxy: bool,
+) -> anyhow::Result<ConnectionConfig> {
+    if deflate {
+        config = config.deflate(DeflateConfig::default());
+    }
+    if let Some(url) = proxy {
+        match Proxy::parse(url) {
+            Ok(proxy) => config = config.proxy(ProxySetting::Use(proxy)),
+            Err(e) => return usage_error(format!("invalid proxy {url:?}: {e}")),
+        }
+    } else if no_proxy {
+        config = config.proxy(ProxySetting::Direct);
+    }
+    Ok(config)
 }
 
 /// Waits for SIGINT or SIGTERM. The handlers are installed when this is

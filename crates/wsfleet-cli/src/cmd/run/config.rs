@@ -70,6 +70,12 @@ pub(crate) struct Plan {
     pub(crate) ca_files: Vec<PathBuf>,
     /// Skip TLS verification.
     pub(crate) insecure: bool,
+    /// Offer permessage-deflate.
+    pub(crate) deflate: bool,
+    /// Proxy URL for every connection, if set.
+    pub(crate) proxy: Option<String>,
+    /// Ignore the *_PROXY environment.
+    pub(crate) no_proxy: bool,
     /// Ping after this much quiet; `Some(ZERO)` turns pings off.
     pub(crate) ping_interval: Option<Duration>,
     /// Pong wait, if not the default.
@@ -137,6 +143,9 @@ impl Plan {
                 args.ca_files
             },
             insecure: args.insecure || file.insecure.unwrap_or(false),
+            deflate: args.transport.deflate || file.deflate.unwrap_or(false),
+            proxy: args.transport.proxy.or(file.proxy),
+            no_proxy: args.transport.no_proxy || file.no_proxy.unwrap_or(false),
             ping_interval: args.ping_interval.or(file.ping_interval.map(|d| d.0)),
             pong_timeout: args.pong_timeout.or(file.pong_timeout.map(|d| d.0)),
         };
@@ -146,6 +155,11 @@ impl Plan {
 
     /// Settings that are each fine but do not fit together.
     fn check(&self) -> Result<(), UsageError> {
+        if self.proxy.is_some() && self.no_proxy {
+            return Err(UsageError(
+                "proxy and no-proxy contradict each other: set one".into(),
+            ));
+        }
         let Shard { index, count } = self.shard;
         if index >= self.connections {
             return Err(UsageError(format!(
@@ -187,7 +201,7 @@ impl Plan {
                 .map_err(|e| UsageError(format!("cannot set up TLS: {e}")))?;
             config = config.tls(tls);
         }
-        Ok(config)
+        crate::cmd::transport(config, self.deflate, self.proxy.as_deref(), self.no_proxy)
     }
 }
 
@@ -212,6 +226,9 @@ struct FileConfig {
     header: Option<Vec<Header>>,
     ca: Option<Vec<PathBuf>>,
     insecure: Option<bool>,
+    deflate: Option<bool>,
+    proxy: Option<String>,
+    no_proxy: Option<bool>,
     ping_interval: Option<Dur>,
     pong_timeout: Option<Period>,
 }
@@ -405,6 +422,7 @@ mod tests {
 
     use super::*;
     use crate::cli::{Cli, Command};
+    use wsfleet::connect::ProxySetting;
 
     /// The example file shipped at the repository root.
     const EXAMPLE: &str = include_str!("../../../../../examples/wsfleet.toml");
@@ -465,6 +483,8 @@ protocol = ["v1"]
 header = ["Authorization: Bearer x"]
 ca = ["ca.pem"]
 insecure = false
+deflate = true
+proxy = "socks5h://u:p@127.0.0.1:1080"
 ping-interval = "0s"
 pong-timeout = "3s"
 "#;
@@ -490,6 +510,15 @@ pong-timeout = "3s"
         assert!(plan.ca_files[0].ends_with("ca.pem") && plan.ca_files[0].is_absolute());
         assert_eq!(plan.ping_interval, Some(Duration::ZERO));
         assert_eq!(plan.pong_timeout, Some(Duration::from_secs(3)));
+        assert!(plan.deflate && !plan.no_proxy);
+        assert_eq!(plan.proxy.as_deref(), Some("socks5h://u:p@127.0.0.1:1080"));
+        let without_ca = Plan {
+            ca_files: Vec::new(),
+            ..plan.clone()
+        };
+        let config = without_ca.connection_config().unwrap();
+        assert!(config.deflate.is_some());
+        assert!(matches!(config.proxy, ProxySetting::Use(_)));
 
         let plan = with_file(
             "flags",

@@ -1,0 +1,192 @@
+//! The `wsfleet` binary's compression and proxy flags against real peers on
+//! loopback: the Python `websockets` server with permessage-deflate,
+//! tinyproxy (HTTP CONNECT) and microsocks (SOCKS5) with credentials.
+
+use std::time::Duration;
+
+use assert_cmd::Command;
+use wsfleet::serve::EchoServer;
+use wsfleet::{ConnectionConfig, connect::Deadlines};
+use wsfleet_testkit::{Mode, ProxyServer, PyServer, ServerOptions};
+
+const BIN: &str = env!("CARGO_BIN_EXE_wsfleet");
+
+fn wsfleet() -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env_remove("RUST_LOG")
+        .env_remove("ALL_PROXY")
+        .env_remove("all_proxy")
+        .env_remove("HTTPS_PROXY")
+        .env_remove("https_proxy")
+        .env_remove("http_proxy")
+        .timeout(Duration::from_secs(30));
+    cmd
+}
+
+async fn echo_server() -> EchoServer {
+    let config = ConnectionConfig::default()
+        .deadlines(Deadlines::default().with_handshake(Duration::from_secs(5)));
+    EchoServer::bind("127.0.0.1:0", config)
+        .await
+        .expect("bind wsfleet's echo server")
+}
+
+/// Runs `wsfleet connect` with `lines` on stdin (in a blocking thread, so
+/// the in-process servers keep running); returns (success, stdout, stderr).
+async fn connect(args: Vec<String>, lines: &str, log: bool) -> (bool, String, String) {
+    let stdin = lines.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut cmd = wsfleet();
+        if log {
+            cmd.env("RUST_LOG", "debug");
+        }
+        let out = cmd
+            .arg("connect")
+            .args(&args)
+            .write_stdin(stdin)
+            .output()
+            .expect("run wsfleet connect");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .expect("join")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_deflate_negotiates_compression_with_python_websockets() {
+    let server = PyServer::start_with(
+        Mode::Echo,
+        ServerOptions {
+            deflate: true,
+            ..ServerOptions::default()
+        },
+    )
+    .await
+    .expect("start the Python websockets server");
+    let big = "compressible ".repeat(400);
+    let input = format!("hello\n{big}\nbye ☃\n");
+    // The Python server may drop the last echo when stdin ends at once:
+    // linger for the answers.
+    let args = |deflate: bool| {
+        let mut a = vec!["--linger".to_owned(), "300ms".to_owned()];
+        if deflate {
+            a.push("--deflate".to_owned());
+        }
+        a.push(server.url());
+        a
+    };
+    let (ok, stdout, stderr) = connect(args(true), &input, true).await;
+    assert!(ok, "stderr: {stderr}");
+    assert_eq!(stdout, input, "every line echoed, in order");
+    assert!(
+        stderr.contains("deflate=Some("),
+        "compression not negotiated: {stderr}"
+    );
+    let (ok, stdout, stderr) = connect(args(false), &input, true).await;
+    assert!(ok, "stderr: {stderr}");
+    assert_eq!(stdout, input);
+    assert!(stderr.contains("deflate=None"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_through_http_connect_and_socks5_proxies() {
+    let server = echo_server().await;
+    let url = format!("ws://{}/", server.local_addr());
+    let http = ProxyServer::tinyproxy(Some(("alice", "wonder")))
+        .await
+        .expect("start tinyproxy");
+    let socks = ProxyServer::microsocks(Some(("bob", "builder")))
+        .await
+        .expect("start microsocks");
+    for proxy in [&http, &socks] {
+        let (ok, stdout, stderr) = connect(
+            vec!["--proxy".into(), proxy.url(), url.clone()],
+            "through\n",
+            false,
+        )
+        .await;
+        assert!(ok, "via {}: {stderr}", proxy.url());
+        assert_eq!(stdout, "through\n");
+        // Wrong credentials: refused by the proxy, so it was in the path.
+        let wrong = proxy.url_with(Some(("eve", "guess")));
+        let (ok, _, stderr) =
+            connect(vec!["--proxy".into(), wrong, url.clone()], "x\n", false).await;
+        assert!(!ok, "wrong proxy credentials were accepted");
+        assert!(stderr.contains("proxy"), "{stderr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_uses_the_proxy_and_deflate_for_every_connection() {
+    let server = echo_server().await;
+    let url = format!("ws://{}/", server.local_addr());
+    let proxy = ProxyServer::tinyproxy(Some(("alice", "wonder")))
+        .await
+        .expect("start tinyproxy");
+    let run = |proxy_url: String| {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || {
+            wsfleet()
+                .args(["run", "--url", &url, "--proxy", &proxy_url, "--deflate"])
+                .args([
+                    "--connections",
+                    "3",
+                    "--duration",
+                    "2s",
+                    "--output",
+                    "jsonl",
+                ])
+                .args(["--send-on-connect", "hi"])
+                .output()
+                .expect("run wsfleet run")
+        })
+    };
+    let out = run(proxy.url()).await.expect("join");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let echoes = stdout
+        .lines()
+        .filter(|l| l.contains(r#""payload":"hi""#))
+        .count();
+    assert!(
+        echoes >= 3,
+        "each of 3 connections gets its echo: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(proxy.url_with(Some(("alice", "nope"))))
+        .await
+        .expect("join");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stdout.contains("payload"), "nothing got through: {stdout}");
+    assert!(stdout.contains("connections=0"), "{stdout}");
+    assert!(stderr.contains("proxy"), "why it fails is logged: {stderr}");
+}
+
+#[test]
+fn bad_or_contradictory_proxy_flags_are_usage_errors() {
+    let out = wsfleet()
+        .args([
+            "connect",
+            "--proxy",
+            "ftp://127.0.0.1:21",
+            "ws://127.0.0.1:9/",
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let out = wsfleet()
+        .args([
+            "connect",
+            "--proxy",
+            "http://127.0.0.1:1",
+            "--no-proxy",
+            "ws://127.0.0.1:9/",
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
