@@ -450,3 +450,17 @@ pub(crate) async fn run(long: bool) -> Report {
     .await;
     report
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_counters_read_on_linux() {
+        if cfg!(target_os = "linux") {
+            assert!(udp_out().is_some());
+            let (soft, hard) = nofile().expect("getrlimit");
+            assert!(soft > 0 && soft <= hard);
+        }
+    }
+}

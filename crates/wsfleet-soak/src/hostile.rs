@@ -658,3 +658,64 @@ pub(crate) async fn run(connections: usize, duration: Duration, long: bool) -> R
     report.figure("restart intensity trips", s.intensity_trips.to_string());
     report
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_mode_expects_its_own_reason_only() {
+        let frame_too_large = DisconnectReason::Protocol(ProtocolError::FrameTooLarge {
+            len: 1 << 62,
+            max: 1 << 20,
+        });
+        let busy = DisconnectReason::ConnectFailed {
+            phase: Phase::Handshake,
+            error: "status 503".into(),
+            retry_after: Some(Duration::from_secs(5)),
+        };
+        let stalled = DisconnectReason::ConnectFailed {
+            phase: Phase::Handshake,
+            error: "handshake with 127.0.0.1:1 timed out after 2s".into(),
+            retry_after: None,
+        };
+        assert!((expected(ChaosMode::LyingLength).1)(&frame_too_large));
+        assert!(!(expected(ChaosMode::LyingLength).1)(
+            &DisconnectReason::PongTimeout
+        ));
+        assert!((expected(ChaosMode::Silent).1)(
+            &DisconnectReason::PongTimeout
+        ));
+        assert!((expected(ChaosMode::Busy).1)(&busy));
+        assert!(!(expected(ChaosMode::Busy).1)(&stalled));
+        assert!((expected(ChaosMode::StallHandshake).1)(&stalled));
+        assert!(!(expected(ChaosMode::EndlessHandshake).1)(&stalled));
+        assert!((expected(ChaosMode::InvalidUtf8).1)(
+            &DisconnectReason::Protocol(ProtocolError::InvalidUtf8)
+        ));
+        assert!((expected(ChaosMode::Junk).1)(&DisconnectReason::Protocol(
+            ProtocolError::UnknownOpcode(3)
+        )));
+        assert!(!(expected(ChaosMode::PingFlood).1)(
+            &DisconnectReason::PongTimeout
+        ));
+        assert_eq!(summary(&frame_too_large), "protocol:FrameTooLarge(1009)");
+        assert_eq!(summary(&busy), "connect_failed:Handshake(retry-after 5s)");
+    }
+
+    #[test]
+    fn sequence_numbers_parse_and_gaps_average() {
+        assert_eq!(parse_seq(&Message::text("7:42:xxx")), Some((7, 42)));
+        assert_eq!(parse_seq(&Message::text("junk")), None);
+        assert_eq!(parse_seq(&Message::binary(vec![1, 2])), None);
+        let t0 = Instant::now();
+        let at = |s: f64| t0 + Duration::from_secs_f64(s);
+        let log = SlotLog {
+            failures: vec![at(0.0), at(1.0), at(3.0), at(7.0), at(15.0), at(31.0)],
+            connected_at: None,
+        };
+        let (first, later, min) = gaps(&[&log]);
+        assert_eq!((first, min), (1.0, 1.0));
+        assert_eq!(later, 12.0, "gaps 8 and 16");
+    }
+}
