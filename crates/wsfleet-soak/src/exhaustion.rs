@@ -34,6 +34,7 @@ struct Tally {
     dns: AtomicU64,
     other_phase: AtomicU64,
     budget: AtomicU64,
+    budget_not_1009: AtomicU64,
     refused: AtomicU64,
     trips: AtomicU64,
     messages: AtomicU64,
@@ -69,6 +70,9 @@ fn tally(mut events: Events) -> (Arc<Tally>, tokio::task::JoinHandle<()>) {
                         }
                         _ if r.label() == "budget_exhausted" => {
                             t2.budget.fetch_add(1, Ordering::Relaxed);
+                            if r.close_code().map(|c| c.as_u16()) != Some(1009) {
+                                t2.budget_not_1009.fetch_add(1, Ordering::Relaxed);
+                            }
                         }
                         _ => {}
                     }
@@ -335,6 +339,9 @@ async fn budget(report: &mut Report, connections: usize) {
         ),
     );
     report.check(ready.is_some(), || "the budget run never got ready".into());
+    report.check(t.budget_not_1009.load(Ordering::Relaxed) == 0, || {
+        "a budget drop closed with a code other than 1009".into()
+    });
     report.check(dropped > 0, || {
         "no connection was dropped for the budget: the run did not overrun it".into()
     });
