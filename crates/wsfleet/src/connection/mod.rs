@@ -82,7 +82,8 @@ pub struct Connection {
     close_deadline: Option<Instant>,
     /// How `recv()` ends once the close under way is finished. Set before
     /// the close is awaited, so a `recv()` dropped meanwhile resumes it.
-    ending: Option<Ending>,
+    /// Boxed: a rare path, and every idle connection carries the field.
+    ending: Option<Box<Ending>>,
     need_flush: bool,
     stats: ConnectionStats,
 }
@@ -307,7 +308,7 @@ impl Connection {
     /// Records how `recv()` ends, then finishes the close under way: if the
     /// future is dropped meanwhile, the next `recv()` resumes from here.
     async fn end_with(&mut self, ending: Ending) -> Option<Result<Message, Error>> {
-        self.ending = Some(ending);
+        self.ending = Some(Box::new(ending));
         self.finish_ending().await.err().map(Err)
     }
 
@@ -316,7 +317,7 @@ impl Connection {
     /// itself failed; a failure is reported as it was.
     async fn finish_ending(&mut self) -> Result<(), Error> {
         let closed = self.finish_close().await;
-        match self.ending.take() {
+        match self.ending.take().map(|e| *e) {
             Some(Ending::Failed(e)) => Err(e),
             Some(Ending::Clean) | None => closed,
         }
@@ -409,7 +410,7 @@ impl Connection {
             self.proto
                 .close(code, reason)
                 .map_err(Error::InvalidCloseCode)?;
-            self.ending = Some(Ending::Clean);
+            self.ending = Some(Box::new(Ending::Clean));
         }
         // Dropped meanwhile, the close resumes in the next call or `recv()`.
         let result = self.finish_ending().await;
