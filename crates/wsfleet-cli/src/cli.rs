@@ -183,9 +183,33 @@ pub(crate) struct RunArgs {
     pub(crate) pong_timeout: Option<Duration>,
 }
 
-/// Compression and proxy flags, shared by `run` and `connect`.
+/// TLS identity, Origin, compression, proxy and redirect flags, shared by
+/// `run` and `connect`.
 #[derive(Debug, Clone, Default, Args)]
 pub(crate) struct TransportArgs {
+    /// Trust the operating system's certificate store (honours
+    /// SSL_CERT_FILE and SSL_CERT_DIR) instead of the built-in webpki
+    /// roots; --ca files are trusted as well.
+    #[arg(long)]
+    pub(crate) native_roots: bool,
+    /// PEM file with a client certificate (then any intermediates) for
+    /// servers that require mutual TLS; needs --client-key.
+    #[arg(long, value_name = "FILE", requires = "client_key")]
+    pub(crate) client_cert: Option<PathBuf>,
+    /// PEM file with the private key of --client-cert (PKCS#8, PKCS#1 or
+    /// SEC1).
+    #[arg(long, value_name = "FILE", requires = "client_cert")]
+    pub(crate) client_key: Option<PathBuf>,
+    /// Origin header to send, for servers that check it (e.g.
+    /// https://example.com) [default: none].
+    #[arg(long, value_name = "ORIGIN")]
+    pub(crate) origin: Option<String>,
+    /// Follow up to N redirect answers to the handshake (301, 302, 303,
+    /// 307, 308). Never from wss:// to ws://; Authorization and Cookie
+    /// headers are not sent to another origin [default: 0: a redirect is an
+    /// error naming its Location].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(0..=20))]
+    pub(crate) max_redirects: Option<u8>,
     /// Offer permessage-deflate (RFC 7692) with the library defaults: no
     /// context takeover (contexts freed between messages), messages under
     /// 256 bytes sent as they are. See docs/deflate.md for the memory cost.

@@ -1,13 +1,14 @@
-//! The `wsfleet` binary's compression and proxy flags against real peers on
-//! loopback: the Python `websockets` server with permessage-deflate,
-//! tinyproxy (HTTP CONNECT) and microsocks (SOCKS5) with credentials.
+//! The `wsfleet` binary's transport flags against real peers on loopback:
+//! the Python `websockets` server with permessage-deflate, tinyproxy (HTTP
+//! CONNECT) and microsocks (SOCKS5) with credentials, nginx requiring a client
+//! certificate and answering with redirects.
 
 use std::time::Duration;
 
 use assert_cmd::Command;
 use wsfleet::serve::EchoServer;
 use wsfleet::{ConnectionConfig, connect::Deadlines};
-use wsfleet_testkit::{Mode, ProxyServer, PyServer, ServerOptions};
+use wsfleet_testkit::{Mode, Nginx, NginxOptions, ProxyServer, PyServer, ServerOptions};
 
 const BIN: &str = env!("CARGO_BIN_EXE_wsfleet");
 
@@ -186,6 +187,104 @@ fn bad_or_contradictory_proxy_flags_are_usage_errors() {
             "--no-proxy",
             "ws://127.0.0.1:9/",
         ])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
+
+/// A file of wsfleet's test TLS material (`crates/wsfleet/tests/data`).
+fn tls_data(name: &str) -> String {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../wsfleet/tests/data/").to_owned() + name
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_presents_a_client_certificate() {
+    let upstream = echo_server().await;
+    let mut options = NginxOptions::default();
+    options.client_ca = Some(tls_data("client-ca.pem").into());
+    let nginx = Nginx::start_with(upstream.local_addr().port(), options)
+        .await
+        .expect("start nginx");
+    let base = vec![
+        "--ca".to_owned(),
+        tls_data("ca.pem"),
+        "--origin".to_owned(),
+        "https://example.com".to_owned(),
+    ];
+    let mut with_identity = base.clone();
+    with_identity.extend([
+        "--client-cert".to_owned(),
+        tls_data("client.pem"),
+        "--client-key".to_owned(),
+        tls_data("client.key"),
+        nginx.wss_url(),
+    ]);
+    let (ok, stdout, stderr) = connect(with_identity, "signed\n", false).await;
+    assert!(ok, "stderr: {stderr}; nginx: {}", nginx.logs());
+    assert_eq!(stdout, "signed\n");
+
+    let mut without = base;
+    without.push(nginx.wss_url());
+    let (ok, _, stderr) = connect(without, "signed\n", false).await;
+    assert!(!ok, "nginx let a client without certificate in");
+    assert!(stderr.contains("400"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_follows_redirects_only_when_asked() {
+    let upstream = echo_server().await;
+    let mut options = NginxOptions::default();
+    options.extra =
+        "        absolute_redirect off;\n        location = /old { return 302 /; }\n".into();
+    let nginx = Nginx::start_with(upstream.local_addr().port(), options)
+        .await
+        .expect("start nginx");
+    let old = format!("{}old", nginx.ws_url());
+    let (ok, stdout, stderr) = connect(
+        vec!["--max-redirects".into(), "1".into(), old.clone()],
+        "moved\n",
+        false,
+    )
+    .await;
+    assert!(ok, "stderr: {stderr}");
+    assert_eq!(stdout, "moved\n");
+
+    let (ok, _, stderr) = connect(vec![old], "moved\n", false).await;
+    assert!(!ok, "followed a redirect without --max-redirects");
+    assert!(stderr.contains("302"), "{stderr}");
+}
+
+#[test]
+fn unusable_tls_identity_flags_are_usage_errors() {
+    // A certificate without its key.
+    let out = wsfleet()
+        .args([
+            "connect",
+            "--client-cert",
+            &tls_data("client.pem"),
+            "wss://127.0.0.1:9/",
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    // A key that is not the certificate's: named before any connection is tried.
+    let out = wsfleet()
+        .args([
+            "connect",
+            "--client-cert",
+            &tls_data("client.pem"),
+            "--client-key",
+            &tls_data("server.key"),
+            "wss://127.0.0.1:9/",
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("server.key"), "{stderr}");
+    // Too many redirects for the flag.
+    let out = wsfleet()
+        .args(["connect", "--max-redirects", "99", "ws://127.0.0.1:9/"])
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(2), "{out:?}");

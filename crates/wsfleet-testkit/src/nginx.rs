@@ -33,6 +33,14 @@ pub struct NginxOptions {
     pub key: PathBuf,
     /// How long to wait for nginx to answer. Default: 20 s.
     pub startup_timeout: Duration,
+    /// PEM file of the CA that issues client certificates: with it, the TLS
+    /// listener requires one (`ssl_verify_client on`) and answers 400
+    /// without. Default: none (no client authentication).
+    pub client_ca: Option<PathBuf>,
+    /// More nginx directives for the server block (both listeners), such as
+    /// `location` blocks that redirect; `@HTTP_PORT@` and `@HTTPS_PORT@`
+    /// are replaced by the ports nginx listens on. Default: empty.
+    pub extra: String,
 }
 
 impl Default for NginxOptions {
@@ -42,6 +50,8 @@ impl Default for NginxOptions {
             cert: data.join("server.pem"),
             key: data.join("server.key"),
             startup_timeout: Duration::from_secs(20),
+            client_ca: None,
+            extra: String::new(),
         }
     }
 }
@@ -90,7 +100,10 @@ impl Nginx {
     /// As [`Nginx::start`].
     pub async fn start_with(upstream_port: u16, options: NginxOptions) -> io::Result<Nginx> {
         let nginx = find_nginx()?;
-        for file in [&options.cert, &options.key] {
+        for file in [&options.cert, &options.key]
+            .into_iter()
+            .chain(options.client_ca.as_ref())
+        {
             if !file.is_file() {
                 return Err(io::Error::new(
                     io::ErrorKind::NotFound,
@@ -315,7 +328,7 @@ http {{
         server_name localhost;
         ssl_certificate {cert};
         ssl_certificate_key {key};
-
+{client_auth}
         location = {READY_PATH} {{
             return 200 "{nonce}\n";
         }}
@@ -330,6 +343,7 @@ http {{
             proxy_send_timeout 3600s;
             proxy_buffering off;
         }}
+{extra}
     }}
 }}
 "#,
@@ -342,6 +356,17 @@ http {{
         scgi = path("scgi_temp"),
         cert = quote(&options.cert),
         key = quote(&options.key),
+        client_auth = match &options.client_ca {
+            Some(ca) => format!(
+                "        ssl_client_certificate {};\n        ssl_verify_client on;\n",
+                quote(ca)
+            ),
+            None => String::new(),
+        },
+        extra = options
+            .extra
+            .replace("@HTTP_PORT@", &http_port.to_string())
+            .replace("@HTTPS_PORT@", &https_port.to_string()),
     )
 }
 

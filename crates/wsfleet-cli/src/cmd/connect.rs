@@ -14,7 +14,6 @@ use anyhow::{Context as _, bail};
 use tokio::io::{
     AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter,
 };
-use wsfleet::connect::TlsOptions;
 use wsfleet::{CloseCode, Connection, ConnectionConfig, Message};
 
 use crate::cli::ConnectArgs;
@@ -139,14 +138,20 @@ fn connection_config(args: &ConnectArgs) -> anyhow::Result<ConnectionConfig> {
     for (name, value) in &args.headers {
         config = config.header(name.clone(), value.clone());
     }
-    if !args.ca_files.is_empty() || args.insecure {
-        let mut tls = TlsOptions::default();
-        tls.extra_ca_files.clone_from(&args.ca_files);
-        tls.insecure_skip_verify = args.insecure;
-        config = config.tls(tls.build()?);
-    }
     let t = &args.transport;
-    super::transport(config, t.deflate, t.proxy.as_deref(), t.no_proxy)
+    super::Transport {
+        ca_files: args.ca_files.clone(),
+        insecure: args.insecure,
+        native_roots: t.native_roots,
+        client_cert: t.client_cert.clone(),
+        client_key: t.client_key.clone(),
+        origin: t.origin.clone(),
+        deflate: t.deflate,
+        proxy: t.proxy.clone(),
+        no_proxy: t.no_proxy,
+        max_redirects: t.max_redirects.unwrap_or(0),
+    }
+    .apply(config)
 }
 
 /// What to do after one `recv`.

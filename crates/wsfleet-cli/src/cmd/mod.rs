@@ -6,11 +6,12 @@ mod run;
 mod serve;
 mod top;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
 
-use wsfleet::connect::{Proxy, ProxySetting};
+use wsfleet::connect::{ClientIdentity, Proxy, ProxySetting, Roots, TlsOptions};
 use wsfleet::proto::deflate::DeflateConfig;
 use wsfleet::{ConnectionConfig, Limits};
 
@@ -59,28 +60,95 @@ pub(crate) fn limits(max_message: Option<usize>) -> anyhow::Result<Limits> {
     Ok(limits)
 }
 
-/// Applies the compression and proxy settings to `config`.
-///
-/// # Errors
-/// A [`UsageError`] for a proxy URL that does not parse.
-pub(crate) fn transport(
-    mut config: ConnectionConfig,
-    deflate: bool,
-    proxy: Option<&str>,
-    no_proxy: bool,
-) -> anyhow::Result<ConnectionConfig> {
-    if deflate {
-        config = config.deflate(DeflateConfig::default());
-    }
-    if let Some(url) = proxy {
-        match Proxy::parse(url) {
-            Ok(proxy) => config = config.proxy(ProxySetting::Use(proxy)),
-            Err(e) => return usage_error(format!("invalid proxy {url:?}: {e}")),
+/// How connections reach their server, as the flags (and, for `run`, the
+/// config file) set it: TLS trust and identity, Origin, compression, proxy
+/// and redirects. Shared by `run` and `connect`.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub(crate) struct Transport {
+    /// Extra CA files to trust.
+    pub(crate) ca_files: Vec<PathBuf>,
+    /// Skip TLS verification.
+    pub(crate) insecure: bool,
+    /// Start from the OS trust store instead of the built-in roots.
+    pub(crate) native_roots: bool,
+    /// Client certificate chain (mutual TLS).
+    pub(crate) client_cert: Option<PathBuf>,
+    /// Its private key.
+    pub(crate) client_key: Option<PathBuf>,
+    /// `Origin` header, if any.
+    pub(crate) origin: Option<String>,
+    /// Offer permessage-deflate.
+    pub(crate) deflate: bool,
+    /// Proxy URL for every connection, if set.
+    pub(crate) proxy: Option<String>,
+    /// Ignore the *_PROXY environment.
+    pub(crate) no_proxy: bool,
+    /// Redirects to follow in a row.
+    pub(crate) max_redirects: u8,
+}
+
+impl Transport {
+    /// Settings that are each fine but do not fit together.
+    pub(crate) fn check(&self) -> Result<(), UsageError> {
+        if self.proxy.is_some() && self.no_proxy {
+            return Err(UsageError(
+                "proxy and no-proxy contradict each other: set one".into(),
+            ));
         }
-    } else if no_proxy {
-        config = config.proxy(ProxySetting::Direct);
+        match (&self.client_cert, &self.client_key) {
+            (Some(_), None) => Err(UsageError(
+                "client-cert needs client-key (the certificate's private key)".into(),
+            )),
+            (None, Some(_)) => Err(UsageError(
+                "client-key needs client-cert (the certificate it belongs to)".into(),
+            )),
+            _ => Ok(()),
+        }
     }
-    Ok(config)
+
+    /// Applies these settings to `config`.
+    ///
+    /// # Errors
+    /// A [`UsageError`] for a proxy URL that does not parse, settings that
+    /// contradict each other, or TLS files that cannot be used (naming the
+    /// file).
+    pub(crate) fn apply(&self, mut config: ConnectionConfig) -> anyhow::Result<ConnectionConfig> {
+        self.check()?;
+        let default_tls = self.ca_files.is_empty()
+            && !self.insecure
+            && !self.native_roots
+            && self.client_cert.is_none();
+        if !default_tls {
+            let mut tls = TlsOptions::default();
+            if self.native_roots {
+                tls.roots = Roots::Native;
+            }
+            tls.extra_ca_files.clone_from(&self.ca_files);
+            tls.insecure_skip_verify = self.insecure;
+            if let (Some(cert), Some(key)) = (&self.client_cert, &self.client_key) {
+                tls.client_identity = Some(ClientIdentity::new(cert, key));
+            }
+            match tls.build() {
+                Ok(tls) => config = config.tls(tls),
+                Err(e) => return usage_error(format!("cannot set up TLS: {e}")),
+            }
+        }
+        if let Some(origin) = &self.origin {
+            config = config.origin(origin.clone());
+        }
+        if self.deflate {
+            config = config.deflate(DeflateConfig::default());
+        }
+        if let Some(url) = &self.proxy {
+            match Proxy::parse(url) {
+                Ok(proxy) => config = config.proxy(ProxySetting::Use(proxy)),
+                Err(e) => return usage_error(format!("invalid proxy {url:?}: {e}")),
+            }
+        } else if self.no_proxy {
+            config = config.proxy(ProxySetting::Direct);
+        }
+        Ok(config.max_redirects(self.max_redirects))
+    }
 }
 
 /// Waits for SIGINT or SIGTERM. The handlers are installed when this is

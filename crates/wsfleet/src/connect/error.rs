@@ -85,11 +85,40 @@ pub enum ConnectErrorKind {
         /// Why it was not usable.
         problem: String,
     },
+    /// The client certificate or key of
+    /// [`TlsOptions::client_identity`](super::TlsOptions::client_identity) could
+    /// not be read or used.
+    ClientIdentity {
+        /// The file at fault, as configured.
+        path: PathBuf,
+        /// Why it was not usable.
+        problem: String,
+    },
     /// The TLS configuration would trust no certificate at all; the string says why.
     NoTrustAnchors(String),
     /// The server's HTTP answer was not a valid WebSocket upgrade (a non-101
     /// status with its code and `Retry-After`, a redirect, a bad accept key…).
     Handshake(wsfleet_proto::HandshakeError),
+    /// A redirect answer to the handshake that is not followed: the status is
+    /// not 301/302/303/307/308, `Location` is missing or unusable, or it
+    /// would leave TLS (`wss` to `ws`). Only reported when redirects are on
+    /// ([`ConnectionConfig::max_redirects`](crate::ConnectionConfig::max_redirects));
+    /// with them off, a redirect is a [`Handshake`](Self::Handshake) error.
+    Redirect {
+        /// The status code.
+        status: u16,
+        /// The `Location` header as sent (empty if missing).
+        location: String,
+        /// Why it is not followed.
+        reason: String,
+    },
+    /// More redirects in a row than
+    /// [`ConnectionConfig::max_redirects`](crate::ConnectionConfig::max_redirects)
+    /// allows; the target is the one that redirected once too often.
+    TooManyRedirects {
+        /// The limit.
+        limit: u8,
+    },
     /// Any other error, e.g. an invalid configuration.
     Other(Box<dyn StdError + Send + Sync + 'static>),
 }
@@ -157,6 +186,13 @@ impl fmt::Display for ConnectError {
             ConnectErrorKind::CaFile { path, problem } => {
                 return write!(f, "cannot use CA file {}: {problem}", path.display());
             }
+            ConnectErrorKind::ClientIdentity { path, problem } => {
+                return write!(
+                    f,
+                    "cannot use client certificate file {}: {problem}",
+                    path.display()
+                );
+            }
             ConnectErrorKind::NoTrustAnchors(why) => {
                 return write!(f, "tls config trusts no certificate: {why}");
             }
@@ -178,7 +214,20 @@ impl fmt::Display for ConnectError {
             ConnectErrorKind::Tls(e) => write!(f, " failed: {e}"),
             ConnectErrorKind::Other(e) => write!(f, " failed: {e}"),
             ConnectErrorKind::Handshake(e) => write!(f, " failed: {e}"),
-            ConnectErrorKind::CaFile { .. } | ConnectErrorKind::NoTrustAnchors(_) => Ok(()),
+            ConnectErrorKind::Redirect {
+                status,
+                location,
+                reason,
+            } => write!(
+                f,
+                " failed: not following the redirect ({status}) to {location:?}: {reason}"
+            ),
+            ConnectErrorKind::TooManyRedirects { limit } => {
+                write!(f, " failed: more than {limit} redirects in a row")
+            }
+            ConnectErrorKind::CaFile { .. }
+            | ConnectErrorKind::ClientIdentity { .. }
+            | ConnectErrorKind::NoTrustAnchors(_) => Ok(()),
         }
     }
 }
@@ -193,7 +242,10 @@ impl StdError for ConnectError {
             ConnectErrorKind::InvalidUrl(_)
             | ConnectErrorKind::Timeout(_)
             | ConnectErrorKind::NoAddresses
+            | ConnectErrorKind::Redirect { .. }
+            | ConnectErrorKind::TooManyRedirects { .. }
             | ConnectErrorKind::CaFile { .. }
+            | ConnectErrorKind::ClientIdentity { .. }
             | ConnectErrorKind::NoTrustAnchors(_) => None,
         }
     }

@@ -39,7 +39,7 @@ use tokio_rustls::TlsConnector;
 pub use self::error::{ConnectError, ConnectErrorKind, Phase};
 pub use self::proxy::{Proxy, ProxyKind, ProxySetting};
 pub use self::stream::MaybeTlsStream;
-pub use self::tls::{Roots, TlsOptions};
+pub use self::tls::{ClientIdentity, Roots, TlsOptions};
 pub use self::url::{Scheme, Target};
 
 /// Per-phase deadlines (deadpool's `Timeouts` idea): each phase of connecting and

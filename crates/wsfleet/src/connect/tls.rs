@@ -12,7 +12,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::CryptoProvider;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
 use super::error::{ConnectError, ConnectErrorKind, Phase};
 
@@ -30,6 +30,70 @@ pub enum Roots {
     Native,
     /// No built-in roots: trust only [`TlsOptions::extra_ca_files`].
     None,
+}
+
+/// A client certificate chain and its private key, as PEM files, presented to
+/// servers that ask for one (mutual TLS).
+///
+/// ```
+/// use wsfleet::connect::{ClientIdentity, TlsOptions};
+///
+/// let mut tls = TlsOptions::default();
+/// tls.client_identity = Some(ClientIdentity::new("client.pem", "client.key"));
+/// // tls.build() reads both files and fails naming the one that is unusable.
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClientIdentity {
+    /// PEM file with the client certificate first, then any intermediates.
+    pub cert_chain: PathBuf,
+    /// PEM file with the certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+impl ClientIdentity {
+    /// The certificate chain in `cert_chain`, the private key in `key`.
+    pub fn new(cert_chain: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        Self {
+            cert_chain: cert_chain.into(),
+            key: key.into(),
+        }
+    }
+
+    /// Reads and parses both files.
+    fn load(&self) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), ConnectError> {
+        let certs = CertificateDer::pem_file_iter(&self.cert_chain)
+            .map_err(|e| identity_error(&self.cert_chain, pem_problem(e)))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| identity_error(&self.cert_chain, pem_problem(e)))?;
+        if certs.is_empty() {
+            return Err(identity_error(
+                &self.cert_chain,
+                "no PEM \"BEGIN CERTIFICATE\" block found".to_owned(),
+            ));
+        }
+        let key = PrivateKeyDer::from_pem_file(&self.key).map_err(|e| {
+            let problem = match e {
+                rustls_pki_types::pem::Error::NoItemsFound => {
+                    "no PEM private key block found (PKCS#8, PKCS#1 or SEC1)".to_owned()
+                }
+                other => pem_problem(other),
+            };
+            identity_error(&self.key, problem)
+        })?;
+        Ok((certs, key))
+    }
+}
+
+fn identity_error(path: &Path, problem: String) -> ConnectError {
+    ConnectError::new(
+        Phase::Tls,
+        "",
+        ConnectErrorKind::ClientIdentity {
+            path: path.to_owned(),
+            problem,
+        },
+    )
 }
 
 /// TLS settings for `wss://` connections.
@@ -54,6 +118,9 @@ pub struct TlsOptions {
     /// change all traffic. For tests against throwaway servers only; never in
     /// production. Every [`build`](Self::build) with this set logs a warning.
     pub insecure_skip_verify: bool,
+    /// A client certificate and key to present when the server asks for one
+    /// (mutual TLS). `None`: no client authentication.
+    pub client_identity: Option<ClientIdentity>,
     /// ALPN protocols to offer, in preference order (empty: no ALPN extension).
     /// The WebSocket handshake is HTTP/1.1, so offer `b"http/1.1"` if the server
     /// requires ALPN.
@@ -73,14 +140,16 @@ impl TlsOptions {
     /// read, holds no certificate, or holds one that is not a usable trust anchor;
     /// [`ConnectErrorKind::NoTrustAnchors`] if the result would trust nothing
     /// (`Roots::None` without CA files, or an empty native store) and
-    /// `insecure_skip_verify` is off.
+    /// `insecure_skip_verify` is off; [`ConnectErrorKind::ClientIdentity`]
+    /// (naming the file) if the client certificate or key cannot be read, or
+    /// the key does not match the certificate.
     pub fn build(&self) -> Result<Arc<ClientConfig>, ConnectError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
             .with_safe_default_protocol_versions()
             .map_err(config_error)?;
 
-        let mut config = if self.insecure_skip_verify {
+        let builder = if self.insecure_skip_verify {
             tracing::warn!(
                 "TLS certificate verification is DISABLED (insecure_skip_verify): \
                  any server can impersonate the target; do not use in production"
@@ -88,11 +157,23 @@ impl TlsOptions {
             builder
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(NoServerVerification(provider)))
-                .with_no_client_auth()
         } else {
-            builder
-                .with_root_certificates(self.root_store()?)
-                .with_no_client_auth()
+            builder.with_root_certificates(self.root_store()?)
+        };
+        let mut config = match &self.client_identity {
+            None => builder.with_no_client_auth(),
+            Some(identity) => {
+                let (certs, key) = identity.load()?;
+                builder.with_client_auth_cert(certs, key).map_err(|e| {
+                    identity_error(
+                        &identity.key,
+                        format!(
+                            "not usable with the certificate in {}: {e}",
+                            identity.cert_chain.display()
+                        ),
+                    )
+                })?
+            }
         };
         config.alpn_protocols.clone_from(&self.alpn);
         Ok(Arc::new(config))
@@ -325,5 +406,61 @@ mod tests {
             ..TlsOptions::default()
         };
         opts.build().unwrap();
+    }
+
+    #[test]
+    fn client_identity_builds() {
+        let opts = TlsOptions {
+            roots: Roots::None,
+            extra_ca_files: vec![data("ca.pem")],
+            client_identity: Some(ClientIdentity::new(data("client.pem"), data("client.key"))),
+            ..TlsOptions::default()
+        };
+        let config = opts.build().unwrap();
+        assert!(config.client_auth_cert_resolver.has_certs());
+    }
+
+    #[test]
+    fn client_identity_problems_name_the_file() {
+        let missing = data("no-such-client.key");
+        let cases = [
+            // The key file is missing.
+            (data("client.pem"), missing.clone(), missing, "No such file"),
+            // A key where the certificate should be.
+            (
+                data("client.key"),
+                data("client.key"),
+                data("client.key"),
+                "CERTIFICATE",
+            ),
+            // A certificate where the key should be.
+            (
+                data("client.pem"),
+                data("client.pem"),
+                data("client.pem"),
+                "private key",
+            ),
+            // A key that belongs to another certificate.
+            (
+                data("client.pem"),
+                data("server.key"),
+                data("server.key"),
+                "client.pem",
+            ),
+        ];
+        for (cert, key, at_fault, says) in cases {
+            let opts = TlsOptions {
+                client_identity: Some(ClientIdentity::new(&cert, &key)),
+                ..TlsOptions::default()
+            };
+            let e = opts.build().unwrap_err();
+            match e.kind() {
+                ConnectErrorKind::ClientIdentity { path, .. } => assert_eq!(path, &at_fault),
+                other => panic!("expected ClientIdentity, got {other:?}"),
+            }
+            let msg = e.to_string();
+            assert!(msg.contains(&*at_fault.to_string_lossy()), "{msg}");
+            assert!(msg.contains(says), "{msg}");
+        }
     }
 }

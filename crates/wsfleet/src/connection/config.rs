@@ -45,6 +45,12 @@ pub struct ConnectionConfig {
     /// Proxy: from the environment as curl reads it (default), none, or a
     /// given one. See [`ProxySetting`].
     pub proxy: ProxySetting,
+    /// How many redirect answers (301, 302, 303, 307, 308) to the handshake
+    /// to follow in a row. Default 0: a redirect is an error naming its
+    /// `Location`. A redirect from `wss` to `ws` is never followed, and
+    /// `Authorization`, `Cookie` and `Proxy-Authorization` headers are not
+    /// sent once a redirect has left the configured origin.
+    pub max_redirects: u8,
 }
 
 impl ConnectionConfig {
@@ -111,6 +117,14 @@ impl ConnectionConfig {
         self
     }
 
+    /// Follows up to `n` redirects in a row (see
+    /// [`max_redirects`](Self::max_redirects)).
+    #[must_use]
+    pub fn max_redirects(mut self, n: u8) -> Self {
+        self.max_redirects = n;
+        self
+    }
+
     /// Charges buffers to `budget`.
     #[must_use]
     pub fn budget(mut self, budget: Arc<dyn MemoryBudget>) -> Self {
@@ -135,6 +149,7 @@ impl std::fmt::Debug for ConnectionConfig {
             .field("budget", &self.budget)
             .field("deflate", &self.deflate)
             .field("proxy", &self.proxy)
+            .field("max_redirects", &self.max_redirects)
             .finish()
     }
 }

@@ -9,11 +9,14 @@ use crate::connect::{ConnectError, ConnectErrorKind, MaybeTlsStream, Phase, Targ
 use crate::keys;
 
 /// Sends the upgrade request and validates the answer. Returns the response
-/// and any WebSocket bytes that arrived with it.
+/// and any WebSocket bytes that arrived with it. With `credentials` false,
+/// the configured headers that carry credentials are left out (a redirect
+/// has left the configured origin).
 pub(crate) async fn client_handshake(
     stream: &mut MaybeTlsStream,
     target: &Target,
     config: &ConnectionConfig,
+    credentials: bool,
 ) -> Result<(HandshakeResponse, Bytes), ConnectError> {
     let authority = target.authority();
     let fail = |kind| ConnectError::new(Phase::Handshake, authority.clone(), kind);
@@ -29,6 +32,9 @@ pub(crate) async fn client_handshake(
         request = request.protocol(p.clone());
     }
     for (k, v) in &config.headers {
+        if !credentials && super::redirect::is_credential(k) {
+            continue;
+        }
         request = request.header(k.clone(), v.clone());
     }
     if let Some(deflate) = config.deflate {

@@ -14,12 +14,15 @@ mod driver;
 mod error;
 mod handshake;
 mod keepalive;
+mod redirect;
 
 use std::pin::Pin;
 
 use bytes::Bytes;
 use tokio::time::{Instant, Sleep};
-use wsfleet_proto::{CloseCode, CloseFrame, Event, Message, Protocol, Role, SendError};
+use wsfleet_proto::{
+    CloseCode, CloseFrame, Event, HandshakeError, Message, Protocol, Role, SendError,
+};
 
 pub use config::ConnectionConfig;
 pub use error::Error;
@@ -114,16 +117,54 @@ impl Connection {
                 connect::ConnectErrorKind::Other(Box::new(e)),
             )
         })?;
-        let proxy = config.proxy.for_target(&target)?;
+        let configured = target.clone();
+        let mut target = target;
+        let mut credentials = true;
+        let mut hops = 0u8;
+        loop {
+            let e = match Self::connect_once(&target, config, credentials).await {
+                Ok(conn) => return Ok(conn),
+                Err(e) if config.max_redirects == 0 => return Err(e),
+                Err(e) => e,
+            };
+            let connect::ConnectErrorKind::Handshake(HandshakeError::Redirect { status, location }) =
+                e.kind()
+            else {
+                return Err(e);
+            };
+            if hops == config.max_redirects {
+                return Err(ConnectError::new(
+                    connect::Phase::Handshake,
+                    target.authority(),
+                    connect::ConnectErrorKind::TooManyRedirects {
+                        limit: config.max_redirects,
+                    },
+                ));
+            }
+            let next = redirect::next_hop(&target, *status, location.as_deref())?;
+            credentials &= redirect::same_origin(&configured, &next);
+            tracing::info!(from = %target, to = %next, status, "following a redirect");
+            hops += 1;
+            target = next;
+        }
+    }
+
+    /// One attempt at `target`: proxy choice, DNS, TCP, TLS, handshake.
+    async fn connect_once(
+        target: &Target,
+        config: &ConnectionConfig,
+        credentials: bool,
+    ) -> Result<Self, ConnectError> {
+        let proxy = config.proxy.for_target(target)?;
         let mut stream = connect::open_via(
-            &target,
+            target,
             proxy.as_ref(),
             config.tls.as_ref(),
             &config.deadlines,
         )
         .await?;
         let (response, leftover) =
-            handshake::client_handshake(&mut stream, &target, config).await?;
+            handshake::client_handshake(&mut stream, target, config, credentials).await?;
         let mut proto = Protocol::client(config.limits, Box::new(OsRngKeys));
         if let Some(budget) = &config.budget {
             proto = proto.with_budget(budget.clone());

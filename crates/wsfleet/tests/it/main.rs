@@ -10,8 +10,10 @@ mod fleet;
 mod fleet_1k;
 mod hostile;
 mod interop;
+mod mtls;
 mod peers;
 mod proxy;
+mod redirect;
 mod script;
 mod tls;
 

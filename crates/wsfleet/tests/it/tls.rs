@@ -18,19 +18,38 @@ pub(crate) fn data(name: &str) -> PathBuf {
 
 /// A wss echo server; returns its `wss://localhost:PORT/` URL.
 pub(crate) async fn wss_echo_server() -> String {
+    wss_echo_server_with(None).await
+}
+
+/// A wss echo server that, with `client_ca`, requires a client certificate
+/// issued by that CA; returns its `wss://localhost:PORT/` URL.
+pub(crate) async fn wss_echo_server_with(client_ca: Option<&std::path::Path>) -> String {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(data("server.pem"))
         .expect("server.pem")
         .collect::<Result<_, _>>()
         .expect("certs");
     let key = PrivateKeyDer::from_pem_file(data("server.key")).expect("server.key");
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .expect("server config");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .expect("versions");
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_file_iter(ca).expect("client CA") {
+                roots
+                    .add(cert.expect("client CA cert"))
+                    .expect("add client CA");
+            }
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+                    .build()
+                    .expect("client verifier");
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let config = builder.with_single_cert(certs, key).expect("server config");
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -13,16 +13,14 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
-use wsfleet::connect::TlsOptions;
 use wsfleet::{ConnectionConfig, Keepalive};
 
 use crate::cli::{self, OutputFormat, RunArgs, Shard};
-use crate::cmd::UsageError;
+use crate::cmd::{Transport, UsageError};
 use crate::units;
 
 /// Connections when neither a flag nor the file says.
@@ -65,17 +63,9 @@ pub(crate) struct Plan {
     pub(crate) protocols: Vec<String>,
     /// Extra request headers.
     pub(crate) headers: Vec<(String, String)>,
-    /// Extra CA files (relative ones in the file are read from the file's
-    /// folder).
-    pub(crate) ca_files: Vec<PathBuf>,
-    /// Skip TLS verification.
-    pub(crate) insecure: bool,
-    /// Offer permessage-deflate.
-    pub(crate) deflate: bool,
-    /// Proxy URL for every connection, if set.
-    pub(crate) proxy: Option<String>,
-    /// Ignore the *_PROXY environment.
-    pub(crate) no_proxy: bool,
+    /// TLS, Origin, compression, proxy and redirects (relative paths in the
+    /// file are read from the file's folder).
+    pub(crate) transport: Transport,
     /// Ping after this much quiet; `Some(ZERO)` turns pings off.
     pub(crate) ping_interval: Option<Duration>,
     /// Pong wait, if not the default.
@@ -96,6 +86,7 @@ impl Plan {
             ),
             None => (FileConfig::default(), PathBuf::new()),
         };
+        let t = args.transport;
         let list = |flag: Vec<String>, file: Option<Vec<String>>| {
             if flag.is_empty() {
                 file.unwrap_or_default()
@@ -132,20 +123,27 @@ impl Plan {
             } else {
                 args.headers
             },
-            ca_files: if args.ca_files.is_empty() {
-                // Relative paths in the file are relative to the file.
-                file.ca
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|p| folder.join(p))
-                    .collect()
-            } else {
-                args.ca_files
+            transport: Transport {
+                ca_files: if args.ca_files.is_empty() {
+                    // Relative paths in the file are relative to the file.
+                    file.ca
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|p| folder.join(p))
+                        .collect()
+                } else {
+                    args.ca_files
+                },
+                insecure: args.insecure || file.insecure.unwrap_or(false),
+                native_roots: t.native_roots || file.native_roots.unwrap_or(false),
+                client_cert: t.client_cert.or(file.client_cert.map(|p| folder.join(p))),
+                client_key: t.client_key.or(file.client_key.map(|p| folder.join(p))),
+                origin: t.origin.or(file.origin),
+                deflate: t.deflate || file.deflate.unwrap_or(false),
+                proxy: t.proxy.or(file.proxy),
+                no_proxy: t.no_proxy || file.no_proxy.unwrap_or(false),
+                max_redirects: t.max_redirects.or(file.max_redirects).unwrap_or(0),
             },
-            insecure: args.insecure || file.insecure.unwrap_or(false),
-            deflate: args.transport.deflate || file.deflate.unwrap_or(false),
-            proxy: args.transport.proxy.or(file.proxy),
-            no_proxy: args.transport.no_proxy || file.no_proxy.unwrap_or(false),
             ping_interval: args.ping_interval.or(file.ping_interval.map(|d| d.0)),
             pong_timeout: args.pong_timeout.or(file.pong_timeout.map(|d| d.0)),
         };
@@ -155,11 +153,7 @@ impl Plan {
 
     /// Settings that are each fine but do not fit together.
     fn check(&self) -> Result<(), UsageError> {
-        if self.proxy.is_some() && self.no_proxy {
-            return Err(UsageError(
-                "proxy and no-proxy contradict each other: set one".into(),
-            ));
-        }
+        self.transport.check()?;
         let Shard { index, count } = self.shard;
         if index >= self.connections {
             return Err(UsageError(format!(
@@ -192,16 +186,7 @@ impl Plan {
         for (name, value) in &self.headers {
             config = config.header(name.clone(), value.clone());
         }
-        if !self.ca_files.is_empty() || self.insecure {
-            let mut tls = TlsOptions::default();
-            tls.extra_ca_files.clone_from(&self.ca_files);
-            tls.insecure_skip_verify = self.insecure;
-            let tls: Arc<_> = tls
-                .build()
-                .map_err(|e| UsageError(format!("cannot set up TLS: {e}")))?;
-            config = config.tls(tls);
-        }
-        crate::cmd::transport(config, self.deflate, self.proxy.as_deref(), self.no_proxy)
+        self.transport.apply(config)
     }
 }
 
@@ -226,6 +211,11 @@ struct FileConfig {
     header: Option<Vec<Header>>,
     ca: Option<Vec<PathBuf>>,
     insecure: Option<bool>,
+    native_roots: Option<bool>,
+    client_cert: Option<PathBuf>,
+    client_key: Option<PathBuf>,
+    origin: Option<String>,
+    max_redirects: Option<u8>,
     deflate: Option<bool>,
     proxy: Option<String>,
     no_proxy: Option<bool>,
@@ -483,6 +473,11 @@ protocol = ["v1"]
 header = ["Authorization: Bearer x"]
 ca = ["ca.pem"]
 insecure = false
+native-roots = true
+client-cert = "client.pem"
+client-key = "client.key"
+origin = "https://example.com"
+max-redirects = 3
 deflate = true
 proxy = "socks5h://u:p@127.0.0.1:1080"
 ping-interval = "0s"
@@ -507,18 +502,36 @@ pong-timeout = "3s"
             plan.headers,
             [("Authorization".to_owned(), "Bearer x".to_owned())]
         );
-        assert!(plan.ca_files[0].ends_with("ca.pem") && plan.ca_files[0].is_absolute());
+        let t = &plan.transport;
+        assert!(t.ca_files[0].ends_with("ca.pem") && t.ca_files[0].is_absolute());
+        assert!(t.native_roots);
+        // Relative paths in the file are read from the file's folder.
+        let cert = t.client_cert.as_ref().unwrap();
+        assert!(cert.ends_with("client.pem") && cert.is_absolute());
+        assert!(t.client_key.as_ref().unwrap().ends_with("client.key"));
+        assert_eq!(t.origin.as_deref(), Some("https://example.com"));
+        assert_eq!(t.max_redirects, 3);
         assert_eq!(plan.ping_interval, Some(Duration::ZERO));
         assert_eq!(plan.pong_timeout, Some(Duration::from_secs(3)));
-        assert!(plan.deflate && !plan.no_proxy);
-        assert_eq!(plan.proxy.as_deref(), Some("socks5h://u:p@127.0.0.1:1080"));
-        let without_ca = Plan {
-            ca_files: Vec::new(),
-            ..plan.clone()
-        };
-        let config = without_ca.connection_config().unwrap();
+        assert!(t.deflate && !t.no_proxy);
+        assert_eq!(t.proxy.as_deref(), Some("socks5h://u:p@127.0.0.1:1080"));
+        // Without the TLS files (which do not exist in the test's folder).
+        let mut without_tls = plan.clone();
+        without_tls.transport.ca_files.clear();
+        without_tls.transport.native_roots = false;
+        without_tls.transport.client_cert = None;
+        without_tls.transport.client_key = None;
+        let config = without_tls.connection_config().unwrap();
         assert!(config.deflate.is_some());
         assert!(matches!(config.proxy, ProxySetting::Use(_)));
+        assert_eq!(config.origin.as_deref(), Some("https://example.com"));
+        assert_eq!(config.max_redirects, 3);
+        // The missing client certificate is named.
+        let e = plan.connection_config().unwrap_err().to_string();
+        assert!(
+            e.contains("cannot set up TLS") && e.contains("ca.pem"),
+            "{e}"
+        );
 
         let plan = with_file(
             "flags",
