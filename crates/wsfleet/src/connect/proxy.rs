@@ -169,7 +169,8 @@ fn is_loopback(host: &str) -> bool {
     host.eq_ignore_ascii_case("localhost")
         || host
             .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+            // An IPv4-mapped IPv6 address (::ffff:127.0.0.1) is loopback too.
+            .is_ok_and(|ip| ip.to_canonical().is_loopback())
 }
 
 /// curl's rules, with `var` reading the environment (injectable for tests).
@@ -410,6 +411,16 @@ mod tests {
         // Loopback never goes through a proxy.
         assert_eq!(from_env(&target("ws://127.0.0.1:9/"), &e).unwrap(), None);
         assert_eq!(from_env(&target("ws://localhost:9/"), &e).unwrap(), None);
+        assert_eq!(from_env(&target("ws://[::1]:9/"), &e).unwrap(), None);
+        assert_eq!(
+            from_env(&target("ws://[::ffff:127.0.0.1]:9/"), &e).unwrap(),
+            None
+        );
+        assert!(
+            from_env(&target("ws://[::ffff:10.0.0.8]:9/"), &e)
+                .unwrap()
+                .is_some()
+        );
         // Uppercase HTTP_PROXY alone is ignored, ALL_PROXY is the fallback.
         let e = env(&[
             ("HTTP_PROXY", "http://ignored:1"),
