@@ -9,6 +9,10 @@
 //! or JSON), `serde` + `toml` (`run --config`), `serde_json` + `base64`
 //! (`run --output jsonl`), `anyhow` (error reporting, in this binary only).
 
+// The flags' doc comments are clap's --help text, read in a terminal: URLs
+// and `[user:pass@]` stay plain text there, not rustdoc links.
+#![allow(rustdoc::bare_urls, rustdoc::broken_intra_doc_links)]
+
 mod cli;
 mod cmd;
 mod logging;

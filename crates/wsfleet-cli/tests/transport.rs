@@ -32,6 +32,14 @@ async fn echo_server() -> EchoServer {
         .expect("bind wsfleet's echo server")
 }
 
+/// Runs `wsfleet` with `args`, expecting it to refuse them as a usage
+/// error (exit 2) before connecting anywhere; returns its stderr.
+fn usage_error(args: &[&str]) -> String {
+    let out = wsfleet().args(args).output().expect("run wsfleet");
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// Runs `wsfleet connect` with `lines` on stdin (in a blocking thread, so
 /// the in-process servers keep running); returns (success, stdout, stderr).
 async fn connect(args: Vec<String>, lines: &str, log: bool) -> (bool, String, String) {
@@ -169,27 +177,19 @@ async fn run_uses_the_proxy_and_deflate_for_every_connection() {
 
 #[test]
 fn bad_or_contradictory_proxy_flags_are_usage_errors() {
-    let out = wsfleet()
-        .args([
-            "connect",
-            "--proxy",
-            "ftp://127.0.0.1:21",
-            "ws://127.0.0.1:9/",
-        ])
-        .output()
-        .expect("run");
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
-    let out = wsfleet()
-        .args([
-            "connect",
-            "--proxy",
-            "http://127.0.0.1:1",
-            "--no-proxy",
-            "ws://127.0.0.1:9/",
-        ])
-        .output()
-        .expect("run");
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    usage_error(&[
+        "connect",
+        "--proxy",
+        "ftp://127.0.0.1:21",
+        "ws://127.0.0.1:9/",
+    ]);
+    usage_error(&[
+        "connect",
+        "--proxy",
+        "http://127.0.0.1:1",
+        "--no-proxy",
+        "ws://127.0.0.1:9/",
+    ]);
 }
 
 /// A file of wsfleet's test TLS material (`crates/wsfleet/tests/data`).
@@ -257,35 +257,22 @@ async fn connect_follows_redirects_only_when_asked() {
 #[test]
 fn unusable_tls_identity_flags_are_usage_errors() {
     // A certificate without its key.
-    let out = wsfleet()
-        .args([
-            "connect",
-            "--client-cert",
-            &tls_data("client.pem"),
-            "wss://127.0.0.1:9/",
-        ])
-        .output()
-        .expect("run");
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    usage_error(&[
+        "connect",
+        "--client-cert",
+        &tls_data("client.pem"),
+        "wss://127.0.0.1:9/",
+    ]);
     // A key that is not the certificate's: named before any connection is tried.
-    let out = wsfleet()
-        .args([
-            "connect",
-            "--client-cert",
-            &tls_data("client.pem"),
-            "--client-key",
-            &tls_data("server.key"),
-            "wss://127.0.0.1:9/",
-        ])
-        .output()
-        .expect("run");
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = usage_error(&[
+        "connect",
+        "--client-cert",
+        &tls_data("client.pem"),
+        "--client-key",
+        &tls_data("server.key"),
+        "wss://127.0.0.1:9/",
+    ]);
     assert!(stderr.contains("server.key"), "{stderr}");
     // Too many redirects for the flag.
-    let out = wsfleet()
-        .args(["connect", "--max-redirects", "99", "ws://127.0.0.1:9/"])
-        .output()
-        .expect("run");
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    usage_error(&["connect", "--max-redirects", "99", "ws://127.0.0.1:9/"]);
 }
