@@ -181,6 +181,12 @@ pub(crate) struct RunArgs {
     /// after a ping [default: 10s].
     #[arg(long, value_name = "DUR", value_parser = units::parse_period)]
     pub(crate) pong_timeout: Option<Duration>,
+    /// Drop a connection (close 1008, then reconnect) whose server sends
+    /// more than N pings within a second: a ping flood would otherwise eat
+    /// the CPU every connection shares. 0 turns the limit off [default:
+    /// 100].
+    #[arg(long, value_name = "N")]
+    pub(crate) peer_ping_limit: Option<u32>,
 }
 
 /// TLS identity, Origin, compression, proxy and redirect flags, shared by

@@ -29,11 +29,10 @@ pub(crate) const PER_CONNECTION_BASELINE: u64 = 64 << 10;
 /// stay well inside [`BUDGET`] at 1,000 connections.
 const MAX_MESSAGE: usize = 256 << 10;
 /// Weight of each kind in the round robin over URLs (times one per 300
-/// connections): echo gets the largest share; ping-flood one slot per cycle
-/// whatever the size, as each flooder keeps a core busy in bursts.
+/// connections): echo gets the largest share, every chaos mode the same
+/// smaller one.
 const ECHO_WEIGHT: usize = 12;
 const CHAOS_WEIGHT: usize = 2;
-const FLOOD_WEIGHT: usize = 1;
 /// How long the echoes still in flight may take once sending stops.
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 /// Gaps are timed where events are consumed, which may lag the fleet under
@@ -111,19 +110,10 @@ fn expected(mode: ChaosMode) -> (&'static str, fn(&DisconnectReason) -> bool) {
             matches!(r, DisconnectReason::ConnectFailed { phase: Phase::Handshake, retry_after: Some(d), .. }
                 if *d == Duration::from_secs(5))
         }),
-        // Answered, never dropped by us; the chaos server ends its own
-        // connections after 300 s.
-        ChaosMode::PingFlood => (
-            "none (answered; the server drops it after 300 s: abnormal/reset)",
-            |r| {
-                matches!(
-                    r,
-                    DisconnectReason::Abnormal { .. }
-                        | DisconnectReason::ClosedByPeer { .. }
-                        | DisconnectReason::Io(_)
-                )
-            },
-        ),
+        // Past Keepalive::peer_ping_limit pings in a second: dropped at once.
+        ChaosMode::PingFlood => ("ping flood (1008)", |r| {
+            matches!(r, DisconnectReason::PingFlood)
+        }),
         _ => ("(unknown mode)", |_| false),
     }
 }
@@ -257,7 +247,7 @@ async fn consume(mut events: Events, state: Arc<Mutex<State>>) {
                 let Some(kind) = kind else { continue };
                 let now = Instant::now();
                 let log = s.slots.entry(event.slot).or_default();
-                let lived = log.connected_at.take().map(|t| now - t);
+                log.connected_at = None;
                 log.failures.push(now);
                 if let Some(echo) = s.echo.get_mut(&event.slot) {
                     echo.conn = None;
@@ -269,10 +259,6 @@ async fn consume(mut events: Events, state: Arc<Mutex<State>>) {
                     .or_default() += 1;
                 let ok = match kind {
                     Kind::Echo => false,
-                    Kind::Chaos(ChaosMode::PingFlood) => {
-                        (expected(ChaosMode::PingFlood).1)(&reason)
-                            && lived.is_some_and(|l| l >= Duration::from_secs(290))
-                    }
                     Kind::Chaos(mode) => (expected(mode).1)(&reason),
                 };
                 if !ok {
@@ -383,12 +369,7 @@ pub(crate) async fn run(connections: usize, duration: Duration, long: bool) -> R
         cycle.push((Kind::Echo, format!("{}echo", servers.echo)));
     }
     for (mode, url) in &servers.chaos {
-        let weight = if *mode == ChaosMode::PingFlood {
-            FLOOD_WEIGHT
-        } else {
-            CHAOS_WEIGHT * scale
-        };
-        for _ in 0..weight {
+        for _ in 0..CHAOS_WEIGHT * scale {
             cycle.push((Kind::Chaos(*mode), format!("{url}{mode}")));
         }
     }
@@ -694,9 +675,6 @@ pub(crate) async fn run(connections: usize, duration: Duration, long: bool) -> R
                 expected(mode).0
             ),
         );
-        if mode == ChaosMode::PingFlood {
-            continue;
-        }
         let dropped_slots = slots.iter().filter(|l| l.failures.len() >= 2).count();
         report.check(dropped_slots == n_slots, || {
             format!(
@@ -766,6 +744,9 @@ mod tests {
         )));
         assert!(!(expected(ChaosMode::PingFlood).1)(
             &DisconnectReason::PongTimeout
+        ));
+        assert!((expected(ChaosMode::PingFlood).1)(
+            &DisconnectReason::PingFlood
         ));
         assert_eq!(summary(&frame_too_large), "protocol:FrameTooLarge(1009)");
         assert_eq!(summary(&busy), "connect_failed:Handshake(retry-after 5s)");

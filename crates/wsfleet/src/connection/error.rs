@@ -15,6 +15,15 @@ pub enum Error {
     Io(io::Error),
     /// A ping went unanswered (nothing at all received) for this long.
     PongTimeout(Duration),
+    /// The peer sent more pings within a second than
+    /// [`Keepalive::peer_ping_limit`](crate::Keepalive::peer_ping_limit)
+    /// allows; a close frame with 1008 (policy violation) was sent.
+    PingFlood {
+        /// Pings counted in the window when the limit was passed.
+        pings: u32,
+        /// The limit per second.
+        limit: u32,
+    },
     /// The peer did not finish the close handshake within the deadline.
     CloseTimeout(Duration),
     /// TCP ended without a close frame (close code 1006).
@@ -49,6 +58,10 @@ impl fmt::Display for Error {
             Self::Protocol(e) => write!(f, "protocol error (closed with {}): {e}", e.close_code()),
             Self::Io(e) => write!(f, "socket error: {e}"),
             Self::PongTimeout(d) => write!(f, "peer silent: no answer to ping within {d:?}"),
+            Self::PingFlood { pings, limit } => write!(
+                f,
+                "ping flood: peer sent {pings} pings within a second (limit {limit}); closed with 1008"
+            ),
             Self::CloseTimeout(d) => {
                 write!(f, "peer did not finish the close handshake within {d:?}")
             }

@@ -1,6 +1,8 @@
 //! Keepalive policy: ping after a quiet interval, fail if nothing comes back
 //! within the pong timeout. Any received byte counts as a sign of life, so a
-//! busy connection sends no pings.
+//! busy connection sends no pings. The other way round, a peer that pings
+//! far more often than any keepalive needs is flooding: past
+//! [`Keepalive::peer_ping_limit`] pings in a second the connection ends.
 
 use std::time::Duration;
 
@@ -23,6 +25,13 @@ pub struct Keepalive {
     /// How long after a ping some byte must arrive before the connection is
     /// declared dead. Default 10 s.
     pub pong_timeout: Duration,
+    /// Most pings the peer may send within one second; one more ends the
+    /// connection with [`Error::PingFlood`](crate::Error::PingFlood) (close
+    /// 1008). Each ping costs a pong and the CPU to parse both, so an
+    /// unbounded flood would let one server starve every other connection
+    /// of the process. `None`: no limit. Default 100, far above any
+    /// keepalive (servers ping every few seconds).
+    pub peer_ping_limit: Option<u32>,
 }
 
 impl Default for Keepalive {
@@ -30,6 +39,7 @@ impl Default for Keepalive {
         Self {
             interval: Some(Duration::from_secs(20)),
             pong_timeout: Duration::from_secs(10),
+            peer_ping_limit: Some(100),
         }
     }
 }
@@ -46,6 +56,13 @@ impl Keepalive {
     #[must_use]
     pub fn with_pong_timeout(mut self, timeout: Duration) -> Self {
         self.pong_timeout = timeout;
+        self
+    }
+
+    /// Sets [`Keepalive::peer_ping_limit`].
+    #[must_use]
+    pub fn with_peer_ping_limit(mut self, per_second: Option<u32>) -> Self {
+        self.peer_ping_limit = per_second;
         self
     }
 }
@@ -67,7 +84,13 @@ pub(crate) struct KeepaliveState {
     config: Keepalive,
     last_rx: Instant,
     ping_sent: Option<Instant>,
+    /// Start of the current one-second window of peer pings, and how many
+    /// arrived in it.
+    peer_pings: (Instant, u32),
 }
+
+/// The window [`Keepalive::peer_ping_limit`] counts over.
+pub(crate) const PEER_PING_WINDOW: Duration = Duration::from_secs(1);
 
 impl KeepaliveState {
     pub(crate) fn new(config: Keepalive, now: Instant) -> Self {
@@ -75,12 +98,35 @@ impl KeepaliveState {
             config,
             last_rx: now,
             ping_sent: None,
+            peer_pings: (now, 0),
         }
+    }
+
+    /// The peer sent a ping at `now`. `Err(pings)` once more than the limit
+    /// arrived within one window (fixed windows: a burst straddling two
+    /// may reach twice the limit before it is refused, which is still
+    /// bounded).
+    pub(crate) fn on_peer_ping(&mut self, now: Instant) -> Result<(), u32> {
+        let Some(limit) = self.config.peer_ping_limit else {
+            return Ok(());
+        };
+        let (start, count) = &mut self.peer_pings;
+        if now.duration_since(*start) >= PEER_PING_WINDOW {
+            *start = now;
+            *count = 0;
+        }
+        *count += 1;
+        if *count > limit { Err(*count) } else { Ok(()) }
     }
 
     /// The first deadline, or `None` when keepalive is off.
     pub(crate) fn first_deadline(&self) -> Option<Instant> {
         self.config.interval.map(|i| self.last_rx + i)
+    }
+
+    /// The configured limit on peer pings per second.
+    pub(crate) fn peer_ping_limit(&self) -> Option<u32> {
+        self.config.peer_ping_limit
     }
 
     /// The configured pong timeout.
@@ -125,6 +171,26 @@ impl KeepaliveState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peer_pings_are_counted_per_second() {
+        let t0 = Instant::now();
+        let mut k = KeepaliveState::new(Keepalive::default().with_peer_ping_limit(Some(3)), t0);
+        for _ in 0..3 {
+            assert_eq!(k.on_peer_ping(t0), Ok(()));
+        }
+        assert_eq!(k.on_peer_ping(t0 + Duration::from_millis(999)), Err(4));
+        // A new window starts afresh.
+        let mut k = KeepaliveState::new(Keepalive::default().with_peer_ping_limit(Some(3)), t0);
+        for i in 0..30u64 {
+            // Three a second, for ten seconds: never too many.
+            assert_eq!(k.on_peer_ping(t0 + Duration::from_millis(i * 334)), Ok(()));
+        }
+        let mut off = KeepaliveState::new(Keepalive::default().with_peer_ping_limit(None), t0);
+        for _ in 0..10_000 {
+            assert_eq!(off.on_peer_ping(t0), Ok(()));
+        }
+    }
 
     fn secs(s: u64) -> Duration {
         Duration::from_secs(s)

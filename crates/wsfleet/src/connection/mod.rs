@@ -308,7 +308,17 @@ impl Connection {
                     // Our reply is queued: write it and end TCP, bounded.
                     return Box::pin(self.end_with(Ending::Clean)).await;
                 }
-                Ok(Some(_ping_or_pong)) => continue,
+                Ok(Some(Event::Ping(_))) => {
+                    if let Err(pings) = self.keepalive.on_peer_ping(Instant::now()) {
+                        let limit = self.keepalive.peer_ping_limit().unwrap_or(0);
+                        tracing::debug!(peer = %self.peer, pings, limit, "ping flood; closing");
+                        self.abandon(CloseCode::POLICY_VIOLATION, "ping flood")
+                            .await;
+                        return Some(Err(Error::PingFlood { pings, limit }));
+                    }
+                    continue;
+                }
+                Ok(Some(_pong)) => continue,
                 Ok(None) => {}
                 Err(e) => {
                     tracing::debug!(peer = %self.peer, error = %e, "protocol error; closing");
@@ -330,20 +340,25 @@ impl Connection {
                 Ok(_) => {}
                 Err(e) => {
                     if matches!(e, Error::PongTimeout(_)) {
-                        // Tell a peer that may still listen; don't wait for it.
-                        let _ = self
-                            .proto
-                            .close(CloseCode::POLICY_VIOLATION, "pong timeout");
-                        let _ = Box::pin(tokio::time::timeout(
-                            std::time::Duration::from_millis(100),
-                            self.flush(),
-                        ))
-                        .await;
+                        self.abandon(CloseCode::POLICY_VIOLATION, "pong timeout")
+                            .await;
                     }
                     return Some(Err(e));
                 }
             }
         }
+    }
+
+    /// Ends the connection on our side: queues a close frame for a peer
+    /// that may still listen and gives it at most 100 ms to go out, without
+    /// waiting for an answer.
+    async fn abandon(&mut self, code: CloseCode, reason: &str) {
+        let _ = self.proto.close(code, reason);
+        let _ = Box::pin(tokio::time::timeout(
+            std::time::Duration::from_millis(100),
+            self.flush(),
+        ))
+        .await;
     }
 
     /// Records how `recv()` ends, then finishes the close under way: if the

@@ -5,13 +5,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Labels of [`super::DisconnectReason::label`], in a fixed order.
-pub(crate) const REASONS: [&str; 13] = [
+pub(crate) const REASONS: [&str; 14] = [
     "connect_failed",
     "hook_failed",
     "closed_by_peer",
     "budget_exhausted",
     "protocol",
     "pong_timeout",
+    "ping_flood",
     "abnormal",
     "io",
     "close_timeout",

@@ -36,6 +36,9 @@ pub enum DisconnectReason {
     Protocol(ProtocolError),
     /// A ping went unanswered.
     PongTimeout,
+    /// The peer sent pings faster than
+    /// [`Keepalive::peer_ping_limit`](crate::Keepalive::peer_ping_limit).
+    PingFlood,
     /// TCP ended without a close frame.
     Abnormal {
         /// In the middle of a message.
@@ -63,6 +66,7 @@ impl DisconnectReason {
             Self::Protocol(ProtocolError::BudgetExhausted { .. }) => "budget_exhausted",
             Self::Protocol(_) => "protocol",
             Self::PongTimeout => "pong_timeout",
+            Self::PingFlood => "ping_flood",
             Self::Abnormal { .. } => "abnormal",
             Self::Io(_) => "io",
             Self::CloseTimeout => "close_timeout",
@@ -82,7 +86,7 @@ impl DisconnectReason {
         match self {
             Self::Protocol(e) => Some(e.close_code()),
             Self::Rotated | Self::Shutdown => Some(CloseCode::GOING_AWAY),
-            Self::PongTimeout => Some(CloseCode::POLICY_VIOLATION),
+            Self::PongTimeout | Self::PingFlood => Some(CloseCode::POLICY_VIOLATION),
             _ => None,
         }
     }
@@ -107,6 +111,7 @@ impl DisconnectReason {
             Error::Protocol(p) => Self::Protocol(p.clone()),
             Error::Io(io) => Self::Io(io.to_string()),
             Error::PongTimeout(_) => Self::PongTimeout,
+            Error::PingFlood { .. } => Self::PingFlood,
             Error::CloseTimeout(_) => Self::CloseTimeout,
             Error::AbnormalClosure { mid_message } => Self::Abnormal {
                 mid_message: *mid_message,
@@ -135,6 +140,7 @@ impl fmt::Display for DisconnectReason {
             }
             Self::Protocol(e) => write!(f, "protocol error (closed with {}): {e}", e.close_code()),
             Self::PongTimeout => f.write_str("peer silent: ping unanswered"),
+            Self::PingFlood => f.write_str("ping flood: too many pings from the peer (1008)"),
             Self::Abnormal { mid_message: true } => {
                 f.write_str("TCP ended without a close frame, mid-message")
             }

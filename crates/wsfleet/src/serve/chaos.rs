@@ -96,7 +96,8 @@ impl ChaosMode {
             }
             Self::Junk => "garbage after the handshake; a sound client closes with 1002",
             Self::PingFlood => {
-                "pings as fast as possible; a sound client answers without queueing without bound"
+                "pings as fast as possible; a sound client neither queues pongs without bound nor \
+                 lets it eat its CPU (wsfleet closes with 1008 past 100 pings a second)"
             }
             Self::InvalidUtf8 => {
                 "a text message that is not UTF-8; a sound client closes with 1007"

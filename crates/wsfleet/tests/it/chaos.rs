@@ -86,11 +86,41 @@ async fn junk_and_invalid_utf8() {
 }
 
 #[tokio::test]
-async fn ping_flood_is_answered_with_bounded_memory() {
+async fn ping_flood_is_refused_within_a_second() {
     let server = ChaosServer::bind("127.0.0.1:0", ChaosMode::PingFlood)
         .await
         .expect("bind");
     let mut conn = bounded("connect", Connection::connect(&server.url(), &config()))
+        .await
+        .expect("connect");
+    let started = std::time::Instant::now();
+    let end = bounded("the flood to be refused", conn.recv()).await;
+    match end {
+        Some(Err(Error::PingFlood { pings, limit })) => {
+            assert_eq!(limit, 100);
+            assert_eq!(pings, 101);
+        }
+        other => panic!("expected a ping flood error, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    let peak = conn.stats().peak_buffered_bytes;
+    assert!(
+        peak <= (1 << 20) + (64 << 10),
+        "peak {peak} bytes under a ping flood"
+    );
+}
+
+#[tokio::test]
+async fn without_a_ping_limit_a_flood_is_answered_with_bounded_memory() {
+    let server = ChaosServer::bind("127.0.0.1:0", ChaosMode::PingFlood)
+        .await
+        .expect("bind");
+    let config = config().keepalive(wsfleet::Keepalive::default().with_peer_ping_limit(None));
+    let mut conn = bounded("connect", Connection::connect(&server.url(), &config))
         .await
         .expect("connect");
     // Nothing but pings for a second: no message, no error.

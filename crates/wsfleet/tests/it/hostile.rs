@@ -108,6 +108,56 @@ async fn junk_after_handshake_is_a_protocol_error() {
 }
 
 #[tokio::test]
+async fn a_ping_burst_past_the_limit_is_closed_with_1008() {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let server = ScriptServer::start(true, |mut tcp| async move {
+        let burst: Vec<u8> = (0..150)
+            .flat_map(|_| frame(true, OpCode::Ping, b"flood"))
+            .collect();
+        tcp.write_all(&burst).await.unwrap();
+        let _ = tx.send(read_until_close(&mut tcp).await);
+    })
+    .await;
+    let mut conn = connect(&server.url()).await;
+    match bounded("recv", conn.recv()).await {
+        Some(Err(Error::PingFlood {
+            pings: 101,
+            limit: 100,
+        })) => {}
+        other => panic!("expected a ping flood, got {other:?}"),
+    }
+    let (code, pongs) = bounded("close code", rx).await.unwrap();
+    assert_eq!(code, Some(1008));
+    // Pongs answer the newest ping, so fewer went out than pings came in.
+    assert!(pongs.len() <= 101, "{} pongs", pongs.len());
+}
+
+#[tokio::test]
+async fn pings_at_a_keepalive_rate_are_answered() {
+    let server = ScriptServer::start(true, |mut tcp| async move {
+        // 60 pings a second for two seconds: over the limit in total, not
+        // within any second.
+        for i in 0..120u32 {
+            tcp.write_all(&frame(true, OpCode::Ping, &i.to_be_bytes()))
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_micros(16_700)).await;
+        }
+        tcp.write_all(&frame(true, OpCode::Text, b"still here"))
+            .await
+            .unwrap();
+        let _ = read_until_close(&mut tcp).await;
+    })
+    .await;
+    let mut conn = connect(&server.url()).await;
+    match bounded("recv", conn.recv()).await {
+        Some(Ok(m)) => assert_eq!(m.as_text(), Some("still here")),
+        other => panic!("expected the message, got {other:?}"),
+    }
+    assert!(conn.stats().bytes_out > 0, "pongs were written");
+}
+
+#[tokio::test]
 async fn partial_frame_then_silence_is_detected() {
     let server = ScriptServer::start(true, |mut tcp| async move {
         let mut wire = frame(true, OpCode::Binary, &[7u8; 100]);

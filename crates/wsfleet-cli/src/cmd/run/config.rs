@@ -70,6 +70,9 @@ pub(crate) struct Plan {
     pub(crate) ping_interval: Option<Duration>,
     /// Pong wait, if not the default.
     pub(crate) pong_timeout: Option<Duration>,
+    /// Peer pings per second before the connection is dropped, if not the
+    /// default; `Some(0)` turns the limit off.
+    pub(crate) peer_ping_limit: Option<u32>,
 }
 
 impl Plan {
@@ -146,6 +149,7 @@ impl Plan {
             },
             ping_interval: args.ping_interval.or(file.ping_interval.map(|d| d.0)),
             pong_timeout: args.pong_timeout.or(file.pong_timeout.map(|d| d.0)),
+            peer_ping_limit: args.peer_ping_limit.or(file.peer_ping_limit),
         };
         plan.check()?;
         Ok(plan)
@@ -178,6 +182,9 @@ impl Plan {
         }
         if let Some(timeout) = self.pong_timeout {
             keepalive = keepalive.with_pong_timeout(timeout);
+        }
+        if let Some(limit) = self.peer_ping_limit {
+            keepalive = keepalive.with_peer_ping_limit((limit > 0).then_some(limit));
         }
         config = config.keepalive(keepalive);
         for protocol in &self.protocols {
@@ -221,6 +228,7 @@ struct FileConfig {
     no_proxy: Option<bool>,
     ping_interval: Option<Dur>,
     pong_timeout: Option<Period>,
+    peer_ping_limit: Option<u32>,
 }
 
 fn unwrap_all<T, W: Into<T>>(values: Vec<W>) -> Vec<T> {
@@ -482,6 +490,7 @@ deflate = true
 proxy = "socks5h://u:p@127.0.0.1:1080"
 ping-interval = "0s"
 pong-timeout = "3s"
+peer-ping-limit = 0
 "#;
         let plan = with_file("values", text, &[]).unwrap();
         assert_eq!(plan.urls, ["ws://127.0.0.1:9/a", "ws://127.0.0.1:9/b"]);
@@ -513,6 +522,7 @@ pong-timeout = "3s"
         assert_eq!(t.max_redirects, 3);
         assert_eq!(plan.ping_interval, Some(Duration::ZERO));
         assert_eq!(plan.pong_timeout, Some(Duration::from_secs(3)));
+        assert_eq!(plan.peer_ping_limit, Some(0));
         assert!(t.deflate && !t.no_proxy);
         assert_eq!(t.proxy.as_deref(), Some("socks5h://u:p@127.0.0.1:1080"));
         // Without the TLS files (which do not exist in the test's folder).
@@ -526,6 +536,7 @@ pong-timeout = "3s"
         assert!(matches!(config.proxy, ProxySetting::Use(_)));
         assert_eq!(config.origin.as_deref(), Some("https://example.com"));
         assert_eq!(config.max_redirects, 3);
+        assert_eq!(config.keepalive.peer_ping_limit, None, "0 turns it off");
         // The missing client certificate is named.
         let e = plan.connection_config().unwrap_err().to_string();
         assert!(
