@@ -140,7 +140,6 @@ fn summary(reason: &DisconnectReason) -> String {
 struct SlotLog {
     /// When each failure was reported.
     failures: Vec<Instant>,
-    connected_at: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -206,7 +205,7 @@ async fn consume(mut events: Events, state: Arc<Mutex<State>>) {
         let kind = s.kinds.get(&event.slot).copied();
         match event.kind {
             EventKind::Connected { .. } => {
-                s.slots.entry(event.slot).or_default().connected_at = Some(Instant::now());
+                s.slots.entry(event.slot).or_default();
                 if kind == Some(Kind::Echo) {
                     let log = s.echo.entry(event.slot).or_default();
                     log.conn = Some(event.conn);
@@ -247,7 +246,6 @@ async fn consume(mut events: Events, state: Arc<Mutex<State>>) {
                 let Some(kind) = kind else { continue };
                 let now = Instant::now();
                 let log = s.slots.entry(event.slot).or_default();
-                log.connected_at = None;
                 log.failures.push(now);
                 if let Some(echo) = s.echo.get_mut(&event.slot) {
                     echo.conn = None;
@@ -764,7 +762,6 @@ mod tests {
         let at = |s: f64| t0 + Duration::from_secs_f64(s);
         let log = SlotLog {
             failures: vec![at(0.0), at(1.0), at(3.0), at(7.0), at(15.0), at(31.0)],
-            connected_at: None,
         };
         let (first, later, min) = gaps(&[&log]);
         assert_eq!((first, min), (1.0, 1.0));

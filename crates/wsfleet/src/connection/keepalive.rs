@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::Error;
+
 /// When to ping and how long to wait for an answer.
 ///
 /// ```
@@ -90,7 +92,7 @@ pub(crate) struct KeepaliveState {
 }
 
 /// The window [`Keepalive::peer_ping_limit`] counts over.
-pub(crate) const PEER_PING_WINDOW: Duration = Duration::from_secs(1);
+const PEER_PING_WINDOW: Duration = Duration::from_secs(1);
 
 impl KeepaliveState {
     pub(crate) fn new(config: Keepalive, now: Instant) -> Self {
@@ -102,11 +104,11 @@ impl KeepaliveState {
         }
     }
 
-    /// The peer sent a ping at `now`. `Err(pings)` once more than the limit
-    /// arrived within one window (fixed windows: a burst straddling two
-    /// may reach twice the limit before it is refused, which is still
-    /// bounded).
-    pub(crate) fn on_peer_ping(&mut self, now: Instant) -> Result<(), u32> {
+    /// The peer sent a ping at `now`. [`Error::PingFlood`] once more than
+    /// the limit arrived within one window (fixed windows: a burst
+    /// straddling two may reach twice the limit before it is refused, which
+    /// is still bounded).
+    pub(crate) fn on_peer_ping(&mut self, now: Instant) -> Result<(), Error> {
         let Some(limit) = self.config.peer_ping_limit else {
             return Ok(());
         };
@@ -116,17 +118,19 @@ impl KeepaliveState {
             *count = 0;
         }
         *count += 1;
-        if *count > limit { Err(*count) } else { Ok(()) }
+        if *count > limit {
+            Err(Error::PingFlood {
+                pings: *count,
+                limit,
+            })
+        } else {
+            Ok(())
+        }
     }
 
     /// The first deadline, or `None` when keepalive is off.
     pub(crate) fn first_deadline(&self) -> Option<Instant> {
         self.config.interval.map(|i| self.last_rx + i)
-    }
-
-    /// The configured limit on peer pings per second.
-    pub(crate) fn peer_ping_limit(&self) -> Option<u32> {
-        self.config.peer_ping_limit
     }
 
     /// The configured pong timeout.
@@ -177,18 +181,21 @@ mod tests {
         let t0 = Instant::now();
         let mut k = KeepaliveState::new(Keepalive::default().with_peer_ping_limit(Some(3)), t0);
         for _ in 0..3 {
-            assert_eq!(k.on_peer_ping(t0), Ok(()));
+            assert!(k.on_peer_ping(t0).is_ok());
         }
-        assert_eq!(k.on_peer_ping(t0 + Duration::from_millis(999)), Err(4));
+        assert!(matches!(
+            k.on_peer_ping(t0 + Duration::from_millis(999)),
+            Err(Error::PingFlood { pings: 4, limit: 3 })
+        ));
         // A new window starts afresh.
         let mut k = KeepaliveState::new(Keepalive::default().with_peer_ping_limit(Some(3)), t0);
         for i in 0..30u64 {
             // Three a second, for ten seconds: never too many.
-            assert_eq!(k.on_peer_ping(t0 + Duration::from_millis(i * 334)), Ok(()));
+            assert!(k.on_peer_ping(t0 + Duration::from_millis(i * 334)).is_ok());
         }
         let mut off = KeepaliveState::new(Keepalive::default().with_peer_ping_limit(None), t0);
         for _ in 0..10_000 {
-            assert_eq!(off.on_peer_ping(t0), Ok(()));
+            assert!(off.on_peer_ping(t0).is_ok());
         }
     }
 

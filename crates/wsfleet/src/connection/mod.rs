@@ -117,6 +117,9 @@ impl Connection {
                 connect::ConnectErrorKind::Other(Box::new(e)),
             )
         })?;
+        if config.max_redirects == 0 {
+            return Self::connect_once(&target, config, true).await;
+        }
         let configured = target.clone();
         let mut target = target;
         let mut credentials = true;
@@ -124,7 +127,6 @@ impl Connection {
         loop {
             let e = match Self::connect_once(&target, config, credentials).await {
                 Ok(conn) => return Ok(conn),
-                Err(e) if config.max_redirects == 0 => return Err(e),
                 Err(e) => e,
             };
             let connect::ConnectErrorKind::Handshake(HandshakeError::Redirect { status, location }) =
@@ -309,12 +311,11 @@ impl Connection {
                     return Box::pin(self.end_with(Ending::Clean)).await;
                 }
                 Ok(Some(Event::Ping(_))) => {
-                    if let Err(pings) = self.keepalive.on_peer_ping(Instant::now()) {
-                        let limit = self.keepalive.peer_ping_limit().unwrap_or(0);
-                        tracing::debug!(peer = %self.peer, pings, limit, "ping flood; closing");
+                    if let Err(e) = self.keepalive.on_peer_ping(Instant::now()) {
+                        tracing::debug!(peer = %self.peer, error = %e, "closing");
                         self.abandon(CloseCode::POLICY_VIOLATION, "ping flood")
                             .await;
-                        return Some(Err(Error::PingFlood { pings, limit }));
+                        return Some(Err(e));
                     }
                     continue;
                 }

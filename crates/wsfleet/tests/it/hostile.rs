@@ -128,8 +128,13 @@ async fn a_ping_burst_past_the_limit_is_closed_with_1008() {
     }
     let (code, pongs) = bounded("close code", rx).await.unwrap();
     assert_eq!(code, Some(1008));
-    // Pongs answer the newest ping, so fewer went out than pings came in.
-    assert!(pongs.len() <= 101, "{} pongs", pongs.len());
+    // Pings up to the limit were answered (newest wins, so maybe not each);
+    // none past the one that ended the connection.
+    assert!(
+        (1..=101).contains(&pongs.len()),
+        "{} pongs for 101 pings read",
+        pongs.len()
+    );
 }
 
 #[tokio::test]

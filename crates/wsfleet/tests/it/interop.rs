@@ -9,9 +9,7 @@
 //! short, Unicode, 64 KiB and 1 MiB messages one by one and then pipelined
 //! (they must come back in order and unchanged), and closes cleanly.
 
-use std::path::PathBuf;
-
-use wsfleet::connect::{Roots, TlsOptions};
+use crate::tls::with_test_ca;
 use wsfleet::proto::deflate::DeflateConfig;
 use wsfleet::{CloseCode, Connection, ConnectionConfig, Message};
 use wsfleet_testkit::{ServerOptions, bounded};
@@ -39,14 +37,6 @@ fn client_config() -> ConnectionConfig {
 /// compression contexts then live across messages.
 fn takeover_config() -> ConnectionConfig {
     crate::config().deflate(DeflateConfig::default().with_context_takeover())
-}
-
-/// Trusts the test CA (`tests/data/ca.pem`) only.
-fn with_test_ca(config: ConnectionConfig) -> ConnectionConfig {
-    let mut tls = TlsOptions::default();
-    tls.roots = Roots::None;
-    tls.extra_ca_files = vec![PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/ca.pem")];
-    config.tls(tls.build().expect("TLS config with the test CA"))
 }
 
 /// `len` bytes that do not compress (xorshift64).

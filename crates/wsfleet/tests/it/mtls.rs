@@ -3,19 +3,17 @@
 //! server and nginx (`ssl_verify_client on`), both trusting only the test
 //! client CA (`tests/data/client-ca.pem`).
 
-use wsfleet::connect::{ClientIdentity, ConnectErrorKind, Phase, Roots, TlsOptions};
+use wsfleet::connect::{ClientIdentity, ConnectErrorKind, Phase};
 use wsfleet::proto::HandshakeError;
 use wsfleet::serve::EchoServer;
-use wsfleet::{CloseCode, Connection, ConnectionConfig, Message};
+use wsfleet::{Connection, ConnectionConfig, Message};
 use wsfleet_testkit::{Nginx, NginxOptions, bounded};
 
 use crate::tls::{data, wss_echo_server_with};
 
 /// Trusts the test server CA; presents the test client certificate if `identity`.
 fn config(identity: bool) -> ConnectionConfig {
-    let mut tls = TlsOptions::default();
-    tls.roots = Roots::None;
-    tls.extra_ca_files = vec![data("ca.pem")];
+    let mut tls = crate::tls::test_ca();
     if identity {
         tls.client_identity = Some(ClientIdentity::new(data("client.pem"), data("client.key")));
     }
@@ -23,14 +21,11 @@ fn config(identity: bool) -> ConnectionConfig {
 }
 
 async fn round_trips_and_closes(url: &str, config: &ConnectionConfig) {
-    let mut conn = bounded("connect", Connection::connect(url, config))
-        .await
-        .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
-    crate::peers::round_trip(&mut conn, Message::text("signed ☃")).await;
-    crate::peers::round_trip(&mut conn, Message::binary(vec![7u8; 64 << 10])).await;
-    bounded("close", conn.close(CloseCode::NORMAL, ""))
-        .await
-        .expect("clean close");
+    let messages = vec![
+        Message::text("signed ☃"),
+        Message::binary(vec![7u8; 64 << 10]),
+    ];
+    crate::peers::echo_and_close(url, config, messages, String::new).await;
 }
 
 #[tokio::test]

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use wsfleet::{CloseCode, Connection, Message};
+use wsfleet::{CloseCode, Connection, ConnectionConfig, Message};
 use wsfleet_testkit::bounded;
 
 use crate::{config, fast_keepalive};
@@ -11,6 +11,27 @@ pub(crate) async fn connect(url: &str) -> Connection {
     bounded("connect", Connection::connect(url, &config()))
         .await
         .expect("connect")
+}
+
+/// Connects to `url` with `config`, echoes each of `messages` once and
+/// closes cleanly; `context` (logs of the peer, say) goes into a failed
+/// connect's panic message.
+pub(crate) async fn echo_and_close(
+    url: &str,
+    config: &ConnectionConfig,
+    messages: Vec<Message>,
+    context: impl FnOnce() -> String,
+) {
+    let mut conn = match bounded("connect", Connection::connect(url, config)).await {
+        Ok(conn) => conn,
+        Err(e) => panic!("connect to {url}: {e}; {}", context()),
+    };
+    for message in messages {
+        round_trip(&mut conn, message).await;
+    }
+    bounded("close", conn.close(CloseCode::NORMAL, ""))
+        .await
+        .expect("clean close");
 }
 
 pub(crate) async fn round_trip(conn: &mut Connection, message: Message) {

@@ -2,9 +2,9 @@
 //! and microsocks (SOCKS5, username and password), both Debian packages
 //! that `scripts/setup-debian` installs.
 
-use wsfleet::connect::{Phase, Proxy, ProxySetting, Roots, TlsOptions};
+use wsfleet::connect::{Phase, Proxy, ProxySetting};
 use wsfleet::serve::EchoServer;
-use wsfleet::{CloseCode, Connection, ConnectionConfig, Message};
+use wsfleet::{Connection, ConnectionConfig, Message};
 use wsfleet_testkit::{ProxyServer, bounded};
 
 async fn tinyproxy(auth: Option<(&str, &str)>) -> ProxyServer {
@@ -22,14 +22,11 @@ fn via(proxy: &str) -> ConnectionConfig {
 }
 
 async fn echo_through(url: &str, config: &ConnectionConfig) {
-    let mut conn = bounded("connect", Connection::connect(url, config))
-        .await
-        .expect("connect through proxy");
-    crate::peers::round_trip(&mut conn, Message::text("through the proxy ☃")).await;
-    crate::peers::round_trip(&mut conn, Message::binary(vec![5u8; 256 << 10])).await;
-    bounded("close", conn.close(CloseCode::NORMAL, ""))
-        .await
-        .expect("clean close");
+    let messages = vec![
+        Message::text("through the proxy ☃"),
+        Message::binary(vec![5u8; 256 << 10]),
+    ];
+    crate::peers::echo_and_close(url, config, messages, String::new).await;
 }
 
 #[tokio::test]
@@ -49,11 +46,10 @@ async fn ws_through_http_connect() {
 async fn wss_through_http_connect_with_basic_auth() {
     let proxy = tinyproxy(Some(("alice", "wonder"))).await;
     let url = crate::tls::wss_echo_server().await;
-    let mut tls = TlsOptions::default();
-    tls.roots = Roots::None;
-    tls.extra_ca_files = vec![crate::tls::data("ca.pem")];
-    let config = via(&format!("http://alice:wonder@127.0.0.1:{}", proxy.port()))
-        .tls(tls.build().expect("tls"));
+    let config = crate::tls::with_test_ca(via(&format!(
+        "http://alice:wonder@127.0.0.1:{}",
+        proxy.port()
+    )));
     echo_through(&url, &config).await;
     // Wrong password: the proxy refuses (tinyproxy says 401), reported in the proxy phase.
     let wrong = via(&format!("http://alice:nope@127.0.0.1:{}", proxy.port()));
@@ -94,10 +90,6 @@ async fn ws_through_socks5_with_password() {
 async fn wss_through_socks5() {
     let proxy = microsocks(None).await;
     let url = crate::tls::wss_echo_server().await;
-    let mut tls = TlsOptions::default();
-    tls.roots = Roots::None;
-    tls.extra_ca_files = vec![crate::tls::data("ca.pem")];
-    let config =
-        via(&format!("socks5h://127.0.0.1:{}", proxy.port())).tls(tls.build().expect("tls"));
+    let config = crate::tls::with_test_ca(via(&format!("socks5h://127.0.0.1:{}", proxy.port())));
     echo_through(&url, &config).await;
 }

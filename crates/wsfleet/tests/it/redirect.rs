@@ -3,12 +3,10 @@
 //! [`ConnectionConfig::max_redirects`], never from wss to ws, and
 //! credentials never carried to another origin.
 
-use std::path::PathBuf;
-
-use wsfleet::connect::{ConnectErrorKind, Phase, Roots, TlsOptions};
+use wsfleet::connect::{ConnectErrorKind, Phase};
 use wsfleet::proto::HandshakeError;
 use wsfleet::serve::EchoServer;
-use wsfleet::{CloseCode, Connection, ConnectionConfig, Message};
+use wsfleet::{Connection, ConnectionConfig, Message};
 use wsfleet_testkit::{Nginx, NginxOptions, bounded};
 
 /// A WebSocket proxy location to the upstream, refused with `refuse` when
@@ -54,22 +52,12 @@ async fn redirecting_nginx() -> (EchoServer, Nginx) {
 
 /// Trusts the test CA; follows up to `max_redirects`.
 fn config(max_redirects: u8) -> ConnectionConfig {
-    let mut tls = TlsOptions::default();
-    tls.roots = Roots::None;
-    tls.extra_ca_files = vec![PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/ca.pem")];
-    crate::config()
-        .tls(tls.build().expect("TLS config"))
-        .max_redirects(max_redirects)
+    crate::tls::with_test_ca(crate::config()).max_redirects(max_redirects)
 }
 
 async fn connects_and_echoes(url: &str, config: &ConnectionConfig, nginx: &Nginx) {
-    let mut conn = bounded("connect", Connection::connect(url, config))
-        .await
-        .unwrap_or_else(|e| panic!("connect to {url}: {e}; nginx: {}", nginx.logs()));
-    crate::peers::round_trip(&mut conn, Message::text("after the redirects")).await;
-    bounded("close", conn.close(CloseCode::NORMAL, ""))
-        .await
-        .expect("clean close");
+    let messages = vec![Message::text("after the redirects")];
+    crate::peers::echo_and_close(url, config, messages, || nginx.logs()).await;
 }
 
 async fn fails(url: &str, config: &ConnectionConfig) -> wsfleet::connect::ConnectError {

@@ -7,13 +7,26 @@ use std::sync::Arc;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use wsfleet::connect::{MaybeTlsStream, Phase, Roots, TlsOptions};
-use wsfleet::{CloseCode, Connection, Message};
+use wsfleet::{Connection, Message};
 use wsfleet_testkit::bounded;
 
 pub(crate) fn data(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/data")
         .join(name)
+}
+
+/// TLS options trusting the test CA (`tests/data/ca.pem`) and nothing else.
+pub(crate) fn test_ca() -> TlsOptions {
+    let mut tls = TlsOptions::default();
+    tls.roots = Roots::None;
+    tls.extra_ca_files = vec![data("ca.pem")];
+    tls
+}
+
+/// `config`, trusting the test CA and nothing else.
+pub(crate) fn with_test_ca(config: wsfleet::ConnectionConfig) -> wsfleet::ConnectionConfig {
+    config.tls(test_ca().build().expect("TLS config with the test CA"))
 }
 
 /// A wss echo server; returns its `wss://localhost:PORT/` URL.
@@ -85,18 +98,12 @@ pub(crate) async fn wss_echo_server_with(client_ca: Option<&std::path::Path>) ->
 #[tokio::test]
 async fn wss_round_trips_with_a_custom_ca() {
     let url = wss_echo_server().await;
-    let mut tls = TlsOptions::default();
-    tls.roots = Roots::None;
-    tls.extra_ca_files = vec![data("ca.pem")];
-    let config = crate::config().tls(tls.build().expect("tls config"));
-    let mut conn = bounded("connect", Connection::connect(&url, &config))
-        .await
-        .expect("connect");
-    crate::peers::round_trip(&mut conn, Message::text("over TLS ☃")).await;
-    crate::peers::round_trip(&mut conn, Message::binary(vec![9u8; 1 << 20])).await;
-    bounded("close", conn.close(CloseCode::NORMAL, ""))
-        .await
-        .expect("clean close");
+    let config = with_test_ca(crate::config());
+    let messages = vec![
+        Message::text("over TLS ☃"),
+        Message::binary(vec![9u8; 1 << 20]),
+    ];
+    crate::peers::echo_and_close(&url, &config, messages, String::new).await;
 }
 
 #[tokio::test]
