@@ -223,17 +223,19 @@ pub struct DeflateParams {
 
 /// Inflates `input` (one message's payload, trailer not included) into
 /// `out`, growing it by at most [`INFLATE_CHUNK`] at a time and calling
-/// `grow(n)` before each growth (the caller charges its budget there). Stops
-/// with `Err(Some(len))` as soon as the output passes `max`, `Err(None)` on
-/// corrupt data.
+/// `grow(n)` before each growth (the caller charges its budget there),
+/// from `*pos` on (see `inflate_parts`). Stops with `TooLarge` as soon as the
+/// output passes `max`, `Corrupt` on corrupt data, and `Budget` when `grow`
+/// refuses (resumable: call again with the same `pos`, `out` and context).
 pub(crate) fn inflate_bounded(
     ctx: &mut Decompress,
     input: &[u8],
+    pos: &mut usize,
     max: usize,
     out: &mut Vec<u8>,
     grow: &mut dyn FnMut(usize) -> Result<(), ()>,
 ) -> Result<(), InflateError> {
-    let result = inflate_parts(ctx, input, max, out, grow);
+    let result = inflate_parts(ctx, input, pos, max, out, grow);
     // A message may end with a BFINAL=1 block (RFC 7692 §7.2.3.3): the
     // stream is then over, and a context kept for takeover would produce
     // nothing for later messages. Start the next message afresh.
@@ -252,15 +254,23 @@ fn ended(ctx: &mut Decompress) -> bool {
     )
 }
 
+/// Inflates `input` and then the sync-flush trailer from `*pos` (an offset
+/// into the two, one after the other), advancing `*pos` as input is
+/// consumed: when `grow` refuses, the call can be repeated later and goes
+/// on exactly where it stopped.
 fn inflate_parts(
     ctx: &mut Decompress,
     input: &[u8],
+    pos: &mut usize,
     max: usize,
     out: &mut Vec<u8>,
     grow: &mut dyn FnMut(usize) -> Result<(), ()>,
 ) -> Result<(), InflateError> {
-    for part in [input, &TRAILER[..]] {
-        let mut rest = part;
+    for (start, part) in [(0, input), (input.len(), &TRAILER[..])] {
+        if *pos >= start + part.len() {
+            continue;
+        }
+        let mut rest = &part[*pos - start..];
         loop {
             if out.capacity() - out.len() == 0 {
                 let step = INFLATE_CHUNK.min(max.saturating_sub(out.len()) + 1);
@@ -274,6 +284,7 @@ fn inflate_parts(
                 .map_err(|_| InflateError::Corrupt)?;
             let consumed = (ctx.total_in() - before_in) as usize;
             rest = &rest[consumed..];
+            *pos += consumed;
             if out.len() > max {
                 return Err(InflateError::TooLarge(out.len()));
             }
@@ -286,6 +297,8 @@ fn inflate_parts(
                 break;
             }
         }
+        // Whatever is left of this part was not needed (a stream that ended).
+        *pos = start + part.len();
     }
     Ok(())
 }
@@ -392,9 +405,14 @@ mod tests {
         deflate_message(&mut c, data, &mut compressed).unwrap();
         let mut d = new_inflater();
         let mut out = Vec::new();
-        inflate_bounded(&mut d, &compressed, usize::MAX / 2, &mut out, &mut |_| {
-            Ok(())
-        })
+        inflate_bounded(
+            &mut d,
+            &compressed,
+            &mut 0,
+            usize::MAX / 2,
+            &mut out,
+            &mut |_| Ok(()),
+        )
         .unwrap();
         out
     }
@@ -422,7 +440,7 @@ mod tests {
         let mut out = Vec::new();
         let mut charged = 0;
         let max = 1 << 20;
-        let err = inflate_bounded(&mut d, &bomb, max, &mut out, &mut |n| {
+        let err = inflate_bounded(&mut d, &bomb, &mut 0, max, &mut out, &mut |n| {
             charged += n;
             Ok(())
         })
@@ -439,7 +457,7 @@ mod tests {
         let mut d = new_inflater();
         for _ in 0..3 {
             let mut out = Vec::new();
-            inflate_bounded(&mut d, &bfinal, 1 << 20, &mut out, &mut |_| Ok(())).unwrap();
+            inflate_bounded(&mut d, &bfinal, &mut 0, 1 << 20, &mut out, &mut |_| Ok(())).unwrap();
             assert_eq!(out, b"hello");
         }
     }
@@ -448,7 +466,9 @@ mod tests {
     fn corrupt_input_is_an_error_not_a_panic() {
         let mut d = new_inflater();
         let mut out = Vec::new();
-        let r = inflate_bounded(&mut d, &[0xFF; 100], 1 << 20, &mut out, &mut |_| Ok(()));
+        let r = inflate_bounded(&mut d, &[0xFF; 100], &mut 0, 1 << 20, &mut out, &mut |_| {
+            Ok(())
+        });
         assert_eq!(r, Err(InflateError::Corrupt));
     }
 }

@@ -45,6 +45,39 @@ impl Account {
         Ok(())
     }
 
+    /// Reserves `n` bytes if the budget has them: false (nothing reserved)
+    /// when it refuses. For growth the caller can retry later.
+    pub(super) fn try_charge(&mut self, n: usize) -> bool {
+        if n == 0 {
+            return true;
+        }
+        if let Some(budget) = &self.budget {
+            if !budget.try_reserve(n) {
+                return false;
+            }
+        }
+        self.add(n);
+        true
+    }
+
+    /// Moves `n` charged bytes out of this connection's buffers into a
+    /// message handed to the application: the charge stays with the
+    /// payload (see [`crate::budget::charged_bytes`]). `None` without a
+    /// budget (nothing to carry).
+    pub(super) fn hand_over(&mut self, n: usize) -> Option<Arc<dyn MemoryBudget>> {
+        debug_assert!(n <= self.held, "hand over {n} > held {}", self.held);
+        let n = n.min(self.held);
+        self.held -= n;
+        let budget = self.budget.as_ref()?;
+        budget.hand_over(n);
+        Some(budget.clone())
+    }
+
+    /// True when a budget is attached.
+    pub(super) fn has_budget(&self) -> bool {
+        self.budget.is_some()
+    }
+
     /// Counts `n` bytes even if the budget is spent: only for the few bytes
     /// of a control frame reply, which must go out to close cleanly.
     pub(super) fn charge_forced(&mut self, n: usize) {

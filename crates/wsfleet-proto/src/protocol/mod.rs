@@ -105,6 +105,24 @@ pub struct Protocol {
     written_total: u64,
     /// permessage-deflate, when negotiated.
     deflate: Option<DeflateState>,
+    /// Bytes the last refused growth asked for, while the step that asked
+    /// can be retried (see [`Protocol::budget_blocked`]).
+    blocked: Option<usize>,
+    /// A compressed message whose inflation the budget paused.
+    inflating: Option<Box<Inflating>>,
+}
+
+/// A compressed message being inflated (kept while the budget pauses it).
+struct Inflating {
+    /// The compressed payload.
+    input: Bytes,
+    /// Bytes of `input` (then of the sync-flush trailer) inflated so far.
+    pos: usize,
+    /// Inflated so far; charged by its capacity.
+    out: Vec<u8>,
+    text: bool,
+    /// Bytes charged for `input` (a reassembled buffer), refunded when done.
+    input_charge: usize,
 }
 
 /// Negotiated compression and its (charged) contexts.
@@ -176,6 +194,8 @@ impl Protocol {
             queued_total: 0,
             written_total: 0,
             deflate: None,
+            blocked: None,
+            inflating: None,
         }
     }
 
@@ -224,6 +244,25 @@ impl Protocol {
         self.account.peak()
     }
 
+    /// `Some(bytes)` when the last [`poll_event`](Self::poll_event) or
+    /// [`try_read_buf`](Self::try_read_buf) stopped because the budget
+    /// refused `bytes`: nothing was lost, and the same call goes on from
+    /// there once the budget has room. A runtime either waits for memory
+    /// (stops reading: backpressure) or gives up with
+    /// [`fail_for_budget`](Self::fail_for_budget).
+    pub fn budget_blocked(&self) -> Option<usize> {
+        self.blocked
+    }
+
+    /// Ends the connection because the budget cannot give it what it asked
+    /// for: the sticky [`ProtocolError::BudgetExhausted`], a close frame
+    /// with 1009, and every buffered byte released.
+    pub fn fail_for_budget(&mut self) -> ProtocolError {
+        let requested = self.blocked.take().unwrap_or(0);
+        let held = self.account.held();
+        self.fail(ProtocolError::BudgetExhausted { requested, held })
+    }
+
     /// The sticky error, if the connection failed.
     pub fn error(&self) -> Option<&ProtocolError> {
         self.error.as_ref()
@@ -266,7 +305,10 @@ impl Protocol {
     /// True while a frame or fragmented message is partly received: an EOF
     /// now would cut it.
     pub fn is_mid_message(&self) -> bool {
-        self.frame.is_some() || self.reasm.is_some() || !self.rbuf.is_empty()
+        self.frame.is_some()
+            || self.reasm.is_some()
+            || self.inflating.is_some()
+            || !self.rbuf.is_empty()
     }
 
     /// Frees buffers that hold nothing (an empty read buffer, a flushed
@@ -274,7 +316,9 @@ impl Protocol {
     /// flows; call this once a connection has gone quiet, so an idle
     /// connection holds no buffer memory.
     pub fn release_idle_buffers(&mut self) {
-        if self.rbuf.is_empty() && self.rbuf_charge > 0 {
+        // A buffer charged nothing may still be a view into an allocation a
+        // handed-out payload owns: drop it too, so it pins nothing.
+        if self.rbuf.is_empty() && (self.rbuf_charge > 0 || self.rbuf.capacity() > 0) {
             self.rbuf = BytesMut::new();
             self.account.refund(self.rbuf_charge);
             self.rbuf_charge = 0;
@@ -285,8 +329,9 @@ impl Protocol {
             self.wpos = 0;
         }
         // Compression contexts without context takeover hold no state
-        // between messages: free them too (with takeover they must stay).
-        if let Some(state) = &mut self.deflate {
+        // between messages: free them too (with takeover they must stay,
+        // and so must the inflater of a message the budget paused).
+        if let Some(state) = self.deflate.as_mut().filter(|_| self.inflating.is_none()) {
             let p = state.params;
             if p.server_no_context_takeover && state.inflater.take().is_some() {
                 self.account.refund(INFLATE_CONTEXT_BYTES);
@@ -318,6 +363,10 @@ impl Protocol {
         if let Some(r) = self.reasm.take() {
             self.account.refund(r.buf.capacity());
         }
+        if let Some(job) = self.inflating.take() {
+            self.account.refund(job.input_charge + job.out.capacity());
+        }
+        self.blocked = None;
         self.rbuf.clear();
         self.release_idle_buffers();
     }

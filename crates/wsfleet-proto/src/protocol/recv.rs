@@ -3,7 +3,8 @@
 use bytes::buf::Limit;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use super::{InFrame, Protocol, Reassembly, Role};
+use super::{InFrame, Inflating, Protocol, Reassembly, Role};
+use crate::budget::charged_bytes;
 use crate::deflate::{
     INFLATE_CHUNK, INFLATE_CONTEXT_BYTES, InflateError, inflate_bounded, new_inflater,
 };
@@ -26,26 +27,64 @@ const COPY_OUT_MAX: usize = 1024;
 /// reallocate on every byte.
 const MIN_GROW: usize = 64;
 
+/// What a payload copied out of the read buffer is charged beyond its
+/// length: the owner allocation that carries its charge (see
+/// [`charged_bytes`]) and allocator rounding.
+const PAYLOAD_OVERHEAD: usize = 64;
+
+/// A large payload takes the read buffer's whole allocation (no copy, and
+/// the allocation's full size charged to the message) only when that
+/// allocation is at most twice the payload plus this much; otherwise the
+/// payload is copied out, so a small message kept by the application never
+/// pins (and is never charged for) a much larger buffer.
+const ZERO_COPY_SLACK: usize = 64 << 10;
+
 impl Protocol {
     /// Lends spare capacity of the read buffer, to append received bytes to
     /// (for example with `tokio_util::io::poll_read_buf`). The buffer grows
     /// only here, by [`Limits::read_chunk`](crate::Limits::read_chunk) or by
-    /// doubling what has arrived of the current frame, charged to the budget
-    /// before it is allocated.
+    /// doubling what has *arrived*, never by what a header claims, and
+    /// charged to the budget before it is allocated.
     ///
     /// # Errors
     /// [`ProtocolError::BudgetExhausted`] when the budget refuses the growth
-    /// (the error is sticky, as any other).
+    /// (the error is sticky, as any other). A runtime that would rather
+    /// wait for memory uses [`try_read_buf`](Self::try_read_buf).
     pub fn read_buf(&mut self) -> Result<Limit<&mut BytesMut>, ProtocolError> {
-        self.rewind_empty_rbuf();
-        let spare = self.read_spare();
-        if spare == 0 {
-            if let Err(e) = self.grow_rbuf(self.limits.read_chunk) {
-                return Err(self.fail(e));
-            }
+        if !self.ensure_spare()? {
+            return Err(self.fail_for_budget());
         }
         let spare = self.read_spare();
         Ok((&mut self.rbuf).limit(spare))
+    }
+
+    /// As [`read_buf`](Self::read_buf), but a growth the budget refuses is
+    /// not an error: `Ok(None)`, nothing changed, and
+    /// [`budget_blocked`](Self::budget_blocked) says how much was asked.
+    /// Read nothing then; call again once the budget has room (or give up
+    /// with [`fail_for_budget`](Self::fail_for_budget)).
+    ///
+    /// # Errors
+    /// A hard limit (the buffer would pass one frame plus a chunk).
+    pub fn try_read_buf(&mut self) -> Result<Option<Limit<&mut BytesMut>>, ProtocolError> {
+        if !self.ensure_spare()? {
+            return Ok(None);
+        }
+        let spare = self.read_spare();
+        Ok(Some((&mut self.rbuf).limit(spare)))
+    }
+
+    /// Makes room to read into; false when the budget refused it.
+    fn ensure_spare(&mut self) -> Result<bool, ProtocolError> {
+        self.blocked = None;
+        self.rewind_empty_rbuf();
+        if self.read_spare() > 0 {
+            return Ok(true);
+        }
+        match self.grow_rbuf(self.limits.read_chunk, false) {
+            Ok(grown) => Ok(grown),
+            Err(e) => Err(self.fail(e)),
+        }
     }
 
     /// Bytes the read buffer can take now without growing.
@@ -60,13 +99,18 @@ impl Protocol {
     /// buffer of their size, not of a chunk. Also the entry point of tests
     /// and fuzzers.
     ///
+    /// The bytes are already in hand, so their room is charged even past
+    /// the budget (by exactly what they need, no doubling): the runtime
+    /// feeds at most one small stack read at a time, and stops reading
+    /// while the budget is spent.
+    ///
     /// # Errors
-    /// As [`read_buf`](Self::read_buf).
+    /// A hard limit, as for [`read_buf`](Self::read_buf).
     pub fn feed(&mut self, mut bytes: &[u8]) -> Result<(), ProtocolError> {
         self.rewind_empty_rbuf();
         while !bytes.is_empty() {
             if self.read_spare() == 0 {
-                if let Err(e) = self.grow_rbuf(bytes.len().max(MIN_GROW)) {
+                if let Err(e) = self.grow_rbuf(bytes.len().max(MIN_GROW), true) {
                     return Err(self.fail(e));
                 }
             }
@@ -83,14 +127,31 @@ impl Protocol {
     /// otherwise a large frame would fill the rest of the allocation and be
     /// copied to the front half-received.
     fn rewind_empty_rbuf(&mut self) {
-        if self.rbuf.is_empty() && self.read_spare() < self.rbuf_charge / 2 {
-            let _ = self.rbuf.try_reclaim(self.rbuf_charge);
+        if self.rbuf.is_empty()
+            && self.read_spare() < self.rbuf_charge / 2
+            && self.rbuf.try_reclaim(self.rbuf_charge)
+        {
+            self.sync_rbuf_charge();
+        }
+    }
+
+    /// Charges whatever the read buffer's allocation holds beyond its
+    /// charge: after a reclaim (the allocation a handed-out payload shared
+    /// came back whole) or allocator rounding. Forced, because that memory
+    /// is already allocated: the books follow it.
+    fn sync_rbuf_charge(&mut self) {
+        let cap = self.rbuf.capacity();
+        if cap > self.rbuf_charge {
+            self.account.charge_forced(cap - self.rbuf_charge);
+            self.rbuf_charge = cap;
         }
     }
 
     /// Grows the read buffer by at least `floor` bytes (more while a large
-    /// frame is arriving).
-    fn grow_rbuf(&mut self, floor: usize) -> Result<(), ProtocolError> {
+    /// frame is arriving). `Ok(false)` when the budget refused the growth
+    /// (nothing changed; `blocked` says how much was asked). `forced`
+    /// charges past the budget, by exactly what is needed.
+    fn grow_rbuf(&mut self, floor: usize, forced: bool) -> Result<bool, ProtocolError> {
         let len = self.rbuf.len();
         let chunk = self.limits.read_chunk;
         // Bytes still due for a frame kept whole in the buffer: grow by
@@ -111,38 +172,53 @@ impl Protocol {
                 max: hard_cap,
             });
         }
-        if self.rbuf_charge > 0 && self.rbuf.try_reclaim(grow) {
-            return Ok(());
+        if self.rbuf.try_reclaim(grow) {
+            self.sync_rbuf_charge();
+            return Ok(true);
         }
         // Grow in place (realloc: a large buffer moves by remapping pages,
         // not by copying), to what `Vec` amortisation will allocate: twice
-        // the capacity, at least what is needed, at most the hard cap.
-        // That is charged first; a refusal fails the connection.
-        let target = (len + grow)
-            .max(self.rbuf.capacity().saturating_mul(2))
-            .min(hard_cap.max(len + grow));
+        // the capacity, at least what is needed, at most the hard cap; and
+        // while a frame arrives whole, no more than it and one chunk, so the
+        // allocation a payload takes with it is barely larger than the payload.
+        let need = len + grow;
+        let target = if forced {
+            need
+        } else {
+            let frame_cap = match self.frame {
+                Some(f) if !f.streaming => len + due + chunk,
+                _ => usize::MAX,
+            };
+            need.max(self.rbuf.capacity().saturating_mul(2).min(frame_cap))
+                .min(hard_cap.max(need))
+        };
         if target > self.rbuf_charge {
-            self.account.charge(target - self.rbuf_charge)?;
+            let more = target - self.rbuf_charge;
+            if forced {
+                self.account.charge_forced(more);
+            } else if !self.account.try_charge(more) {
+                self.blocked = Some(more);
+                return Ok(false);
+            }
             self.rbuf_charge = target;
         }
         self.rbuf.reserve(target - len);
         // The allocator may round up; the true size is what is charged.
-        if self.rbuf.capacity() > self.rbuf_charge {
-            self.account
-                .charge_forced(self.rbuf.capacity() - self.rbuf_charge);
-            self.rbuf_charge = self.rbuf.capacity();
-        }
-        Ok(())
+        self.sync_rbuf_charge();
+        Ok(true)
     }
 
     /// Parses buffered input into the next event.
     ///
     /// `Ok(None)`: more bytes are needed (or the peer's close was received:
-    /// nothing after it is parsed).
+    /// nothing after it is parsed), or the budget refused memory the next
+    /// step needs: then [`budget_blocked`](Self::budget_blocked) is `Some`
+    /// and nothing was lost; call again once the budget has room.
     ///
     /// # Errors
     /// The first protocol violation, again on every later call.
     pub fn poll_event(&mut self) -> Result<Option<Event>, ProtocolError> {
+        self.blocked = None;
         if let Some(e) = &self.error {
             let e = e.clone();
             self.discard_input();
@@ -160,6 +236,9 @@ impl Protocol {
     }
 
     fn next_event(&mut self) -> Result<Option<Event>, ProtocolError> {
+        if let Some(job) = self.inflating.take() {
+            return self.run_inflate(job);
+        }
         loop {
             let mut f = match self.frame {
                 Some(f) => f,
@@ -190,7 +269,11 @@ impl Protocol {
             if f.streaming {
                 let take = f.processed - f.consumed;
                 if take > 0 {
-                    self.append_to_message(take)?;
+                    if !self.append_to_message(take)? {
+                        // Paused by the budget: resume from here.
+                        self.frame = Some(f);
+                        return Ok(None);
+                    }
                     f.consumed += take;
                 }
                 if f.consumed < f.len {
@@ -199,7 +282,7 @@ impl Protocol {
                 }
                 self.frame = None;
                 if f.fin {
-                    return self.finish_message().map(Some);
+                    return self.finish_message();
                 }
                 continue;
             }
@@ -207,13 +290,31 @@ impl Protocol {
                 self.frame = Some(f);
                 return Ok(None);
             }
-            self.frame = None;
             if f.compressed {
-                let compressed = self.rbuf.split_to(f.len);
-                let inflated = self.inflate(&compressed);
-                return self.inflated_message(f.message_text, inflated?).map(Some);
+                self.frame = None;
+                // The compressed bytes stay charged with the read buffer.
+                let input = self.rbuf.split_to(f.len).freeze();
+                return self.run_inflate(Box::new(Inflating {
+                    input,
+                    pos: 0,
+                    out: Vec::new(),
+                    text: f.message_text,
+                    input_charge: 0,
+                }));
             }
-            let payload = self.take_payload(f.len);
+            let payload = if f.opcode.is_control() {
+                self.take_payload(f.len)
+            } else {
+                match self.take_data_payload(f.len) {
+                    Some(payload) => payload,
+                    None => {
+                        // Paused by the budget: the frame is whole; retry.
+                        self.frame = Some(f);
+                        return Ok(None);
+                    }
+                }
+            };
+            self.frame = None;
             return self.complete_frame(f.opcode, payload).map(Some);
         }
     }
@@ -311,8 +412,9 @@ impl Protocol {
 
     /// Moves `n` processed payload bytes from the read buffer into the
     /// message being reassembled, growing it (charged) by doubling up to
-    /// `max_message`.
-    fn append_to_message(&mut self, n: usize) -> Result<(), ProtocolError> {
+    /// `max_message`. False when the budget refused the growth (nothing
+    /// moved).
+    fn append_to_message(&mut self, n: usize) -> Result<bool, ProtocolError> {
         let Some(r) = &mut self.reasm else {
             return Err(ProtocolError::UnexpectedContinuation);
         };
@@ -320,7 +422,10 @@ impl Protocol {
         if need > r.buf.capacity() {
             let cap = r.buf.capacity();
             let new_cap = need.max(cap.saturating_mul(2).min(self.limits.max_message));
-            self.account.charge(new_cap - cap)?;
+            if !self.account.try_charge(new_cap - cap) {
+                self.blocked = Some(new_cap - cap);
+                return Ok(false);
+            }
             r.buf.reserve_exact(new_cap - r.buf.len());
             // Keep the books on the true capacity.
             let actual = r.buf.capacity();
@@ -330,27 +435,46 @@ impl Protocol {
         }
         r.buf.extend_from_slice(&self.rbuf[..n]);
         self.rbuf.advance(n);
-        Ok(())
+        Ok(true)
     }
 
-    fn finish_message(&mut self) -> Result<Event, ProtocolError> {
+    fn finish_message(&mut self) -> Result<Option<Event>, ProtocolError> {
         let Some(r) = self.reasm.take() else {
             return Err(ProtocolError::UnexpectedContinuation);
         };
+        let cap = r.buf.capacity();
         if r.compressed {
-            let inflated = self.inflate(&r.buf);
-            self.account.refund(r.buf.capacity());
-            return self.inflated_message(r.text, inflated?);
+            return self.run_inflate(Box::new(Inflating {
+                input: Bytes::from(r.buf),
+                pos: 0,
+                out: Vec::new(),
+                text: r.text,
+                input_charge: cap,
+            }));
         }
-        self.account.refund(r.buf.capacity());
-        let payload = Bytes::from(r.buf);
-        let message = if r.text {
-            self.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
+        if r.text && self.utf8.finish().is_err() {
+            self.account.refund(cap);
+            return Err(ProtocolError::InvalidUtf8);
+        }
+        let payload = self.hand_out(r.buf, cap);
+        Ok(Some(Event::Message(if r.text {
             Message::Text(Utf8Bytes::from_validated(payload))
         } else {
             Message::Binary(payload)
-        };
-        Ok(Event::Message(message))
+        })))
+    }
+
+    /// Hands `buf`, charged `charge` bytes, to the application: the charge
+    /// goes with the payload until its last reference is dropped.
+    fn hand_out<B>(&mut self, buf: B, charge: usize) -> Bytes
+    where
+        B: AsRef<[u8]> + Send + 'static,
+        Bytes: From<B>,
+    {
+        match self.account.hand_over(charge) {
+            Some(budget) if charge > 0 => charged_bytes(buf, budget, charge),
+            _ => Bytes::from(buf),
+        }
     }
 
     /// Takes a complete, unmasked payload off the front of the read buffer.
@@ -362,6 +486,33 @@ impl Protocol {
         } else {
             self.rbuf.split_to(len).freeze()
         }
+    }
+
+    /// Takes a data frame's payload off the front of the read buffer, with
+    /// its charge when a budget is attached; `None` when the budget refused
+    /// the copy (nothing changed, `blocked` is set).
+    fn take_data_payload(&mut self, len: usize) -> Option<Bytes> {
+        if !self.account.has_budget() {
+            return Some(self.take_payload(len));
+        }
+        let whole = self.rbuf_charge;
+        if len > COPY_OUT_MAX && whole > 0 && whole <= 2 * len + ZERO_COPY_SLACK {
+            // No copy: the payload takes the allocation and all its charge.
+            // Whatever follows it stays readable here, riding on that charge
+            // until the buffer grows again (a fresh, charged allocation) or
+            // reclaims the allocation once the payload is dropped.
+            let piece = self.rbuf.split_to(len);
+            self.rbuf_charge = 0;
+            return Some(self.hand_out(piece, whole));
+        }
+        let charge = len + PAYLOAD_OVERHEAD;
+        if !self.account.try_charge(charge) {
+            self.blocked = Some(charge);
+            return None;
+        }
+        let copy = self.rbuf[..len].to_vec();
+        self.rbuf.advance(len);
+        Some(self.hand_out(copy, charge))
     }
 
     fn complete_frame(&mut self, opcode: OpCode, payload: Bytes) -> Result<Event, ProtocolError> {
@@ -392,61 +543,89 @@ impl Protocol {
 }
 
 impl Protocol {
-    /// Inflates one compressed message, bounded by `max_message` and the
-    /// budget while it runs. The returned buffer is charged; the caller
-    /// refunds it when it hands the message out.
-    fn inflate(&mut self, compressed: &[u8]) -> Result<Vec<u8>, ProtocolError> {
+    /// Inflates one compressed message, bounded by `max_message` and by
+    /// the budget while it runs. A growth the budget refuses pauses it (the
+    /// job is kept, `blocked` set, `Ok(None)`); the next `poll_event`
+    /// resumes exactly where it stopped, context included.
+    fn run_inflate(&mut self, mut job: Box<Inflating>) -> Result<Option<Event>, ProtocolError> {
         let max = self.limits.max_message;
         let Some(state) = self.deflate.as_mut() else {
+            self.account.refund(job.input_charge + job.out.capacity());
             return Err(ProtocolError::ReservedBits(0b100));
         };
         let mut ctx = match state.inflater.take() {
             Some(ctx) => ctx,
             None => {
-                self.account.charge(INFLATE_CONTEXT_BYTES)?;
+                if !self.account.try_charge(INFLATE_CONTEXT_BYTES) {
+                    self.blocked = Some(INFLATE_CONTEXT_BYTES);
+                    self.inflating = Some(job);
+                    return Ok(None);
+                }
                 Box::new(new_inflater())
             }
         };
-        let mut out = Vec::new();
         let account = &mut self.account;
-        let mut grow = |n: usize| account.charge(n).map_err(|_| ());
-        let result = inflate_bounded(&mut ctx, compressed, max, &mut out, &mut grow);
-        if result.is_ok() {
-            // Without context takeover the window starts empty for every
-            // message: reset, and keep the context for the next one while
-            // traffic flows (`release_idle_buffers` frees it when quiet).
-            if state.params.server_no_context_takeover {
-                ctx.reset(false);
+        let mut grow = |n: usize| {
+            if account.try_charge(n) {
+                Ok(())
+            } else {
+                Err(())
             }
-            state.inflater = Some(ctx);
-        } else {
-            self.account.refund(INFLATE_CONTEXT_BYTES);
-        }
+        };
+        let Inflating {
+            input, pos, out, ..
+        } = &mut *job;
+        let result = inflate_bounded(&mut ctx, input, pos, max, out, &mut grow);
         match result {
-            Ok(()) => Ok(out),
+            Ok(()) => {
+                // Without context takeover the window starts empty for every
+                // message: reset, and keep the context for the next one while
+                // traffic flows (`release_idle_buffers` frees it when quiet).
+                if state.params.server_no_context_takeover {
+                    ctx.reset(false);
+                }
+                state.inflater = Some(ctx);
+                let Inflating {
+                    out,
+                    text,
+                    input_charge,
+                    ..
+                } = *job;
+                self.account.refund(input_charge);
+                self.inflated_message(text, out).map(Some)
+            }
+            Err(InflateError::Budget) => {
+                // Keep the context (and its charge) with the paused job.
+                state.inflater = Some(ctx);
+                self.blocked = Some(INFLATE_CHUNK);
+                self.inflating = Some(job);
+                Ok(None)
+            }
             Err(e) => {
-                let held = self.account.held();
-                self.account.refund(out.capacity());
+                self.account
+                    .refund(INFLATE_CONTEXT_BYTES + job.input_charge + job.out.capacity());
                 Err(match e {
                     InflateError::TooLarge(len) => ProtocolError::MessageTooLarge {
                         len: len as u64,
                         max,
                     },
-                    InflateError::Budget => ProtocolError::BudgetExhausted {
-                        requested: INFLATE_CHUNK,
-                        held,
-                    },
-                    InflateError::Corrupt => ProtocolError::InvalidCompressedData,
+                    InflateError::Budget | InflateError::Corrupt => {
+                        ProtocolError::InvalidCompressedData
+                    }
                 })
             }
         }
     }
 
+    /// The message for an inflated (charged) buffer, handed out with its charge.
     fn inflated_message(&mut self, text: bool, inflated: Vec<u8>) -> Result<Event, ProtocolError> {
-        self.account.refund(inflated.capacity());
-        let payload = Bytes::from(inflated);
+        let cap = inflated.capacity();
+        if text && utf8::validate(&inflated).is_err() {
+            self.account.refund(cap);
+            return Err(ProtocolError::InvalidUtf8);
+        }
+        let payload = self.hand_out(inflated, cap);
         Ok(Event::Message(if text {
-            utf8::validate(&payload).map_err(|_| ProtocolError::InvalidUtf8)?;
             Message::Text(Utf8Bytes::from_validated(payload))
         } else {
             Message::Binary(payload)

@@ -47,6 +47,16 @@ impl Protocol {
             .reserve_out(MAX_HEADER_LEN + body.len(), false)
             .is_err()
         {
+            if compressed.is_some() {
+                // The compressor's window now holds a message the peer will
+                // never see; with context takeover a later message could
+                // refer back into it. Start afresh (the stream is byte
+                // aligned after the sync flush, so the peer's inflater
+                // simply sees new blocks that refer to nothing earlier).
+                if let Some(ctx) = self.deflate.as_mut().and_then(|d| d.deflater.as_mut()) {
+                    ctx.reset();
+                }
+            }
             return Err(SendError::BudgetExhausted(message));
         }
         self.write_frame_rsv(opcode, rsv, body);

@@ -555,6 +555,15 @@ fn budget_is_balanced_after_large_messages() {
     let (events, err) = drive(&mut p, &wire, &[777, 40_000, 120_000]);
     assert_eq!((events.len(), err), (2, None));
     p.release_idle_buffers();
+    // Received messages carry their charge until the application drops them.
+    let held = budget.used.load(Ordering::Relaxed);
+    assert!(held >= 200_000, "messages held carry {held} B");
+    assert_eq!(
+        p.buffered_bytes(),
+        0,
+        "none of it is the connection's buffers"
+    );
+    drop(events);
     assert_eq!(budget.used.load(Ordering::Relaxed), 0);
     assert_eq!(p.buffered_bytes(), 0);
     p.send(Message::binary(Bytes::from(vec![0; 10_000])))
@@ -685,4 +694,276 @@ fn large_frames_are_received_in_place() {
         assert_eq!(payload_at, first + header_len, "moved: {placements:x?}");
     }
     assert!(placements[1..].iter().all(|p| p.0 == placements[1].0));
+}
+
+/// A budget whose size the test moves, counting what is reserved.
+#[derive(Debug)]
+struct Gate {
+    used: AtomicUsize,
+    max: AtomicUsize,
+}
+
+impl Gate {
+    fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            used: AtomicUsize::new(0),
+            max: AtomicUsize::new(max),
+        })
+    }
+    fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+}
+
+impl MemoryBudget for Gate {
+    fn try_reserve(&self, bytes: usize) -> bool {
+        let max = self.max.load(Ordering::Relaxed);
+        self.used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                (u + bytes <= max).then_some(u + bytes)
+            })
+            .is_ok()
+    }
+    fn force_reserve(&self, bytes: usize) {
+        self.used.fetch_add(bytes, Ordering::Relaxed);
+    }
+    fn release(&self, bytes: usize) {
+        self.used.fetch_sub(bytes, Ordering::Relaxed);
+    }
+}
+
+/// Reads `wire` the way the runtime does with [`Protocol::try_read_buf`],
+/// in reads of at most `step` bytes; whenever the budget pauses the machine,
+/// checks nothing was lost and gives the budget `more` bytes. Returns the
+/// events and how often it was paused.
+fn drive_paused(
+    p: &mut Protocol,
+    gate: &Gate,
+    wire: &[u8],
+    step: usize,
+    more: usize,
+) -> (Vec<Event>, usize) {
+    let mut events = Vec::new();
+    let mut pauses = 0;
+    let mut at = 0;
+    let pause = |p: &Protocol, pauses: &mut usize| {
+        assert!(p.budget_blocked().is_some());
+        assert!(p.error().is_none(), "a pause is not an error");
+        *pauses += 1;
+        assert!(*pauses < 100_000, "no progress");
+        gate.max.fetch_add(more, Ordering::Relaxed);
+    };
+    loop {
+        loop {
+            match p.poll_event().expect("no protocol error") {
+                Some(ev) => events.push(ev),
+                None if p.budget_blocked().is_some() => pause(p, &mut pauses),
+                None => break,
+            }
+        }
+        if at == wire.len() {
+            return (events, pauses);
+        }
+        let n = match p.try_read_buf().expect("no hard limit") {
+            Some(buf) => buf.remaining_mut().min(step).min(wire.len() - at),
+            None => {
+                pause(p, &mut pauses);
+                continue;
+            }
+        };
+        p.feed(&wire[at..at + n]).unwrap();
+        at += n;
+    }
+}
+
+#[test]
+fn a_refused_read_pauses_and_resumes_without_losing_a_byte() {
+    let gate = Gate::new(8 * 1024);
+    let mut p = client().with_budget(gate.clone());
+    let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let mut wire = frame(true, OpCode::Binary, &payload, None);
+    wire.extend(frame(true, OpCode::Text, b"after", None));
+    let (events, pauses) = drive_paused(&mut p, &gate, &wire, 4096, 16 * 1024);
+    assert!(pauses > 3, "paused {pauses} times");
+    assert_eq!(
+        events,
+        vec![
+            Event::Message(Message::binary(payload)),
+            Event::Message(Message::text("after"))
+        ]
+    );
+    // The messages carry their charge; dropping them gives it all back.
+    assert!(gate.used() >= 300_000);
+    drop(events);
+    p.release_idle_buffers();
+    assert_eq!(gate.used(), 0);
+}
+
+#[test]
+fn refused_reassembly_and_small_copies_pause_and_resume() {
+    let gate = Gate::new(2 * 1024);
+    let mut p = client().with_budget(gate.clone());
+    let mut wire = Vec::new();
+    let mut expected = Vec::new();
+    for i in 0..40u8 {
+        let body = vec![i; 700];
+        wire.extend(frame(true, OpCode::Binary, &body, None));
+        expected.push(Event::Message(Message::binary(body)));
+    }
+    let parts: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 3000]).collect();
+    wire.extend(frame(false, OpCode::Binary, &parts[0], None));
+    for part in &parts[1..19] {
+        wire.extend(frame(false, OpCode::Continuation, part, None));
+    }
+    wire.extend(frame(true, OpCode::Continuation, &parts[19], None));
+    expected.push(Event::Message(Message::binary(parts.concat())));
+    let (events, pauses) = drive_paused(&mut p, &gate, &wire, 1500, 1024);
+    assert!(pauses > 10, "paused {pauses} times");
+    assert_eq!(events, expected);
+    drop(events);
+    p.release_idle_buffers();
+    assert_eq!(gate.used(), 0);
+}
+
+#[test]
+fn fail_for_budget_closes_with_1009_and_returns_everything() {
+    let gate = Gate::new(16 * 1024);
+    let mut p = client().with_budget(gate.clone());
+    let wire = frame(true, OpCode::Binary, &[5; 100_000], None);
+    let mut at = 0;
+    while let Some(buf) = p.try_read_buf().unwrap() {
+        let n = buf.remaining_mut().min(wire.len() - at);
+        p.feed(&wire[at..at + n]).unwrap();
+        at += n;
+        assert_eq!(p.poll_event().unwrap(), None);
+    }
+    assert!(p.budget_blocked().is_some());
+    let e = p.fail_for_budget();
+    assert!(matches!(e, ProtocolError::BudgetExhausted { .. }), "{e}");
+    assert_eq!(
+        sent_close_code(p.poll_transmit()),
+        CloseCode::MESSAGE_TOO_BIG.as_u16()
+    );
+    assert!(matches!(
+        p.poll_event(),
+        Err(ProtocolError::BudgetExhausted { .. })
+    ));
+    let n = p.poll_transmit().len();
+    p.advance_transmit(n);
+    p.release_idle_buffers();
+    assert_eq!(gate.used(), 0);
+}
+
+#[test]
+fn a_small_message_does_not_pin_or_get_charged_for_a_large_buffer() {
+    let gate = Gate::new(usize::MAX);
+    let mut p = client().with_budget(gate.clone());
+    // A large frame grows the buffer; then small-ish messages arrive in it.
+    let mut wire = frame(true, OpCode::Binary, &[1; 2_000_000], None);
+    for _ in 0..4 {
+        wire.extend(frame(true, OpCode::Binary, &[2; 5000], None));
+    }
+    let (events, err) = drive(&mut p, &wire, &[]);
+    assert_eq!((events.len(), err), (5, None));
+    let mut events = events;
+    events.remove(0);
+    p.release_idle_buffers();
+    let held = gate.used();
+    assert!(
+        held < 4 * (5000 + 1024),
+        "four 5 KB messages hold {held} B of budget"
+    );
+}
+
+mod paused_inflate {
+    use super::*;
+    use crate::deflate::DeflateConfig;
+
+    #[test]
+    fn an_inflate_the_budget_refuses_resumes_where_it_stopped() {
+        for takeover in [false, true] {
+            let offer = if takeover {
+                "permessage-deflate"
+            } else {
+                "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+            };
+            let config = if takeover {
+                DeflateConfig::default().with_context_takeover()
+            } else {
+                DeflateConfig::default()
+            };
+            let params = config.accept(offer).unwrap();
+            let gate = Gate::new(64 * 1024);
+            let mut p = client().with_deflate(params).with_budget(gate.clone());
+            let mut c = crate::deflate::new_deflater(6, 15);
+            let mut wire = Vec::new();
+            let mut expected = Vec::new();
+            for round in 0..3 {
+                let text = format!(
+                    "round {round}: {}",
+                    "a fairly compressible line\n".repeat(20_000)
+                );
+                let mut body = Vec::new();
+                crate::deflate::deflate_message(&mut c, text.as_bytes(), &mut body).unwrap();
+                if !takeover {
+                    c.reset();
+                }
+                let mut f = frame(true, OpCode::Text, &body, None);
+                f[0] |= 0x40;
+                wire.extend(f);
+                expected.push(Event::Message(Message::text(text)));
+            }
+            let (events, pauses) = drive_paused(&mut p, &gate, &wire, 8192, 32 * 1024);
+            assert!(pauses > 5, "takeover {takeover}: paused {pauses} times");
+            assert_eq!(events, expected, "takeover {takeover}");
+            drop(events);
+        }
+    }
+}
+
+mod transactional_deflate {
+    use super::*;
+    use crate::deflate::DeflateConfig;
+
+    #[test]
+    fn a_send_refused_for_the_budget_leaves_no_trace_in_the_compressor() {
+        let params = DeflateConfig::default()
+            .with_context_takeover()
+            .accept("permessage-deflate")
+            .unwrap();
+        let gate = Gate::new(usize::MAX);
+        let mut c = client().with_deflate(params).with_budget(gate.clone());
+        let mut s = Protocol::server(Limits::default()).with_deflate(params);
+        let mut wire = Vec::new();
+        let write_out = |c: &mut Protocol, wire: &mut Vec<u8>| {
+            let out = c.poll_transmit().to_vec();
+            c.advance_transmit(out.len());
+            wire.extend(out);
+        };
+        let first = "the first message, ".repeat(50);
+        c.send(Message::text(first.clone())).unwrap();
+        write_out(&mut c, &mut wire);
+        c.release_idle_buffers();
+        // The compressor is kept (takeover); the write buffer is not, so
+        // the next send needs budget for it, and the budget has none.
+        gate.max.store(gate.used(), Ordering::Relaxed);
+        let secret = "a message the peer never sees: 0123456789 ".repeat(40);
+        let refused = c.send(Message::text(secret.clone())).unwrap_err();
+        assert!(matches!(refused, SendError::BudgetExhausted(_)));
+        gate.max.store(usize::MAX, Ordering::Relaxed);
+        // Built to refer back into the refused message if it were still in
+        // the compressor's window.
+        let third = format!("{secret}{first}");
+        c.send(Message::text(third.clone())).unwrap();
+        write_out(&mut c, &mut wire);
+        let (events, err) = drive(&mut s, &wire, &[]);
+        assert_eq!(err, None);
+        assert_eq!(
+            events,
+            vec![
+                Event::Message(Message::text(first)),
+                Event::Message(Message::text(third))
+            ]
+        );
+    }
 }
