@@ -257,8 +257,11 @@ impl Protocol {
     /// Ends the connection because the budget cannot give it what it asked
     /// for: the sticky [`ProtocolError::BudgetExhausted`], a close frame
     /// with 1009, and every buffered byte released.
-    pub fn fail_for_budget(&mut self) -> ProtocolError {
-        let requested = self.blocked.take().unwrap_or(0);
+    ///
+    /// `requested`: what the refused step asked for, for the error (`None`:
+    /// what [`budget_blocked`](Self::budget_blocked) says).
+    pub fn fail_for_budget(&mut self, requested: Option<usize>) -> ProtocolError {
+        let requested = requested.or(self.blocked.take()).unwrap_or(0);
         let held = self.account.held();
         self.fail(ProtocolError::BudgetExhausted { requested, held })
     }

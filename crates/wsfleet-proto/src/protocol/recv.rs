@@ -34,10 +34,16 @@ const PAYLOAD_OVERHEAD: usize = 64;
 
 /// A large payload takes the read buffer's whole allocation (no copy, and
 /// the allocation's full size charged to the message) only when that
-/// allocation is at most twice the payload plus this much; otherwise the
-/// payload is copied out, so a small message kept by the application never
-/// pins (and is never charged for) a much larger buffer.
-const ZERO_COPY_SLACK: usize = 64 << 10;
+/// allocation exceeds the payload by at most a quarter plus this much;
+/// otherwise the payload is copied out, so a message kept by the
+/// application never pins (and is never charged for) a much larger buffer.
+const ZERO_COPY_SLACK: usize = 4096;
+
+/// A payload takes the read buffer's allocation only when at most this much
+/// of what follows it has arrived: those bytes move to a fresh buffer, so
+/// the payload is the allocation's only owner (freed, and its charge given
+/// back, exactly when the application drops it).
+const REMAINDER_MOVE_MAX: usize = 64 << 10;
 
 impl Protocol {
     /// Lends spare capacity of the read buffer, to append received bytes to
@@ -52,7 +58,7 @@ impl Protocol {
     /// wait for memory uses [`try_read_buf`](Self::try_read_buf).
     pub fn read_buf(&mut self) -> Result<Limit<&mut BytesMut>, ProtocolError> {
         if !self.ensure_spare()? {
-            return Err(self.fail_for_budget());
+            return Err(self.fail_for_budget(None));
         }
         let spare = self.read_spare();
         Ok((&mut self.rbuf).limit(spare))
@@ -182,6 +188,8 @@ impl Protocol {
         // while a frame arrives whole, no more than it and one chunk, so the
         // allocation a payload takes with it is barely larger than the payload.
         let need = len + grow;
+        let cap = self.rbuf.capacity();
+        let doubled = cap.saturating_mul(2);
         let target = if forced {
             need
         } else {
@@ -189,20 +197,39 @@ impl Protocol {
                 Some(f) if !f.streaming => len + due + chunk,
                 _ => usize::MAX,
             };
-            need.max(self.rbuf.capacity().saturating_mul(2).min(frame_cap))
-                .min(hard_cap.max(need))
+            need.max(doubled.min(frame_cap)).min(hard_cap.max(need))
         };
-        if target > self.rbuf_charge {
-            let more = target - self.rbuf_charge;
+        // `reserve` grows like `Vec`: to at least twice the capacity. Below
+        // that, with a budget to keep exact, move to an allocation of
+        // exactly `target` instead (one copy of what arrived, once per large
+        // frame), so a payload that takes the allocation is charged barely
+        // more than its size.
+        let exact = target < doubled && self.account.has_budget();
+        let alloc = if exact { target } else { target.max(doubled) };
+        let old_charge = self.rbuf_charge;
+        let more = if exact {
+            alloc
+        } else {
+            alloc.saturating_sub(old_charge)
+        };
+        if more > 0 {
             if forced {
                 self.account.charge_forced(more);
             } else if !self.account.try_charge(more) {
                 self.blocked = Some(more);
                 return Ok(false);
             }
-            self.rbuf_charge = target;
         }
-        self.rbuf.reserve(target - len);
+        if exact {
+            let mut fresh = BytesMut::with_capacity(target);
+            fresh.extend_from_slice(&self.rbuf);
+            self.rbuf = fresh;
+            self.account.refund(old_charge);
+            self.rbuf_charge = alloc;
+        } else {
+            self.rbuf_charge = self.rbuf_charge.max(alloc);
+            self.rbuf.reserve(target - len);
+        }
         // The allocator may round up; the true size is what is charged.
         self.sync_rbuf_charge();
         Ok(true)
@@ -496,13 +523,28 @@ impl Protocol {
             return Some(self.take_payload(len));
         }
         let whole = self.rbuf_charge;
-        if len > COPY_OUT_MAX && whole > 0 && whole <= 2 * len + ZERO_COPY_SLACK {
-            // No copy: the payload takes the allocation and all its charge.
-            // Whatever follows it stays readable here, riding on that charge
-            // until the buffer grows again (a fresh, charged allocation) or
-            // reclaims the allocation once the payload is dropped.
-            let piece = self.rbuf.split_to(len);
-            self.rbuf_charge = 0;
+        let rest = self.rbuf.len() - len;
+        if len > COPY_OUT_MAX
+            && whole > 0
+            && whole <= len + len / 4 + ZERO_COPY_SLACK
+            && rest <= REMAINDER_MOVE_MAX
+        {
+            // No copy of the payload: it takes the allocation and all its
+            // charge; the few bytes after it move to a fresh buffer.
+            let room = if rest == 0 { 0 } else { rest.max(MIN_GROW) };
+            if !self.account.try_charge(room) {
+                self.blocked = Some(room);
+                return None;
+            }
+            let mut piece = std::mem::take(&mut self.rbuf);
+            let tail = piece.split_off(len);
+            if room > 0 {
+                self.rbuf = BytesMut::with_capacity(room);
+                self.rbuf.extend_from_slice(&tail);
+            }
+            drop(tail);
+            self.rbuf_charge = room;
+            self.sync_rbuf_charge();
             return Some(self.hand_out(piece, whole));
         }
         let charge = len + PAYLOAD_OVERHEAD;

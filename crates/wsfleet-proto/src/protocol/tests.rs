@@ -838,7 +838,7 @@ fn fail_for_budget_closes_with_1009_and_returns_everything() {
         assert_eq!(p.poll_event().unwrap(), None);
     }
     assert!(p.budget_blocked().is_some());
-    let e = p.fail_for_budget();
+    let e = p.fail_for_budget(None);
     assert!(matches!(e, ProtocolError::BudgetExhausted { .. }), "{e}");
     assert_eq!(
         sent_close_code(p.poll_transmit()),
@@ -869,8 +869,10 @@ fn a_small_message_does_not_pin_or_get_charged_for_a_large_buffer() {
     events.remove(0);
     p.release_idle_buffers();
     let held = gate.used();
+    // Each holds at most its own allocation: a quarter and a chunk over
+    // its size (never the 2 MB buffer it arrived behind).
     assert!(
-        held < 4 * (5000 + 1024),
+        held <= 4 * (5000 + 5000 / 4 + 4096 + 64),
         "four 5 KB messages hold {held} B of budget"
     );
 }

@@ -86,12 +86,42 @@ pub(super) fn render(s: &FleetStats) -> String {
         metric(&mut out, name, "counter", help);
         let _ = writeln!(out, "{name} {value}");
     }
+    metric(
+        &mut out,
+        "wsfleet_budget_pauses_total",
+        "counter",
+        "Times a connection stopped reading until the memory budget had room.",
+    );
+    let _ = writeln!(out, "wsfleet_budget_pauses_total {}", s.budget_pauses);
+    metric(
+        &mut out,
+        "wsfleet_budget_paused_seconds_total",
+        "counter",
+        "Time connections spent paused for memory, summed over connections.",
+    );
+    let _ = writeln!(
+        out,
+        "wsfleet_budget_paused_seconds_total {:.3}",
+        s.budget_paused.as_secs_f64()
+    );
+    metric(
+        &mut out,
+        "wsfleet_budget_evictions_total",
+        "counter",
+        "Connections closed (1009) so that others could have the memory they held.",
+    );
+    let _ = writeln!(out, "wsfleet_budget_evictions_total {}", s.budget_evictions);
     let buffered: usize = s.connections.iter().map(|c| c.buffered_bytes).sum();
     for (name, help, value) in [
         (
             "wsfleet_buffered_bytes",
-            "Buffer bytes held by all connections now.",
+            "Bytes held by all connections now (buffers and received messages not yet dropped).",
             buffered,
+        ),
+        (
+            "wsfleet_budget_handed_bytes",
+            "Memory budget held by received messages the application has not dropped yet.",
+            s.budget_handed,
         ),
         (
             "wsfleet_budget_used_bytes",

@@ -38,6 +38,10 @@ pub struct ConnectionConfig {
     pub origin: Option<String>,
     /// Shared budget every buffer growth is charged to, if any.
     pub budget: Option<Arc<dyn MemoryBudget>>,
+    /// The fleet's view of this connection's budget (set by the fleet):
+    /// decides whether a refused charge pauses the connection or ends it.
+    /// `None`: a refusal ends it (close 1009).
+    pub(crate) gate: Option<Arc<crate::fleet::budget::ConnBudget>>,
     /// Offer permessage-deflate (RFC 7692). Default: not offered. The
     /// default [`DeflateConfig`] asks for no context takeover both ways, so
     /// compression contexts exist only while a message is (de)compressed.

@@ -33,6 +33,8 @@ pub(super) enum Step {
     Progress,
     /// The peer ended the stream.
     Eof,
+    /// Reading needs this many bytes the budget does not have now.
+    Blocked(usize),
 }
 
 impl Connection {
@@ -59,6 +61,15 @@ impl Connection {
             Poll::Pending => false,
         };
         if read && self.proto.wants_read() {
+            // A spent budget: read nothing, not even into the stack (that
+            // would be charged past the budget).
+            if self
+                .gate
+                .as_ref()
+                .is_some_and(|g| g.fleet.used() >= g.fleet.max())
+            {
+                return Poll::Ready(Ok(Step::Blocked(STACK_READ)));
+            }
             let read = match &mut self.stream {
                 // Plain TCP between messages, without a roomy buffer: read
                 // into the stack and keep only what arrived, so an idle
@@ -85,7 +96,10 @@ impl Connection {
                 // TCP once readable, so no buffer is lent while waiting).
                 MaybeTlsStream::Plain(tcp) if tcp.poll_read_ready(cx).is_pending() => Poll::Pending,
                 stream => {
-                    let mut buf = self.proto.read_buf().map_err(Error::Protocol)?;
+                    let Some(mut buf) = self.proto.try_read_buf().map_err(Error::Protocol)? else {
+                        let wanted = self.proto.budget_blocked().unwrap_or(STACK_READ);
+                        return Poll::Ready(Ok(Step::Blocked(wanted)));
+                    };
                     tokio_util::io::poll_read_buf(Pin::new(stream), cx, &mut buf)
                 }
             };

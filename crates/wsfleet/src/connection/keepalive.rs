@@ -104,6 +104,14 @@ impl KeepaliveState {
         }
     }
 
+    /// The connection resumes reading after a pause for memory at `now`:
+    /// silence while it did not read proves nothing, so the quiet interval
+    /// starts again (and a ping sent before the pause is forgotten).
+    pub(crate) fn on_resume(&mut self, now: Instant) {
+        self.last_rx = now;
+        self.ping_sent = None;
+    }
+
     /// The peer sent a ping at `now`. [`Error::PingFlood`] once more than
     /// the limit arrived within one window (fixed windows: a burst
     /// straddling two may reach twice the limit before it is refused, which

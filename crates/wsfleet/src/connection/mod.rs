@@ -17,6 +17,8 @@ mod keepalive;
 mod redirect;
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::time::{Instant, Sleep};
@@ -29,6 +31,7 @@ pub use error::Error;
 pub use keepalive::Keepalive;
 
 use crate::connect::{self, ConnectError, MaybeTlsStream, Target};
+use crate::fleet::budget::{ConnBudget, Verdict};
 use crate::keys::OsRngKeys;
 use keepalive::KeepaliveState;
 
@@ -89,6 +92,10 @@ pub struct Connection {
     ending: Option<Box<Ending>>,
     need_flush: bool,
     stats: ConnectionStats,
+    /// The fleet's budget decisions for this connection, if in a fleet.
+    gate: Option<Arc<ConnBudget>>,
+    /// Since when reading has been paused for memory.
+    paused_since: Option<Instant>,
 }
 
 impl Connection {
@@ -214,6 +221,8 @@ impl Connection {
             ending: None,
             need_flush: false,
             stats: ConnectionStats::default(),
+            gate: config.gate.clone(),
+            paused_since: None,
         }
     }
 
@@ -299,9 +308,13 @@ impl Connection {
 
     async fn recv_inner(&mut self) -> Option<Result<Message, Error>> {
         loop {
+            if self.gate.as_ref().is_some_and(|g| g.is_evicted()) {
+                self.fail_for_budget(0);
+            }
             match self.proto.poll_event() {
                 Ok(Some(Event::Message(m))) => {
                     self.stats.msgs_in += 1;
+                    self.end_pause();
                     return Some(Ok(m));
                 }
                 Ok(Some(Event::Close(frame))) => {
@@ -320,7 +333,14 @@ impl Connection {
                     continue;
                 }
                 Ok(Some(_pong)) => continue,
-                Ok(None) => {}
+                Ok(None) => {
+                    if let Some(wanted) = self.proto.budget_blocked() {
+                        if let Err(e) = Box::pin(self.wait_for_budget(wanted)).await {
+                            return Box::pin(self.end_with(Ending::Failed(e))).await;
+                        }
+                        continue;
+                    }
+                }
                 Err(e) => {
                     tracing::debug!(peer = %self.peer, error = %e, "protocol error; closing");
                     return Box::pin(self.end_with(Ending::Failed(Error::Protocol(e)))).await;
@@ -338,7 +358,15 @@ impl Connection {
                         mid_message: self.proto.is_mid_message(),
                     }));
                 }
-                Ok(_) => {}
+                Ok(driver::Step::Blocked(wanted)) => {
+                    if let Err(e) = Box::pin(self.wait_for_budget(wanted)).await {
+                        return Box::pin(self.end_with(Ending::Failed(e))).await;
+                    }
+                }
+                Ok(driver::Step::Progress) => self.end_pause(),
+                Err(e @ Error::Protocol(_)) => {
+                    return Box::pin(self.end_with(Ending::Failed(e))).await;
+                }
                 Err(e) => {
                     if matches!(e, Error::PongTimeout(_)) {
                         self.abandon(CloseCode::POLICY_VIOLATION, "pong timeout")
@@ -350,13 +378,67 @@ impl Connection {
         }
     }
 
+    /// The budget refused `wanted` bytes: waits (reading paused, so TCP
+    /// pushes back on the peer) until the fleet has room, or fails the
+    /// connection with 1009 when the fleet's rule picks it (it holds the
+    /// most) or there is no fleet to wait on. Cancel-safe: a later `recv()`
+    /// asks again.
+    async fn wait_for_budget(&mut self, wanted: usize) -> Result<(), Error> {
+        let Some(gate) = self.gate.clone() else {
+            return Err(self.fail_for_budget(wanted));
+        };
+        let now = Instant::now();
+        if self.paused_since.is_none() {
+            self.paused_since = Some(now);
+            gate.set_paused(true, Duration::ZERO);
+            tracing::debug!(peer = %self.peer, wanted, "memory budget spent: pausing reads");
+        }
+        // Pongs and replies already queued still go out.
+        self.write_now()?;
+        loop {
+            if gate.fleet.on_refused(&gate, wanted) == Verdict::Refuse {
+                return Err(self.fail_for_budget(wanted));
+            }
+            tokio::select! {
+                () = gate.fleet.room_for(wanted) => {}
+                () = gate.evicted() => return Err(self.fail_for_budget(0)),
+            }
+            if gate.fleet.used().saturating_add(wanted) <= gate.fleet.max() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Reading goes on after a pause for memory: the pause is counted, and
+    /// keepalive starts its quiet interval afresh (we did not read, so the
+    /// peer's silence meant nothing).
+    fn end_pause(&mut self) {
+        if let Some(since) = self.paused_since.take() {
+            let now = Instant::now();
+            if let Some(gate) = &self.gate {
+                gate.set_paused(false, now - since);
+            }
+            self.keepalive.on_resume(now);
+        }
+    }
+
+    /// Ends the connection for the budget (`wanted`: what it asked for; 0
+    /// when another connection needed its memory): close 1009, buffers
+    /// released; the next `recv()` finishes the close and reports it.
+    pub(crate) fn fail_for_budget(&mut self, wanted: usize) -> Error {
+        if let Some(e) = self.proto.error() {
+            return Error::Protocol(e.clone());
+        }
+        Error::Protocol(self.proto.fail_for_budget(Some(wanted)))
+    }
+
     /// Ends the connection on our side: queues a close frame for a peer
     /// that may still listen and gives it at most 100 ms to go out, without
     /// waiting for an answer.
     async fn abandon(&mut self, code: CloseCode, reason: &str) {
         let _ = self.proto.close(code, reason);
         let _ = Box::pin(tokio::time::timeout(
-            std::time::Duration::from_millis(100),
+            Duration::from_millis(100),
             self.flush(),
         ))
         .await;
@@ -521,7 +603,13 @@ impl Connection {
                 }
                 match self.step(true).await? {
                     driver::Step::Eof => return Ok(()),
-                    _ => continue,
+                    // Input after our close only matters for the peer's
+                    // close frame: wait for memory briefly, or stop here.
+                    driver::Step::Blocked(wanted) => match &self.gate {
+                        Some(gate) => gate.fleet.room_for(wanted).await,
+                        None => return Ok(()),
+                    },
+                    driver::Step::Progress => continue,
                 }
             }
         };
@@ -530,11 +618,7 @@ impl Connection {
             Err(_) => Err(Error::CloseTimeout(deadline)),
         };
         use tokio::io::AsyncWriteExt;
-        let _ = tokio::time::timeout(
-            std::time::Duration::from_millis(100),
-            self.stream.shutdown(),
-        )
-        .await;
+        let _ = tokio::time::timeout(Duration::from_millis(100), self.stream.shutdown()).await;
         result
     }
 }

@@ -1,17 +1,52 @@
-//! The fleet-wide memory budget: one atomic counter all connections charge.
+//! The fleet-wide memory budget: one atomic counter every connection
+//! charges, the rule that decides who waits and who goes when it is spent,
+//! and the wake-up for connections paused until memory comes back.
+//!
+//! # The rule
+//!
+//! Every byte a connection's buffers hold is charged before it is
+//! allocated, and every received message keeps its charge until the
+//! application drops it ([`MemoryBudget::hand_over`]). When a charge is
+//! refused, [`FleetBudget`] decides between *wait* (the connection stops
+//! reading until memory is released: TCP pushes back on the server) and
+//! *go* (the connection is closed with 1009):
+//!
+//! 1. At least half the budget is held outside the connections' buffers
+//!    (received messages the consumers have not dropped, or memory the
+//!    application reserved): wait. A slow consumer means backpressure,
+//!    never drops.
+//! 2. Otherwise the connection holding the most *in-flight* bytes (what its
+//!    peer made it buffer: partial frames, reassembly, inflate) goes, if it
+//!    holds more than its fair share (`budget / connections`): the
+//!    requester itself (refused), or another one (evicted, and the
+//!    requester waits for the memory it frees). A connection under its
+//!    share is never the one refused while one over its share holds memory.
+//! 3. Nobody is over their share: wait while memory is held outside the
+//!    connections' buffers (it comes back as consumers consume); with
+//!    nothing to wait for, the largest holder goes, so the fleet never
+//!    deadlocks on half-received messages.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
+use tokio::sync::Notify;
 use wsfleet_proto::MemoryBudget;
 
-/// A byte budget shared by every connection of a fleet. A buffer growth that
-/// would pass `max` is refused, and the connection that asked is dropped
-/// with close 1009 — not the process.
+/// How long a paused connection sleeps at most before looking at the budget
+/// again, should a wake-up be missed (releases wake waiters directly).
+const RECHECK: Duration = Duration::from_millis(100);
+
+/// A byte budget shared by every connection of a fleet. A buffer growth
+/// that would pass `max` is refused; the fleet then pauses the connection
+/// or closes it with 1009 (see the module docs for the rule) — never the
+/// process.
 ///
-/// It bounds what peers can make us hold: read buffers, message reassembly
-/// and outbound queues. The fixed cost of a connection (its task, socket,
-/// TLS state and channels: about 9 KiB per idle plain connection today) is
-/// not charged; size the budget on top of `connections ×` that.
+/// It bounds what peers and consumers can make the fleet hold: read
+/// buffers, message reassembly, inflate output, outbound queues, and every
+/// received message until the application drops it. The fixed cost of a
+/// connection (its task, socket, TLS state and records) is not charged:
+/// size the budget on top of `connections ×` that (see `docs/memory.md`).
 ///
 /// ```
 /// use wsfleet::fleet::FleetBudget;
@@ -27,6 +62,25 @@ pub struct FleetBudget {
     used: AtomicUsize,
     peak: AtomicUsize,
     max: usize,
+    /// Bytes of `used` held in messages handed to the application.
+    handed: AtomicUsize,
+    /// Connections waiting for memory: releases wake them only then.
+    waiters: AtomicUsize,
+    released: Notify,
+    /// Live connections, for the fair share and the largest holder.
+    members: Mutex<Vec<Weak<ConnBudget>>>,
+    pauses: AtomicU64,
+    paused_ns: AtomicU64,
+    evictions: AtomicU64,
+}
+
+/// What the fleet decided for a connection whose charge was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Stop reading until memory is released.
+    Wait,
+    /// Close with 1009: this connection holds the most.
+    Refuse,
 }
 
 impl FleetBudget {
@@ -36,6 +90,13 @@ impl FleetBudget {
             used: AtomicUsize::new(0),
             peak: AtomicUsize::new(0),
             max,
+            handed: AtomicUsize::new(0),
+            waiters: AtomicUsize::new(0),
+            released: Notify::new(),
+            members: Mutex::new(Vec::new()),
+            pauses: AtomicU64::new(0),
+            paused_ns: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
         }
     }
 
@@ -54,8 +115,124 @@ impl FleetBudget {
         self.max
     }
 
+    /// Bytes held now in received messages the application has not
+    /// dropped yet (part of [`used`](Self::used)).
+    pub fn handed(&self) -> usize {
+        self.handed.load(Ordering::Relaxed)
+    }
+
+    /// How many times a connection paused for memory.
+    pub fn pauses(&self) -> u64 {
+        self.pauses.load(Ordering::Relaxed)
+    }
+
+    /// Total time connections spent paused for memory (summed over
+    /// connections: two paused for a second each count two seconds).
+    pub fn paused_time(&self) -> Duration {
+        Duration::from_nanos(self.paused_ns.load(Ordering::Relaxed))
+    }
+
+    /// Connections closed because another one needed the memory they held.
+    pub fn evictions(&self) -> u64 {
+        self.evictions.load(Ordering::Relaxed)
+    }
+
     fn note_peak(&self, now: usize) {
         self.peak.fetch_max(now, Ordering::Relaxed);
+    }
+
+    fn wake_waiters(&self) {
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            self.released.notify_waiters();
+        }
+    }
+
+    /// A new connection's view of the budget, counted for the fair share.
+    pub(crate) fn member(self: &Arc<Self>) -> Arc<ConnBudget> {
+        let conn = Arc::new(ConnBudget {
+            fleet: self.clone(),
+            held: Arc::new(AtomicUsize::new(0)),
+            handed: AtomicUsize::new(0),
+            evicted: AtomicBool::new(false),
+            evict: Notify::new(),
+            paused: AtomicBool::new(false),
+            paused_ns: AtomicU64::new(0),
+        });
+        let mut members = self.members.lock().unwrap_or_else(|p| p.into_inner());
+        members.retain(|m| m.strong_count() > 0);
+        members.push(Arc::downgrade(&conn));
+        conn
+    }
+
+    /// Applies the rule (module docs) for `me`, refused `requested` bytes.
+    pub(crate) fn on_refused(&self, me: &ConnBudget, requested: usize) -> Verdict {
+        if me.is_evicted() {
+            return Verdict::Refuse;
+        }
+        let members = self.members.lock().unwrap_or_else(|p| p.into_inner());
+        let mut live = 0usize;
+        let mut leaving = false;
+        let mut inflight_total = 0usize;
+        let mut largest: Option<(usize, Arc<ConnBudget>)> = None;
+        for m in members.iter().filter_map(Weak::upgrade) {
+            live += 1;
+            let inflight = m.inflight();
+            inflight_total += inflight;
+            if m.is_evicted() {
+                // Already going: its memory is on its way back.
+                leaving |= inflight > 0;
+                continue;
+            }
+            if largest.as_ref().is_none_or(|(most, _)| inflight > *most) {
+                largest = Some((inflight, m));
+            }
+        }
+        drop(members);
+        // Received messages not yet dropped, and what the application
+        // reserved itself: it comes back without anyone being closed.
+        let outside = self.used().saturating_sub(inflight_total);
+        if leaving || outside >= self.max / 2 {
+            return Verdict::Wait;
+        }
+        let share = self.max / live.max(1);
+        let Some((most, holder)) = largest else {
+            return Verdict::Refuse;
+        };
+        let mine = me.inflight();
+        if most <= share && outside > 0 {
+            return Verdict::Wait;
+        }
+        if std::ptr::eq(&*holder, me) || mine >= most {
+            tracing::debug!(
+                held = mine,
+                requested,
+                share,
+                "memory budget spent: this connection holds the most in flight"
+            );
+            return Verdict::Refuse;
+        }
+        tracing::info!(
+            evicted_holds = most,
+            share,
+            requested,
+            "memory budget spent: closing the connection that holds the most so others can go on"
+        );
+        holder.evict();
+        self.evictions.fetch_add(1, Ordering::Relaxed);
+        Verdict::Wait
+    }
+
+    /// Waits until `requested` bytes may fit (or a bounded recheck time has
+    /// passed): the caller retries its reservation after.
+    pub(crate) async fn room_for(&self, requested: usize) {
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        let released = self.released.notified();
+        tokio::pin!(released);
+        released.as_mut().enable();
+        if self.used().saturating_add(requested) > self.max {
+            let _ = tokio::time::timeout(RECHECK, released).await;
+        }
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -82,16 +259,83 @@ impl MemoryBudget for FleetBudget {
 
     fn release(&self, bytes: usize) {
         self.used.fetch_sub(bytes, Ordering::AcqRel);
+        self.wake_waiters();
+    }
+
+    fn hand_over(&self, bytes: usize) {
+        self.handed.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    fn release_handed(&self, bytes: usize) {
+        self.handed.fetch_sub(bytes, Ordering::Relaxed);
+        self.release(bytes);
     }
 }
 
 /// One connection's view of the fleet budget: charges the fleet and keeps
-/// the connection's own total, which its stats record reads (exact even
-/// while the connection sits idle in `recv`).
+/// the connection's own totals, which its stats record reads (exact even
+/// while the connection sits idle in `recv`), and carries the fleet's
+/// decisions about it (evicted, paused).
 #[derive(Debug)]
 pub(crate) struct ConnBudget {
-    pub(crate) fleet: std::sync::Arc<FleetBudget>,
-    pub(crate) held: std::sync::Arc<AtomicUsize>,
+    pub(crate) fleet: Arc<FleetBudget>,
+    /// Everything this connection holds, handed-out messages included.
+    pub(crate) held: Arc<AtomicUsize>,
+    /// Of `held`: bytes in messages handed to the application.
+    handed: AtomicUsize,
+    evicted: AtomicBool,
+    evict: Notify,
+    paused: AtomicBool,
+    paused_ns: AtomicU64,
+}
+
+impl ConnBudget {
+    /// Bytes its peer made it buffer (not yet handed out as messages).
+    fn inflight(&self) -> usize {
+        self.held
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.handed.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn is_evicted(&self) -> bool {
+        self.evicted.load(Ordering::Relaxed)
+    }
+
+    fn evict(&self) {
+        self.evicted.store(true, Ordering::Relaxed);
+        self.evict.notify_one();
+    }
+
+    /// Resolves once the fleet asked this connection to go.
+    pub(crate) async fn evicted(&self) {
+        if !self.is_evicted() {
+            self.evict.notified().await;
+        }
+    }
+
+    /// True while the connection waits for memory.
+    pub(crate) fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Relaxed)
+    }
+
+    /// Total time this connection spent paused for memory.
+    pub(crate) fn paused_time(&self) -> Duration {
+        Duration::from_nanos(self.paused_ns.load(Ordering::Relaxed))
+    }
+
+    /// Marks the start (true) or end (false) of a pause; `elapsed` is the
+    /// pause's length at its end.
+    pub(crate) fn set_paused(&self, paused: bool, elapsed: Duration) {
+        let was = self.paused.swap(paused, Ordering::Relaxed);
+        if paused && !was {
+            self.fleet.pauses.fetch_add(1, Ordering::Relaxed);
+        }
+        if !paused && was {
+            let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+            self.paused_ns.fetch_add(ns, Ordering::Relaxed);
+            self.fleet.paused_ns.fetch_add(ns, Ordering::Relaxed);
+        }
+    }
 }
 
 impl MemoryBudget for ConnBudget {
@@ -109,7 +353,107 @@ impl MemoryBudget for ConnBudget {
     }
 
     fn release(&self, bytes: usize) {
-        self.fleet.release(bytes);
         self.held.fetch_sub(bytes, Ordering::Relaxed);
+        self.fleet.release(bytes);
+    }
+
+    fn hand_over(&self, bytes: usize) {
+        self.handed.fetch_add(bytes, Ordering::Relaxed);
+        self.fleet.hand_over(bytes);
+    }
+
+    fn release_handed(&self, bytes: usize) {
+        self.handed.fetch_sub(bytes, Ordering::Relaxed);
+        self.held.fetch_sub(bytes, Ordering::Relaxed);
+        self.fleet.release_handed(bytes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn budget(max: usize) -> Arc<FleetBudget> {
+        Arc::new(FleetBudget::new(max))
+    }
+
+    #[test]
+    fn the_largest_in_flight_holder_goes_first() {
+        let fleet = budget(1000);
+        let pinner = fleet.member();
+        let healthy = fleet.member();
+        assert!(pinner.try_reserve(900));
+        assert!(healthy.try_reserve(50));
+        assert!(!healthy.try_reserve(100));
+        // Under its share (500): the pinner is evicted and the healthy one waits.
+        assert_eq!(fleet.on_refused(&healthy, 100), Verdict::Wait);
+        assert!(pinner.is_evicted() && !healthy.is_evicted());
+        assert_eq!(fleet.evictions(), 1);
+        // The pinner asking for more is refused itself.
+        assert_eq!(fleet.on_refused(&pinner, 10), Verdict::Refuse);
+    }
+
+    #[test]
+    fn the_requester_holding_the_most_is_refused() {
+        let fleet = budget(1000);
+        let hog = fleet.member();
+        let other = fleet.member();
+        assert!(hog.try_reserve(700));
+        assert!(other.try_reserve(200));
+        assert_eq!(fleet.on_refused(&hog, 200), Verdict::Refuse);
+        assert!(!other.is_evicted());
+    }
+
+    #[test]
+    fn memory_held_by_consumers_means_wait_not_drop() {
+        let fleet = budget(1000);
+        let a = fleet.member();
+        let b = fleet.member();
+        assert!(a.try_reserve(600));
+        a.hand_over(600);
+        assert!(b.try_reserve(300));
+        assert_eq!(fleet.handed(), 600);
+        // b holds 300 in flight (over nobody's share: 500), consumers hold 600.
+        assert_eq!(fleet.on_refused(&b, 200), Verdict::Wait);
+        assert_eq!(fleet.on_refused(&a, 200), Verdict::Wait);
+        assert!(!a.is_evicted() && !b.is_evicted());
+        // The consumer lets go: handed and held fall, the fleet is free again.
+        a.release_handed(600);
+        assert_eq!((fleet.handed(), a.held.load(Ordering::Relaxed)), (0, 0));
+        assert!(b.try_reserve(600));
+    }
+
+    #[test]
+    fn with_nothing_to_wait_for_the_largest_goes() {
+        let fleet = budget(1000);
+        let members: Vec<_> = (0..4).map(|_| fleet.member()).collect();
+        for (m, n) in members.iter().zip([240, 250, 230, 240]) {
+            assert!(m.try_reserve(n));
+        }
+        // Nobody over the 250 share, nothing handed out: no one would ever
+        // release; the largest (250) is evicted instead of a deadlock.
+        assert_eq!(fleet.on_refused(&members[0], 100), Verdict::Wait);
+        assert!(members[1].is_evicted());
+        // While it leaves, the others wait for its memory.
+        assert_eq!(fleet.on_refused(&members[2], 100), Verdict::Wait);
+        assert_eq!(fleet.evictions(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_release_wakes_a_waiter() {
+        let fleet = budget(100);
+        assert!(fleet.try_reserve(100));
+        let waiter = tokio::spawn({
+            let fleet = fleet.clone();
+            async move {
+                let start = tokio::time::Instant::now();
+                fleet.room_for(50).await;
+                start.elapsed()
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        fleet.release(60);
+        let waited = waiter.await.unwrap();
+        assert!(waited < RECHECK, "woken by the release after {waited:?}");
     }
 }

@@ -22,7 +22,7 @@
 //! ```
 
 mod backoff;
-mod budget;
+pub(crate) mod budget;
 mod builder;
 mod counters;
 mod inbox;
@@ -432,6 +432,10 @@ impl FleetMonitor {
             budget_used: self.0.budget.used(),
             budget_peak: self.0.budget.peak(),
             budget_max: self.0.budget.max(),
+            budget_handed: self.0.budget.handed(),
+            budget_pauses: self.0.budget.pauses(),
+            budget_paused: self.0.budget.paused_time(),
+            budget_evictions: self.0.budget.evictions(),
             totals: self.0.counters.snapshot(),
             connections,
         }

@@ -112,7 +112,7 @@ struct Opened {
     /// start) whose state would each reserve room for a whole connection.
     conn: Box<Connection>,
     protocol: Option<String>,
-    held: Arc<std::sync::atomic::AtomicUsize>,
+    budget: Arc<ConnBudget>,
 }
 
 /// What ended the wait for a replacement connection (a transient value on
@@ -288,11 +288,9 @@ async fn sleep_or_shutdown(at: Instant, shutdown: &mut watch::Receiver<bool>) ->
 /// in the hook is caught here as that connection's failure.
 async fn open(shared: &Arc<Shared>, target: &Target) -> Result<Opened, DisconnectReason> {
     let mut config = shared.settings.connection.clone();
-    let held = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    config.budget = Some(Arc::new(ConnBudget {
-        fleet: shared.budget.clone(),
-        held: held.clone(),
-    }));
+    let budget = shared.budget.member();
+    config.budget = Some(budget.clone());
+    config.gate = Some(budget.clone());
     let hook = shared.settings.on_connect.clone();
     let target = target.clone();
     let started = Instant::now();
@@ -318,7 +316,7 @@ async fn open(shared: &Arc<Shared>, target: &Target) -> Result<Opened, Disconnec
         Ok(Opened {
             conn,
             protocol,
-            held,
+            budget,
         })
     }));
     let result = task.await;
@@ -347,9 +345,9 @@ async fn start(shared: &Arc<Shared>, slot: &SlotShared, id: ConnId, opened: Open
     let Opened {
         conn,
         protocol,
-        held,
+        budget,
     } = opened;
-    let record = Arc::new(ConnRecord::successor(&slot.record(), id, held));
+    let record = Arc::new(ConnRecord::successor(&slot.record(), id, budget));
     let inbox = Arc::new(Inbox::new(shared.settings.inbox_capacity));
     let (drain_tx, drain_rx) = oneshot::channel();
     let span = tracing::info_span!("conn", conn = %id);
@@ -597,6 +595,8 @@ async fn conn_task(
     let mut undelivered = Vec::new();
     let mut draining: Option<DisconnectReason> = None;
     let mut inbox_open = true;
+    let budget = record.budget();
+    let mut evicted = false;
     let reason = loop {
         let (_, written) = conn.outbound_offsets();
         while inflight.front().is_some_and(|(end, _)| *end <= written) {
@@ -652,6 +652,12 @@ async fn conn_task(
             },
             // The retry itself is at the top of the loop.
             () = HeldRetry::new(held.is_some()), if held.is_some() => {}
+            // Another connection needs the memory this one holds: close
+            // with 1009; `recv` finishes the close and reports it.
+            () = async { match &budget { Some(b) => b.evicted().await, None => std::future::pending().await } }, if !evicted => {
+                evicted = true;
+                conn.fail_for_budget(0);
+            }
             event = conn.recv() => match event {
                 Some(Ok(m)) => shared.emit(id, slot, EventKind::Message(m)).await,
                 None => {

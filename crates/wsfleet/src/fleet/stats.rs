@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use super::budget::ConnBudget;
 use super::counters::{Counters, Totals};
 use super::{ConnId, SlotId};
 use crate::ConnectionStats;
@@ -24,6 +25,10 @@ pub enum ConnState {
     Draining,
     /// Waiting before the next attempt.
     Backoff,
+    /// Ready, but not reading until the memory budget has room (the
+    /// application holds the memory, or another connection is closing to
+    /// free it).
+    Paused,
     /// Finished (after shutdown).
     Closed,
 }
@@ -36,6 +41,7 @@ impl ConnState {
             Self::Ready => "ready",
             Self::Draining => "draining",
             Self::Backoff => "backoff",
+            Self::Paused => "paused",
             Self::Closed => "closed",
         }
     }
@@ -46,6 +52,7 @@ impl ConnState {
             1 => Self::Ready,
             2 => Self::Draining,
             3 => Self::Backoff,
+            5 => Self::Paused,
             _ => Self::Closed,
         }
     }
@@ -57,6 +64,7 @@ impl ConnState {
             Self::Draining => 2,
             Self::Backoff => 3,
             Self::Closed => 4,
+            Self::Paused => 5,
         }
     }
 }
@@ -74,8 +82,9 @@ pub(crate) struct ConnRecord {
     bytes_out: AtomicU64,
     msgs_in: AtomicU64,
     msgs_out: AtomicU64,
-    /// Shared with the connection's budget: exact at every growth and release.
-    buffered: Arc<AtomicUsize>,
+    /// The connection's budget: its bytes held (exact at every growth and
+    /// release, handed-out messages included) and its pauses for memory.
+    budget: Option<Arc<ConnBudget>>,
     peak_buffered: AtomicUsize,
     last_error: Mutex<Option<String>>,
 }
@@ -93,7 +102,7 @@ impl ConnRecord {
             bytes_out: AtomicU64::new(0),
             msgs_in: AtomicU64::new(0),
             msgs_out: AtomicU64::new(0),
-            buffered: Arc::new(AtomicUsize::new(0)),
+            budget: None,
             peak_buffered: AtomicUsize::new(0),
             last_error: Mutex::new(None),
         }
@@ -101,9 +110,9 @@ impl ConnRecord {
 
     /// The record of a slot's next connection: the slot's history
     /// (reconnects, last error, peak buffer) carries over, traffic starts at 0.
-    pub(crate) fn successor(previous: &Self, id: ConnId, buffered: Arc<AtomicUsize>) -> Self {
+    pub(crate) fn successor(previous: &Self, id: ConnId, budget: Arc<ConnBudget>) -> Self {
         let mut next = Self::new(previous.slot, previous.url.clone());
-        next.buffered = buffered;
+        next.budget = Some(budget);
         next.reconnects.store(
             previous.reconnects.load(Ordering::Relaxed),
             Ordering::Relaxed,
@@ -119,6 +128,10 @@ impl ConnRecord {
             .clone();
         next.start(id);
         next
+    }
+
+    pub(crate) fn budget(&self) -> Option<Arc<ConnBudget>> {
+        self.budget.clone()
     }
 
     pub(crate) fn state(&self) -> ConnState {
@@ -178,20 +191,31 @@ impl ConnRecord {
 
     pub(crate) fn snapshot(&self) -> ConnectionInfo {
         let since = self.connected_since_ms.load(Ordering::Relaxed);
-        let state = self.state();
+        let mut state = self.state();
+        let budget = self.budget.as_deref();
+        if state == ConnState::Ready && budget.is_some_and(ConnBudget::is_paused) {
+            state = ConnState::Paused;
+        }
         ConnectionInfo {
             id: self.id(),
             slot: self.slot,
             state,
             url: self.url.to_string(),
-            connected_since: (since > 0 && matches!(state, ConnState::Ready | ConnState::Draining))
-                .then(|| UNIX_EPOCH + Duration::from_millis(since)),
+            connected_since: (since > 0
+                && matches!(
+                    state,
+                    ConnState::Ready | ConnState::Paused | ConnState::Draining
+                ))
+            .then(|| UNIX_EPOCH + Duration::from_millis(since)),
             reconnects: self.reconnects.load(Ordering::Relaxed),
             bytes_in: self.bytes_in.load(Ordering::Relaxed),
             bytes_out: self.bytes_out.load(Ordering::Relaxed),
             msgs_in: self.msgs_in.load(Ordering::Relaxed),
             msgs_out: self.msgs_out.load(Ordering::Relaxed),
-            buffered_bytes: self.buffered.load(Ordering::Relaxed),
+            buffered_bytes: budget.map_or(0, |b| b.held.load(Ordering::Relaxed)),
+            paused_ms: budget.map_or(0, |b| {
+                u64::try_from(b.paused_time().as_millis()).unwrap_or(u64::MAX)
+            }),
             peak_buffered_bytes: self.peak_buffered.load(Ordering::Relaxed),
             last_error: self
                 .last_error
@@ -229,8 +253,13 @@ pub struct ConnectionInfo {
     pub msgs_in: u64,
     /// Messages sent on the current connection.
     pub msgs_out: u64,
-    /// Buffer bytes held now.
+    /// Bytes held now: buffers and received messages the application has
+    /// not dropped yet (what the connection is charged in the budget).
     pub buffered_bytes: usize,
+    /// Time the connection spent paused for memory (the budget was spent),
+    /// in milliseconds.
+    #[serde(default)]
+    pub paused_ms: u64,
     /// Most buffer bytes the slot has held.
     pub peak_buffered_bytes: usize,
     /// Why the previous connection ended.
@@ -253,6 +282,16 @@ pub struct FleetStats {
     pub budget_peak: usize,
     /// The budget.
     pub budget_max: usize,
+    /// Of `budget_used`: bytes in received messages the application has
+    /// not dropped yet (event queue, consumers, sinks).
+    pub budget_handed: usize,
+    /// Times a connection paused reading for memory.
+    pub budget_pauses: u64,
+    /// Time connections spent paused for memory, summed over connections.
+    pub budget_paused: Duration,
+    /// Connections closed (1009) so that others could have the memory
+    /// they held.
+    pub budget_evictions: u64,
     /// Monotonic totals since start.
     pub totals: Totals,
     /// One entry per slot, plus connections draining after rotation.
