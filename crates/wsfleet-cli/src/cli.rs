@@ -69,6 +69,9 @@ pub(crate) enum Command {
     ///
     /// Every message comes back as it came (text as text, binary as binary);
     /// with --chaos MODE, every connection gets that misbehaviour instead.
+    /// The stream and pin modes take sizes and pauses (Chaos settings
+    /// below), e.g. `--chaos stream --message-size 4MiB --interval 200ms`
+    /// or `--chaos pin --pin-frame 16MiB --pin-prefix 12MiB --trickle 5s`.
     /// Prints `listening on ws://ADDR/` on stdout once it accepts.
     Serve(ServeArgs),
     /// Watch a running fleet live: totals, budget and one row per connection.
@@ -294,6 +297,57 @@ pub(crate) struct ServeArgs {
     /// client does about it).
     #[arg(long, value_name = "MODE", value_parser = ChaosModeParser)]
     pub(crate) chaos: Option<ChaosMode>,
+    /// --chaos stream: size of each message, its 8-byte sequence number
+    /// included (e.g. 64KiB, 4MiB); at least 8 bytes, at most 1GiB
+    /// [default: 4MiB].
+    #[arg(
+        long,
+        value_name = "SIZE",
+        value_parser = units::parse_size_usize,
+        requires = "chaos",
+        help_heading = "Chaos settings"
+    )]
+    pub(crate) message_size: Option<usize>,
+    /// --chaos stream: pause after each message (e.g. 200ms, 1s); 0 sends as
+    /// fast as the socket takes them; at most 300s [default: 0].
+    #[arg(
+        long,
+        value_name = "DUR",
+        value_parser = units::parse_duration,
+        requires = "chaos",
+        help_heading = "Chaos settings"
+    )]
+    pub(crate) interval: Option<Duration>,
+    /// --chaos pin: payload length the one frame declares (e.g. 1MiB,
+    /// 16MiB); above --pin-prefix [default: 16MiB].
+    #[arg(
+        long,
+        value_name = "SIZE",
+        value_parser = units::parse_size_usize,
+        requires = "chaos",
+        help_heading = "Chaos settings"
+    )]
+    pub(crate) pin_frame: Option<usize>,
+    /// --chaos pin: payload bytes sent at once after the header; below
+    /// --pin-frame, at most 1GiB [default: 12MiB].
+    #[arg(
+        long,
+        value_name = "SIZE",
+        value_parser = units::parse_size_usize,
+        requires = "chaos",
+        help_heading = "Chaos settings"
+    )]
+    pub(crate) pin_prefix: Option<usize>,
+    /// --chaos pin: pause between the single bytes that follow the prefix
+    /// (e.g. 100ms, 5s); above 0, at most 300s [default: 5s].
+    #[arg(
+        long,
+        value_name = "DUR",
+        value_parser = units::parse_period,
+        requires = "chaos",
+        help_heading = "Chaos settings"
+    )]
+    pub(crate) trickle: Option<Duration>,
 }
 
 /// Flags of `wsfleet top`.
@@ -582,6 +636,56 @@ mod tests {
         for mode in ChaosMode::ALL {
             assert!(help.contains(mode.name()), "{mode} missing in {help}");
             assert!(help.contains(mode.describe()), "{mode} missing in {help}");
+        }
+    }
+
+    #[test]
+    fn chaos_settings_parse_as_sizes_and_durations() {
+        let cli = Cli::try_parse_from([
+            "wsfleet",
+            "serve",
+            "--chaos",
+            "stream",
+            "--message-size",
+            "64KiB",
+            "--interval",
+            "200ms",
+        ])
+        .unwrap();
+        let Command::Serve(serve) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(serve.chaos, Some(ChaosMode::Stream));
+        assert_eq!(serve.message_size, Some(64 << 10));
+        assert_eq!(serve.interval, Some(Duration::from_millis(200)));
+        let cli = Cli::try_parse_from([
+            "wsfleet",
+            "serve",
+            "--chaos",
+            "pin",
+            "--pin-frame",
+            "16MiB",
+            "--pin-prefix",
+            "12MiB",
+            "--trickle",
+            "5s",
+        ])
+        .unwrap();
+        let Command::Serve(serve) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(serve.chaos, Some(ChaosMode::Pin));
+        assert_eq!(serve.pin_frame, Some(16 << 20));
+        assert_eq!(serve.pin_prefix, Some(12 << 20));
+        assert_eq!(serve.trickle, Some(Duration::from_secs(5)));
+        for bad in [
+            &["wsfleet", "serve", "--chaos", "pin", "--trickle", "0"][..],
+            &["wsfleet", "serve", "--chaos", "pin", "--pin-frame", "5XB"],
+            // Without --chaos there is nothing to set.
+            &["wsfleet", "serve", "--message-size", "1MiB"],
+        ] {
+            let e = Cli::try_parse_from(bad).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad:?}: {e}");
         }
     }
 

@@ -573,6 +573,52 @@ fn serve_help_lists_every_chaos_mode() {
 }
 
 #[test]
+fn bad_chaos_settings_are_usage_errors_naming_the_field() {
+    for (args, needles) in [
+        (
+            &[
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--chaos",
+                "pin",
+                "--pin-prefix",
+                "20MiB",
+                "--pin-frame",
+                "16MiB",
+            ][..],
+            &["--pin-prefix", "pin_prefix", "below pin_frame"][..],
+        ),
+        (
+            &[
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--chaos",
+                "stream",
+                "--pin-frame",
+                "1MiB",
+            ],
+            &["--pin-frame applies to --chaos pin only"],
+        ),
+        (
+            &["serve", "--listen", "127.0.0.1:0", "--trickle", "1s"],
+            &["--chaos"],
+        ),
+    ] {
+        let assert = wsfleet().args(args).assert().code(2);
+        let stderr = String::from_utf8_lossy(&assert.get_output().stderr).into_owned();
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        for needle in needles {
+            assert!(
+                stderr.contains(needle),
+                "{args:?}: {needle:?} not in {stderr}"
+            );
+        }
+    }
+}
+
+#[test]
 fn connect_to_a_lying_length_server_fails_with_a_protocol_error() {
     let (mut serve, lines) = Running::start(&[
         "serve",

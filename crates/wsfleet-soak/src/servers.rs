@@ -105,7 +105,13 @@ pub(crate) async fn serve_child(args: &[String]) -> std::process::ExitCode {
     println!("echo {}", echo.url());
     let mut hostile = Vec::new();
     if chaos {
-        for mode in ChaosMode::ALL {
+        // `stream` and `pin` are peers for memory-budget tests: what a
+        // sound client does about them depends on their settings and the
+        // budget, so they have no single expected drop reason here.
+        let modes = ChaosMode::ALL
+            .into_iter()
+            .filter(|m| !matches!(m, ChaosMode::Stream | ChaosMode::Pin));
+        for mode in modes {
             match ChaosServer::bind("127.0.0.1:0", mode).await {
                 Ok(s) => {
                     println!("chaos {mode} {}", s.url());

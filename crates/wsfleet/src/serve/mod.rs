@@ -5,5 +5,5 @@
 mod chaos;
 mod echo;
 
-pub use chaos::{ChaosMode, ChaosServer};
+pub use chaos::{ChaosMode, ChaosServer, ChaosSettings};
 pub use echo::EchoServer;

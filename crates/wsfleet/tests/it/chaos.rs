@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use wsfleet::connect::{ConnectErrorKind, Deadlines, Phase};
 use wsfleet::proto::{HandshakeError, ProtocolError};
-use wsfleet::serve::{ChaosMode, ChaosServer};
-use wsfleet::{Connection, ConnectionConfig, Error, Limits};
+use wsfleet::serve::{ChaosMode, ChaosServer, ChaosSettings};
+use wsfleet::{CloseCode, Connection, ConnectionConfig, Error, Limits, Message};
 use wsfleet_testkit::bounded;
 
 fn config() -> ConnectionConfig {
@@ -168,6 +168,128 @@ async fn handshake_modes_fail_in_the_handshake_phase() {
     }
 }
 
+/// The sequence number a `stream` message starts with.
+fn seq_of(message: &Message) -> u64 {
+    let Message::Binary(payload) = message else {
+        panic!("stream sent a text message");
+    };
+    let head: [u8; 8] = payload[..8].try_into().expect("8 bytes");
+    u64::from_be_bytes(head)
+}
+
+#[tokio::test]
+async fn stream_numbers_every_message_through_a_pause_and_answers_a_close() {
+    let settings = ChaosSettings::default().with_message_size(64 << 10);
+    let server = ChaosServer::bind_with("127.0.0.1:0", ChaosMode::Stream, settings)
+        .await
+        .expect("bind");
+    let mut conn = bounded("connect", Connection::connect(&server.url(), &config()))
+        .await
+        .expect("connect");
+    for expected in 0..50u64 {
+        if expected == 10 {
+            // Not reading for a while: the server waits on TCP
+            // backpressure, then goes on where it was.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let message = bounded("a stream message", conn.recv())
+            .await
+            .expect("open")
+            .expect("a message");
+        assert_eq!(message.len(), 64 << 10);
+        assert_eq!(seq_of(&message), expected);
+    }
+    // Mid-stream, the server still answers the close handshake in time.
+    bounded("close", conn.close(CloseCode::NORMAL, "enough"))
+        .await
+        .expect("a clean close");
+}
+
+#[tokio::test]
+async fn stream_with_an_interval_paces_its_messages() {
+    let settings = ChaosSettings::default()
+        .with_message_size(1 << 10)
+        .with_interval(Duration::from_millis(100));
+    let server = ChaosServer::bind_with("127.0.0.1:0", ChaosMode::Stream, settings)
+        .await
+        .expect("bind");
+    let mut conn = bounded("connect", Connection::connect(&server.url(), &config()))
+        .await
+        .expect("connect");
+    let mut first_at = None;
+    for expected in 0..6u64 {
+        let message = bounded("a paced message", conn.recv())
+            .await
+            .expect("open")
+            .expect("a message");
+        first_at.get_or_insert_with(std::time::Instant::now);
+        assert_eq!(seq_of(&message), expected);
+    }
+    // Five intervals between the first and the sixth: the lower bound is
+    // the server's pacing, the upper one only a generous stall guard.
+    let took = first_at.expect("a first message").elapsed();
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+}
+
+#[tokio::test]
+async fn pin_holds_a_client_mid_message() {
+    let settings = ChaosSettings::default()
+        .with_pin_frame(1 << 20)
+        .with_pin_prefix(512 << 10)
+        .with_trickle(Duration::from_millis(100));
+    let server = ChaosServer::bind_with("127.0.0.1:0", ChaosMode::Pin, settings)
+        .await
+        .expect("bind");
+    // Default limits accept the 1 MiB header; the fast keepalive shows the
+    // trickle alone keeps the connection alive.
+    let config = crate::config().keepalive(crate::fast_keepalive());
+    let mut conn = bounded("connect", Connection::connect(&server.url(), &config))
+        .await
+        .expect("connect");
+    let quiet = tokio::time::timeout(Duration::from_secs(1), conn.recv()).await;
+    assert!(quiet.is_err(), "pin ended or finished: {quiet:?}");
+    let stats = conn.stats();
+    assert_eq!(stats.msgs_in, 0);
+    // The prefix is held. (Not checked with `bytes_in`: it leaves out the
+    // bytes that arrived with the handshake response.)
+    assert!(stats.buffered_bytes >= 512 << 10, "{stats:?}");
+    // Still trickling, still unfinished.
+    let quiet = tokio::time::timeout(Duration::from_millis(500), conn.recv()).await;
+    assert!(quiet.is_err(), "pin ended or finished: {quiet:?}");
+    let later = conn.stats();
+    assert_eq!(later.msgs_in, 0);
+    assert!(later.bytes_in > stats.bytes_in, "{stats:?} then {later:?}");
+}
+
+#[tokio::test]
+async fn settings_out_of_range_are_refused_naming_the_field() {
+    for (settings, field) in [
+        (
+            ChaosSettings::default().with_message_size(7),
+            "message_size",
+        ),
+        (
+            ChaosSettings::default()
+                .with_pin_frame(16 << 20)
+                .with_pin_prefix(20 << 20),
+            "pin_prefix",
+        ),
+        (
+            ChaosSettings::default().with_trickle(Duration::ZERO),
+            "trickle",
+        ),
+    ] {
+        let err = ChaosServer::bind_with("127.0.0.1:0", ChaosMode::Pin, settings)
+            .await
+            .expect_err("invalid settings");
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+        assert!(err.to_string().contains(field), "{field}: {err}");
+    }
+}
+
 #[test]
 fn every_mode_parses_from_its_name() {
     for mode in ChaosMode::ALL {
@@ -180,4 +302,6 @@ fn every_mode_parses_from_its_name() {
             .unwrap_err()
             .contains("lying-length")
     );
+    assert_eq!("stream".parse::<ChaosMode>(), Ok(ChaosMode::Stream));
+    assert_eq!("pin".parse::<ChaosMode>(), Ok(ChaosMode::Pin));
 }
