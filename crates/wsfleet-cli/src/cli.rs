@@ -223,20 +223,47 @@ pub(crate) struct TransportArgs {
     pub(crate) deflate: bool,
     /// Connect through this proxy: http://[user:pass@]host:port (HTTP
     /// CONNECT) or socks5://… / socks5h://… (SOCKS5; socks5h resolves names
-    /// at the proxy) [default: from HTTPS_PROXY, http_proxy, ALL_PROXY and
-    /// NO_PROXY, as curl reads them].
-    #[arg(long, value_name = "URL", value_parser = parse_proxy, conflicts_with = "no_proxy")]
+    /// at the proxy); user and password percent-encoded as in any URL
+    /// [default: from HTTPS_PROXY, http_proxy, ALL_PROXY and NO_PROXY, as
+    /// curl reads them].
+    #[arg(long, value_name = "URL", value_parser = ProxyParser, conflicts_with = "no_proxy")]
     pub(crate) proxy: Option<String>,
     /// Connect directly, ignoring the *_PROXY environment variables.
     #[arg(long)]
     pub(crate) no_proxy: bool,
 }
 
-/// Checks a proxy URL the way the connection will read it.
-fn parse_proxy(s: &str) -> Result<String, String> {
-    wsfleet::connect::Proxy::parse(s)
-        .map(|_| s.to_owned())
-        .map_err(|e| e.to_string())
+/// `--proxy URL`: checks a proxy URL the way the connection will read it.
+/// Not a plain `fn(&str) -> Result`: clap would quote the refused value, and
+/// with it the proxy password; [`wsfleet::connect::Proxy::parse`]'s message
+/// names the URL with its user and password hidden.
+#[derive(Debug, Clone, Copy)]
+struct ProxyParser;
+
+impl clap::builder::TypedValueParser for ProxyParser {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<String, clap::Error> {
+        let invalid = |problem: String| {
+            let name = arg.map_or_else(|| "--proxy".to_owned(), ToString::to_string);
+            clap::Error::raw(
+                clap::error::ErrorKind::InvalidValue,
+                format!("invalid value for {name}: {problem}\n"),
+            )
+            .with_cmd(cmd)
+        };
+        let text = value
+            .to_str()
+            .ok_or_else(|| invalid("not UTF-8".to_owned()))?;
+        wsfleet::connect::Proxy::parse(text)
+            .map(|_| text.to_owned())
+            .map_err(|e| invalid(e.to_string()))
+    }
 }
 
 /// Flags of `wsfleet connect`.

@@ -142,7 +142,8 @@ impl Transport {
         if let Some(url) = &self.proxy {
             match Proxy::parse(url) {
                 Ok(proxy) => config = config.proxy(ProxySetting::Use(proxy)),
-                Err(e) => return usage_error(format!("invalid proxy {url:?}: {e}")),
+                // `e` names the URL without its password; `url` would not.
+                Err(e) => return usage_error(format!("invalid proxy: {e}")),
             }
         } else if self.no_proxy {
             config = config.proxy(ProxySetting::Direct);
