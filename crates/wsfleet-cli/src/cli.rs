@@ -58,7 +58,8 @@ pub(crate) enum Command {
     ///
     /// Each stdin line (without its line ending) is sent as one message:
     /// text, or binary with --binary. Each received message is printed as one
-    /// stdout line: text as it is, binary as lowercase hex (no base64). On
+    /// stdout line: text with its control characters escaped (see --raw),
+    /// binary as lowercase hex (no base64). On
     /// EOF on stdin (after --linger, if set), it closes with 1000, still
     /// prints what the peer sent before answering the close, and exits 0
     /// after the close handshake. Exits 1 if the connection fails (a failed
@@ -144,9 +145,14 @@ pub(crate) struct RunArgs {
     /// Write each received message to stdout: `jsonl` (one JSON object a
     /// line: conn, slot, ts in Unix ms, kind "text" or "binary", payload;
     /// binary payloads base64), `text` (`c12 s3 text PAYLOAD` or `c12 s3
-    /// binary HEX`, with \ \n \r escaped) or `none` [default: none].
+    /// binary HEX`, control characters in PAYLOAD escaped as `connect`
+    /// does: \n, \r, \xNN, \u{NN}) or `none` [default: none].
     #[arg(long, value_name = "FORMAT")]
     pub(crate) output: Option<OutputFormat>,
+    /// With --output text: print text payloads exactly as they arrive,
+    /// control characters and all (a message may then span lines).
+    #[arg(long)]
+    pub(crate) raw: bool,
     /// Stop after this long (e.g. 30s, 55m, 2h) [default: run until
     /// SIGINT/SIGTERM].
     #[arg(long, value_name = "DUR", value_parser = units::parse_duration)]
@@ -293,6 +299,13 @@ pub(crate) struct ConnectArgs {
     /// text. Received binary messages are printed as hex either way.
     #[arg(long)]
     pub(crate) binary: bool,
+    /// Print received text messages exactly as they arrive. By default each
+    /// is one line with its control characters escaped, so a peer cannot
+    /// drive the terminal: newline \n, carriage return \r, other C0 controls
+    /// and DEL \xNN (ESC is \x1b), C1 controls \u{NN}; tab and backslash
+    /// stay as they are.
+    #[arg(long)]
+    pub(crate) raw: bool,
     /// Largest message, in either direction (e.g. 64KiB, 5MiB); a longer
     /// stdin line is an error, a bigger received message closes with 1009.
     #[arg(long, value_name = "SIZE", value_parser = units::parse_size_usize)]

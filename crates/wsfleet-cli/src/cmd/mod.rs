@@ -2,6 +2,7 @@
 //! runtime and shutdown on SIGINT/SIGTERM.
 
 mod connect;
+mod escape;
 mod run;
 mod serve;
 mod top;
