@@ -112,7 +112,7 @@ impl Connection {
     ) -> Result<Self, ConnectError> {
         config.limits.validate().map_err(|e| {
             ConnectError::new(
-                connect::Phase::Url,
+                connect::Phase::Config,
                 target.authority(),
                 connect::ConnectErrorKind::Other(Box::new(e)),
             )
