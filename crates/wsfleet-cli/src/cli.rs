@@ -58,7 +58,8 @@ pub(crate) enum Command {
     ///
     /// Each stdin line (without its line ending) is sent as one message:
     /// text, or binary with --binary. Each received message is printed as one
-    /// stdout line: text as it is, binary as lowercase hex (no base64). On
+    /// stdout line: text with its control characters escaped (see --raw),
+    /// binary as lowercase hex (no base64). On
     /// EOF on stdin (after --linger, if set), it closes with 1000, still
     /// prints what the peer sent before answering the close, and exits 0
     /// after the close handshake. Exits 1 if the connection fails (a failed
@@ -147,9 +148,14 @@ pub(crate) struct RunArgs {
     /// Write each received message to stdout: `jsonl` (one JSON object a
     /// line: conn, slot, ts in Unix ms, kind "text" or "binary", payload;
     /// binary payloads base64), `text` (`c12 s3 text PAYLOAD` or `c12 s3
-    /// binary HEX`, with \ \n \r escaped) or `none` [default: none].
+    /// binary HEX`, control characters in PAYLOAD escaped as `connect`
+    /// does: \n, \r, \xNN, \u{NN}) or `none` [default: none].
     #[arg(long, value_name = "FORMAT")]
     pub(crate) output: Option<OutputFormat>,
+    /// With --output text: print text payloads exactly as they arrive,
+    /// control characters and all (a message may then span lines).
+    #[arg(long)]
+    pub(crate) raw: bool,
     /// Stop after this long (e.g. 30s, 55m, 2h) [default: run until
     /// SIGINT/SIGTERM].
     #[arg(long, value_name = "DUR", value_parser = units::parse_duration)]
@@ -226,20 +232,47 @@ pub(crate) struct TransportArgs {
     pub(crate) deflate: bool,
     /// Connect through this proxy: http://[user:pass@]host:port (HTTP
     /// CONNECT) or socks5://… / socks5h://… (SOCKS5; socks5h resolves names
-    /// at the proxy) [default: from HTTPS_PROXY, http_proxy, ALL_PROXY and
-    /// NO_PROXY, as curl reads them].
-    #[arg(long, value_name = "URL", value_parser = parse_proxy, conflicts_with = "no_proxy")]
+    /// at the proxy); user and password percent-encoded as in any URL
+    /// [default: from HTTPS_PROXY, http_proxy, ALL_PROXY and NO_PROXY, as
+    /// curl reads them].
+    #[arg(long, value_name = "URL", value_parser = ProxyParser, conflicts_with = "no_proxy")]
     pub(crate) proxy: Option<String>,
     /// Connect directly, ignoring the *_PROXY environment variables.
     #[arg(long)]
     pub(crate) no_proxy: bool,
 }
 
-/// Checks a proxy URL the way the connection will read it.
-fn parse_proxy(s: &str) -> Result<String, String> {
-    wsfleet::connect::Proxy::parse(s)
-        .map(|_| s.to_owned())
-        .map_err(|e| e.to_string())
+/// `--proxy URL`: checks a proxy URL the way the connection will read it.
+/// Not a plain `fn(&str) -> Result`: clap would quote the refused value, and
+/// with it the proxy password; [`wsfleet::connect::Proxy::parse`]'s message
+/// names the URL with its user and password hidden.
+#[derive(Debug, Clone, Copy)]
+struct ProxyParser;
+
+impl clap::builder::TypedValueParser for ProxyParser {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<String, clap::Error> {
+        let invalid = |problem: String| {
+            let name = arg.map_or_else(|| "--proxy".to_owned(), ToString::to_string);
+            clap::Error::raw(
+                clap::error::ErrorKind::InvalidValue,
+                format!("invalid value for {name}: {problem}\n"),
+            )
+            .with_cmd(cmd)
+        };
+        let text = value
+            .to_str()
+            .ok_or_else(|| invalid("not UTF-8".to_owned()))?;
+        wsfleet::connect::Proxy::parse(text)
+            .map(|_| text.to_owned())
+            .map_err(|e| invalid(e.to_string()))
+    }
 }
 
 /// Flags of `wsfleet connect`.
@@ -269,6 +302,13 @@ pub(crate) struct ConnectArgs {
     /// text. Received binary messages are printed as hex either way.
     #[arg(long)]
     pub(crate) binary: bool,
+    /// Print received text messages exactly as they arrive. By default each
+    /// is one line with its control characters escaped, so a peer cannot
+    /// drive the terminal: newline \n, carriage return \r, other C0 controls
+    /// and DEL \xNN (ESC is \x1b), C1 controls \u{NN}; tab and backslash
+    /// stay as they are.
+    #[arg(long)]
+    pub(crate) raw: bool,
     /// Largest message, in either direction (e.g. 64KiB, 5MiB); a longer
     /// stdin line is an error, a bigger received message closes with 1009.
     #[arg(long, value_name = "SIZE", value_parser = units::parse_size_usize)]

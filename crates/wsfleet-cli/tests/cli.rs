@@ -199,6 +199,56 @@ fn serve_echoes_to_connect_and_stops_on_sigterm() {
 }
 
 #[test]
+fn a_peers_control_characters_reach_the_terminal_escaped_unless_raw() {
+    let (mut serve, lines) = Running::start(&["serve", "--listen", "127.0.0.1:0"]);
+    let first = lines
+        .recv_timeout(Duration::from_secs(15))
+        .expect("serve prints its address");
+    let url = first
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
+        .to_owned();
+    // The echo server sends back what would retitle the window, ring the
+    // bell and clear the screen (CSI as C1).
+    let hostile = "a\x1b]0;pwned\x07b\u{9b}2J\tc\\n\n";
+    wsfleet()
+        .args(["connect", &url])
+        .write_stdin(hostile)
+        .assert()
+        .success()
+        .stdout("a\\x1b]0;pwned\\x07b\\u{9b}2J\tc\\n\n");
+    wsfleet()
+        .args(["connect", "--raw", &url])
+        .write_stdin(hostile)
+        .assert()
+        .success()
+        .stdout(hostile);
+    serve.signal("TERM");
+    let status = serve.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "{status:?}");
+
+    let run = |raw: bool| {
+        let mut cmd = wsfleet();
+        cmd.args(["run", "--duration", "1s", "--connections", "1"])
+            .args(["--send-on-connect", "x\x1b[2Jy\nz", "--output", "text"]);
+        if raw {
+            cmd.arg("--raw");
+        }
+        let out = cmd.assert().success().get_output().stdout.clone();
+        String::from_utf8(out).unwrap()
+    };
+    let stdout = run(false);
+    assert!(stdout.contains(" text x\\x1b[2Jy\\nz\n"), "{stdout:?}");
+    assert!(!stdout.contains('\x1b'), "{stdout:?}");
+    assert!(run(true).contains(" text x\x1b[2Jy\nz\n"));
+    wsfleet()
+        .args(["run", "--raw", "--output", "jsonl"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--output text only"));
+}
+
+#[test]
 fn connect_to_nothing_fails_in_the_tcp_phase() {
     wsfleet()
         .args(["connect", "ws://127.0.0.1:1/"])

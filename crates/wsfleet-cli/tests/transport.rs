@@ -192,6 +192,25 @@ fn bad_or_contradictory_proxy_flags_are_usage_errors() {
     ]);
 }
 
+#[test]
+fn a_malformed_proxy_url_never_shows_its_password() {
+    let bad = "http://u:secret@h:99999";
+    let stderr = usage_error(&["connect", "--proxy", bad, "ws://127.0.0.1:9/"]);
+    assert!(!stderr.contains("secret"), "{stderr}");
+    assert!(stderr.contains("***@h:99999"), "{stderr}");
+    // From the environment, the error ends the connection instead.
+    let out = wsfleet()
+        .env("HTTPS_PROXY", bad)
+        .args(["connect", "wss://feed.example.invalid/"])
+        .write_stdin("")
+        .output()
+        .expect("run wsfleet");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("proxy"), "{stderr}");
+    assert!(!stderr.contains("secret"), "{stderr}");
+}
+
 /// A file of wsfleet's test TLS material (`crates/wsfleet/tests/data`).
 fn tls_data(name: &str) -> String {
     concat!(env!("CARGO_MANIFEST_DIR"), "/../wsfleet/tests/data/").to_owned() + name

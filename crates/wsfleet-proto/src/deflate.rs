@@ -172,13 +172,9 @@ impl DeflateConfig {
                 ("client_no_context_takeover", None) => params.client_no_context_takeover = true,
                 ("server_max_window_bits", v) => {
                     let b = bits(v)?;
-                    if self
-                        .server_max_window_bits
-                        .is_some_and(|offered| b > offered)
-                    {
+                    if let Some(offered) = self.server_max_window_bits.filter(|&o| b > o) {
                         return Err(format!(
-                            "server_max_window_bits={b} is above the {} offered",
-                            b
+                            "server_max_window_bits={b} is above the {offered} offered"
                         ));
                     }
                     params.server_max_window_bits = b;
@@ -396,6 +392,16 @@ mod tests {
             no_client_bits
                 .accept("permessage-deflate; server_no_context_takeover; client_max_window_bits=9")
                 .is_err()
+        );
+        let small_server_window = DeflateConfig {
+            server_max_window_bits: Some(10),
+            ..DeflateConfig::default()
+        };
+        assert_eq!(
+            small_server_window.accept(
+                "permessage-deflate; server_no_context_takeover; server_max_window_bits=12"
+            ),
+            Err("server_max_window_bits=12 is above the 10 offered".to_owned())
         );
     }
 

@@ -16,6 +16,7 @@ use tokio::io::{
 };
 use wsfleet::{CloseCode, Connection, ConnectionConfig, Message};
 
+use super::escape::escape;
 use crate::cli::ConnectArgs;
 
 /// Longest time spent printing late messages after EOF on stdin.
@@ -64,11 +65,11 @@ pub(crate) async fn run(args: ConnectArgs) -> anyhow::Result<()> {
                 if let Err(send_error) = conn.send(message).await {
                     // The connection is ending: its own reason (a protocol
                     // error, say) says more than the refused send.
-                    return finish_after_failed_send(&mut conn, &mut stdout, send_error).await;
+                    return finish_after_failed_send(&mut conn, &mut stdout, send_error, args.raw).await;
                 }
             }
             received = conn.recv() => {
-                match on_received(&conn, received, &mut stdout).await? {
+                match on_received(&conn, received, &mut stdout, args.raw).await? {
                     Flow::Continue => {}
                     Flow::Ended => return Ok(()),
                     Flow::StdoutClosed => return close(&mut conn).await,
@@ -86,7 +87,7 @@ pub(crate) async fn run(args: ConnectArgs) -> anyhow::Result<()> {
                 () = &mut cap => break,
                 received = tokio::time::timeout(args.linger, conn.recv()) => {
                     let Ok(received) = received else { break };
-                    match on_received(&conn, received, &mut stdout).await? {
+                    match on_received(&conn, received, &mut stdout, args.raw).await? {
                         Flow::Continue => {}
                         Flow::Ended => return Ok(()),
                         Flow::StdoutClosed => return close(&mut conn).await,
@@ -104,7 +105,7 @@ pub(crate) async fn run(args: ConnectArgs) -> anyhow::Result<()> {
         if !printing && matches!(received, Some(Ok(_))) {
             continue;
         }
-        match on_received(&conn, received, &mut stdout).await? {
+        match on_received(&conn, received, &mut stdout, args.raw).await? {
             Flow::Continue => {}
             Flow::Ended => return Ok(()),
             Flow::StdoutClosed => printing = false,
@@ -118,11 +119,12 @@ async fn finish_after_failed_send<W: AsyncWrite + Unpin>(
     conn: &mut Connection,
     out: &mut W,
     send_error: wsfleet::Error,
+    raw: bool,
 ) -> anyhow::Result<()> {
     loop {
         let received = conn.recv().await;
         let ended = received.is_none();
-        match on_received(conn, received, out).await? {
+        match on_received(conn, received, out, raw).await? {
             Flow::Continue | Flow::StdoutClosed if !ended => {}
             _ => return Err(send_error).context("send failed"),
         }
@@ -164,14 +166,16 @@ enum Flow {
     StdoutClosed,
 }
 
-/// Prints a message, or turns the end of the connection into a result.
+/// Prints a message (`raw`: text as received), or turns the end of the
+/// connection into a result.
 async fn on_received<W: AsyncWrite + Unpin>(
     conn: &Connection,
     received: Option<Result<Message, wsfleet::Error>>,
     out: &mut W,
+    raw: bool,
 ) -> anyhow::Result<Flow> {
     match received {
-        Some(Ok(message)) => match print_message(out, &message).await {
+        Some(Ok(message)) => match print_message(out, &message, raw).await {
             Ok(()) => Ok(Flow::Continue),
             Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(Flow::StdoutClosed),
             Err(e) => Err(e).context("cannot write to stdout"),
@@ -192,12 +196,17 @@ async fn on_received<W: AsyncWrite + Unpin>(
     }
 }
 
-/// One stdout line: text as it is, binary as lowercase hex.
-async fn print_message<W: AsyncWrite + Unpin>(out: &mut W, message: &Message) -> io::Result<()> {
-    if message.is_text() {
-        out.write_all(message.payload()).await?;
-    } else {
-        out.write_all(hex(message.payload()).as_bytes()).await?;
+/// One stdout line: text with its control characters escaped (as it is
+/// if `raw`), binary as lowercase hex.
+async fn print_message<W: AsyncWrite + Unpin>(
+    out: &mut W,
+    message: &Message,
+    raw: bool,
+) -> io::Result<()> {
+    match message.as_text() {
+        Some(text) if !raw => out.write_all(escape(text).as_bytes()).await?,
+        Some(_) => out.write_all(message.payload()).await?,
+        None => out.write_all(hex(message.payload()).as_bytes()).await?,
     }
     out.write_all(b"\n").await?;
     out.flush().await
@@ -315,12 +324,23 @@ mod tests {
     #[tokio::test]
     async fn binary_prints_as_hex() {
         let mut out = Vec::new();
-        print_message(&mut out, &Message::binary(vec![1u8, 0xfe]))
+        print_message(&mut out, &Message::binary(vec![1u8, 0xfe]), false)
             .await
             .unwrap();
-        print_message(&mut out, &Message::text("héllo"))
+        print_message(&mut out, &Message::text("héllo"), false)
             .await
             .unwrap();
         assert_eq!(out, "01fe\nhéllo\n".as_bytes());
+    }
+
+    #[tokio::test]
+    async fn text_is_one_escaped_line_unless_raw() {
+        let message = Message::text("\x1b]0;pwned\x07a\nb\u{9b}");
+        let mut out = Vec::new();
+        print_message(&mut out, &message, false).await.unwrap();
+        assert_eq!(out, b"\\x1b]0;pwned\\x07a\\nb\\u{9b}\n");
+        let mut out = Vec::new();
+        print_message(&mut out, &message, true).await.unwrap();
+        assert_eq!(out, "\x1b]0;pwned\x07a\nb\u{9b}\n".as_bytes());
     }
 }

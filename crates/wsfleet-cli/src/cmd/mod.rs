@@ -2,6 +2,7 @@
 //! runtime and shutdown on SIGINT/SIGTERM.
 
 mod connect;
+mod escape;
 mod run;
 mod serve;
 mod top;
@@ -142,7 +143,8 @@ impl Transport {
         if let Some(url) = &self.proxy {
             match Proxy::parse(url) {
                 Ok(proxy) => config = config.proxy(ProxySetting::Use(proxy)),
-                Err(e) => return usage_error(format!("invalid proxy {url:?}: {e}")),
+                // `e` names the URL without its password; `url` would not.
+                Err(e) => return usage_error(format!("invalid proxy: {e}")),
             }
         } else if self.no_proxy {
             config = config.proxy(ProxySetting::Direct);

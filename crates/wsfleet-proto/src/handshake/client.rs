@@ -1,7 +1,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
-use super::{HandshakeError, accept_key, has_token, header, header_tokens};
+use super::{HandshakeError, accept_key, has_token, header};
 use crate::deflate::{DeflateConfig, DeflateParams};
 use crate::limits::Limits;
 
@@ -157,6 +157,42 @@ impl HandshakeRequest {
     }
 }
 
+/// The elements of every `name` header, joined as one comma-separated list
+/// would be (trimmed, empty ones skipped).
+///
+/// # Errors
+/// [`HandshakeError::BadHeader`] if an element has a byte `allowed` refuses
+/// (non-ASCII included): a value we cannot read fails the handshake rather
+/// than counting as absent (RFC 6455 §4.1).
+fn list_header<'a>(
+    headers: &'a [httparse::Header<'a>],
+    name: &'static str,
+    allowed: fn(u8) -> bool,
+) -> Result<Vec<&'a str>, HandshakeError> {
+    let mut elements = Vec::new();
+    for h in headers.iter().filter(|h| h.name.eq_ignore_ascii_case(name)) {
+        let text = std::str::from_utf8(h.value)
+            .ok()
+            .filter(|v| v.bytes().all(|b| b",\t ".contains(&b) || allowed(b)))
+            .ok_or_else(|| HandshakeError::BadHeader {
+                name,
+                value: String::from_utf8_lossy(h.value).into_owned(),
+            })?;
+        for element in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            // Whitespace inside an element (not around it) is valid only
+            // where `allowed` says so.
+            if !element.bytes().all(allowed) {
+                return Err(HandshakeError::BadHeader {
+                    name,
+                    value: text.to_owned(),
+                });
+            }
+            elements.push(element);
+        }
+    }
+    Ok(elements)
+}
+
 /// RFC 7230 `tchar`.
 fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
@@ -238,6 +274,15 @@ impl ClientHandshake {
         let headers = response.headers;
         let text = |name| header(headers, name).map(|v| String::from_utf8_lossy(v).into_owned());
         match status {
+            // RFC 6455 §4.1: the upgrade is an HTTP/1.1 exchange (httparse
+            // reads only 1.0 and 1.1). A refusal is reported as such below,
+            // whatever its version.
+            101 if response.version != Some(1) => {
+                return Err(HandshakeError::Malformed(format!(
+                    "101 answer in HTTP/1.{}, not HTTP/1.1",
+                    response.version.unwrap_or(0)
+                )));
+            }
             101 => {}
             300..=399 => {
                 return Err(HandshakeError::Redirect {
@@ -275,14 +320,18 @@ impl ClientHandshake {
                 });
             }
         }
-        let mut chosen = header_tokens(headers, "sec-websocket-protocol");
-        let protocol = chosen.next().map(str::to_owned);
+        let chosen = list_header(headers, "Sec-WebSocket-Protocol", is_token_byte)?;
+        let protocol = chosen.first().map(|&p| p.to_owned());
         if let Some(p) = &protocol {
-            if chosen.next().is_some() || !self.protocols.iter().any(|o| o == p) {
+            if chosen.len() > 1 || !self.protocols.iter().any(|o| o == p) {
                 return Err(HandshakeError::UnexpectedProtocol(p.clone()));
             }
         }
-        let extensions: Vec<&str> = header_tokens(headers, "sec-websocket-extensions").collect();
+        // Parameters may be quoted strings: any visible ASCII is allowed here,
+        // the negotiation reads the rest.
+        let extensions = list_header(headers, "Sec-WebSocket-Extensions", |b| {
+            b.is_ascii_graphic() || b == b' ' || b == b'\t'
+        })?;
         let deflate = match (extensions.is_empty(), &self.deflate) {
             (true, _) => None,
             (false, None) => {
@@ -373,6 +422,73 @@ mod tests {
                 name: "Upgrade",
                 ..
             })
+        ));
+    }
+
+    #[test]
+    fn unreadable_protocol_or_extensions_fail_instead_of_counting_as_absent() {
+        let (req, hs) = pair();
+        let cases: [(&[u8], &str); 5] = [
+            (
+                b"Sec-WebSocket-Protocol: \xffa\r\n",
+                "Sec-WebSocket-Protocol",
+            ),
+            (b"Sec-WebSocket-Protocol: a b\r\n", "Sec-WebSocket-Protocol"),
+            (
+                b"Sec-WebSocket-Protocol: \xc3\xa9\r\n",
+                "Sec-WebSocket-Protocol",
+            ),
+            (
+                b"Sec-WebSocket-Extensions: \xff\r\n",
+                "Sec-WebSocket-Extensions",
+            ),
+            (
+                b"Sec-WebSocket-Extensions: x\xc3\xa9\r\n",
+                "Sec-WebSocket-Extensions",
+            ),
+        ];
+        for (extra, header) in cases {
+            let mut bytes = ok_response(&req, "");
+            bytes.truncate(bytes.len() - 2);
+            bytes.extend_from_slice(extra);
+            bytes.extend_from_slice(b"\r\n");
+            match hs.parse_response(&bytes) {
+                Err(HandshakeError::BadHeader { name, .. }) => assert_eq!(name, header),
+                other => panic!("{:?}: {other:?}", String::from_utf8_lossy(extra)),
+            }
+        }
+        // Quoted parameter values and spaces around separators stay fine.
+        let deflate = HandshakeRequest::new("h", "/", [0; 16]).deflate(DeflateConfig::default());
+        let hs = ClientHandshake::new(&deflate, &Limits::default());
+        let bytes = ok_response(
+            &deflate,
+            "Sec-WebSocket-Extensions: permessage-deflate ; server_no_context_takeover;server_max_window_bits=\"10\"\r\n",
+        );
+        assert!(
+            hs.parse_response(&bytes)
+                .unwrap()
+                .unwrap()
+                .0
+                .deflate
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn a_101_must_be_http_1_1() {
+        let (req, hs) = pair();
+        let mut bytes = ok_response(&req, "");
+        bytes[..8].copy_from_slice(b"HTTP/1.0");
+        assert!(
+            matches!(hs.parse_response(&bytes), Err(HandshakeError::Malformed(ref why)) if why.contains("HTTP/1.0")),
+            "{:?}",
+            hs.parse_response(&bytes)
+        );
+        // A refusal from an HTTP/1.0 server still reports its status.
+        let old = b"HTTP/1.0 404 Not Found\r\n\r\n";
+        assert!(matches!(
+            hs.parse_response(old),
+            Err(HandshakeError::Status { status: 404, .. })
         ));
     }
 

@@ -16,7 +16,7 @@ pub enum HandshakeError {
         /// The limit.
         max: usize,
     },
-    /// Not an HTTP/1.1 message.
+    /// Not an HTTP/1.1 message (a 101 in HTTP/1.0 included).
     Malformed(String),
     /// The server redirected (3xx); following is the caller's choice.
     Redirect {
@@ -34,7 +34,9 @@ pub enum HandshakeError {
         /// The `Retry-After` header (seconds or an HTTP date), for 429 and 503.
         retry_after: Option<String>,
     },
-    /// A header required by RFC 6455 is missing or has the wrong value.
+    /// A header required by RFC 6455 is missing or has the wrong value, or
+    /// `Sec-WebSocket-Protocol` / `Sec-WebSocket-Extensions` is not token
+    /// text (RFC 6455 §4.1: an unreadable answer is not an absent one).
     BadHeader {
         /// The header name.
         name: &'static str,

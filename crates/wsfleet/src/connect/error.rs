@@ -13,6 +13,9 @@ use std::time::Duration;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Phase {
+    /// Checking the connection's configuration (its [`Limits`](crate::Limits))
+    /// before anything is opened.
+    Config,
     /// Parsing and validating the `ws://` / `wss://` URL.
     Url,
     /// Resolving the host name to addresses.
@@ -31,6 +34,7 @@ impl Phase {
     /// The lowercase name of the phase, as displayed.
     pub const fn as_str(self) -> &'static str {
         match self {
+            Phase::Config => "config",
             Phase::Url => "url",
             Phase::Dns => "dns",
             Phase::Tcp => "tcp",
@@ -44,6 +48,7 @@ impl Phase {
     /// ("tcp connect to 127.0.0.1:9 ...").
     const fn action(self) -> &'static str {
         match self {
+            Phase::Config => "checking the configuration for",
             Phase::Url => "parsing url",
             Phase::Dns => "dns lookup of",
             Phase::Tcp => "tcp connect to",
@@ -335,6 +340,7 @@ mod tests {
     #[test]
     fn phase_display_is_lowercase() {
         let all = [
+            (Phase::Config, "config"),
             (Phase::Url, "url"),
             (Phase::Dns, "dns"),
             (Phase::Tcp, "tcp"),

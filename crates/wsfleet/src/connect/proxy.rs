@@ -3,6 +3,7 @@
 //! Both tunnel raw TCP, so TLS for `wss` runs end to end through them.
 
 use std::fmt;
+use std::net::IpAddr;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -13,6 +14,9 @@ use super::{ConnectError, ConnectErrorKind, Phase, Scheme, Target};
 
 /// Largest proxy CONNECT response head we read.
 const MAX_PROXY_RESPONSE: usize = 16 * 1024;
+
+/// The version byte that starts every SOCKS5 message but the auth exchange.
+const SOCKS5: u8 = 0x05;
 
 /// A proxy server.
 #[derive(Clone, PartialEq, Eq)]
@@ -75,6 +79,8 @@ impl Proxy {
     /// # Errors
     /// A [`ConnectError`] in [`Phase::Proxy`] for an unusable URL.
     pub fn parse(url: &str) -> Result<Self, ConnectError> {
+        // Every message names the URL without its user and password.
+        let shown = redact_userinfo(url);
         let bad =
             |why: String| ConnectError::new(Phase::Proxy, "", ConnectErrorKind::InvalidUrl(why));
         let with_scheme = if url.contains("://") {
@@ -83,7 +89,7 @@ impl Proxy {
             format!("http://{url}")
         };
         let parsed =
-            url::Url::parse(&with_scheme).map_err(|e| bad(format!("proxy {url:?}: {e}")))?;
+            url::Url::parse(&with_scheme).map_err(|e| bad(format!("proxy {shown:?}: {e}")))?;
         let (kind, default_port) = match parsed.scheme() {
             "http" => (ProxyKind::Http, 80),
             "socks5" | "socks5h" => (ProxyKind::Socks5, 1080),
@@ -95,27 +101,29 @@ impl Proxy {
         };
         let host = parsed
             .host_str()
-            .ok_or_else(|| bad(format!("proxy {url:?} has no host")))?
+            .ok_or_else(|| bad(format!("proxy {shown:?} has no host")))?
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_owned();
+        // RFC 3986 userinfo: percent-decoding only (`+` stays `+`, `%26` is `&`).
         let decode = |s: &str| {
-            url::form_urlencoded::parse(s.as_bytes())
-                .map(|(k, v)| {
-                    if v.is_empty() {
-                        k.into_owned()
-                    } else {
-                        format!("{k}={v}")
-                    }
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8()
+                .map(std::borrow::Cow::into_owned)
+                .map_err(|_| {
+                    bad(format!(
+                        "proxy {shown:?}: user or password is not UTF-8 once percent-decoded"
+                    ))
                 })
-                .collect::<String>()
         };
-        let auth = (!parsed.username().is_empty()).then(|| {
-            (
-                decode(parsed.username()),
-                decode(parsed.password().unwrap_or("")),
-            )
-        });
+        let auth = if parsed.username().is_empty() {
+            None
+        } else {
+            Some((
+                decode(parsed.username())?,
+                decode(parsed.password().unwrap_or(""))?,
+            ))
+        };
         Ok(Self {
             kind,
             host,
@@ -133,6 +141,19 @@ impl Proxy {
     }
 }
 
+/// `url` with its userinfo (all before the last `@` of the authority)
+/// replaced by `***`, for messages. It does not rely on the URL parsing: a
+/// malformed URL is exactly the one that ends up in an error.
+fn redact_userinfo(url: &str) -> String {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    // The last `@` anywhere: a password may hold an unencoded `/`, `?` or
+    // `#`, and hiding a path that contains `@` as well costs nothing.
+    match url[start..].rfind('@') {
+        Some(at) => format!("{}***{}", &url[..start], &url[start + at..]),
+        None => url.to_owned(),
+    }
+}
+
 /// Where a connection's proxy comes from.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -142,7 +163,8 @@ pub enum ProxySetting {
     /// as curl does, because CGI servers set `HTTP_PROXY` from a request
     /// header), then `ALL_PROXY`/`all_proxy`; `NO_PROXY`/`no_proxy` lists
     /// hosts, domains (`.example.com` or `example.com` match subdomains),
-    /// IP addresses or `*` to skip. Loopback targets never use a proxy.
+    /// IP addresses (IPv6 bracketed or not), CIDR ranges (`10.0.0.0/8`,
+    /// `fd00::/8`) or `*` to skip. Loopback targets never use a proxy.
     #[default]
     Environment,
     /// No proxy.
@@ -168,7 +190,7 @@ impl ProxySetting {
 fn is_loopback(host: &str) -> bool {
     host.eq_ignore_ascii_case("localhost")
         || host
-            .parse::<std::net::IpAddr>()
+            .parse::<IpAddr>()
             // An IPv4-mapped IPv6 address (::ffff:127.0.0.1) is loopback too.
             .is_ok_and(|ip| ip.to_canonical().is_loopback())
 }
@@ -198,8 +220,15 @@ fn from_env(
     chosen.map(|url| Proxy::parse(url.trim())).transpose()
 }
 
+/// Whether `host` (a name, or an IP address with IPv6 unbracketed) is in a
+/// `NO_PROXY` list, as curl reads it: `*` matches every host; a name matches
+/// itself and its subdomains (a leading `.` is optional); an IP address
+/// (IPv6 bracketed or not) matches that address and a CIDR range
+/// (`10.0.0.0/8`, `fd00::/8`) the addresses in it. A `:port` after an entry
+/// is ignored.
 fn no_proxy_matches(list: &str, host: &str) -> bool {
     let host = host.to_ascii_lowercase();
+    let host_ip = host.parse::<IpAddr>().ok();
     list.split(',')
         .map(str::trim)
         .filter(|e| !e.is_empty())
@@ -207,16 +236,51 @@ fn no_proxy_matches(list: &str, host: &str) -> bool {
             if entry == "*" {
                 return true;
             }
-            // Drop a port (`example.com:443`), keep IPv6 literals intact.
-            let entry = match entry.rsplit_once(':') {
-                Some((h, port)) if !h.contains(':') && port.chars().all(|c| c.is_ascii_digit()) => {
-                    h
-                }
-                _ => entry,
-            };
+            let entry = without_port(entry);
+            if let Some((net, bits)) = entry.split_once('/') {
+                return host_ip.is_some_and(|ip| in_cidr(ip, net, bits));
+            }
+            if let Ok(ip) = entry.parse::<IpAddr>() {
+                return host_ip == Some(ip);
+            }
             let entry = entry.trim_start_matches('.').to_ascii_lowercase();
             host == entry || host.ends_with(&format!(".{entry}"))
         })
+}
+
+/// A `NO_PROXY` entry without its `:port` and without the brackets around
+/// an IPv6 address (`[::1]:443` is `::1`, `[fd00::]/8` is `fd00::/8`).
+fn without_port(entry: &str) -> std::borrow::Cow<'_, str> {
+    if let Some((ip, rest)) = entry.strip_prefix('[').and_then(|e| e.split_once(']')) {
+        return match rest.strip_prefix('/') {
+            Some(bits) => format!("{ip}/{bits}").into(),
+            None => ip.into(),
+        };
+    }
+    match entry.rsplit_once(':') {
+        // Only one colon: a name or IPv4 address with a port (a bare IPv6
+        // address has more).
+        Some((h, port)) if !h.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => h.into(),
+        _ => entry.into(),
+    }
+}
+
+/// Whether `ip` is in `net`/`bits` (same address family, `bits` within it).
+fn in_cidr(ip: IpAddr, net: &str, bits: &str) -> bool {
+    let (Ok(net), Ok(bits)) = (net.parse::<IpAddr>(), bits.parse::<u32>()) else {
+        return false;
+    };
+    match (ip, net) {
+        (IpAddr::V4(ip), IpAddr::V4(net)) if bits <= 32 => {
+            let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
+            u32::from(ip) & mask == u32::from(net) & mask
+        }
+        (IpAddr::V6(ip), IpAddr::V6(net)) if bits <= 128 => {
+            let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+            u128::from(ip) & mask == u128::from(net) & mask
+        }
+        _ => false,
+    }
 }
 
 /// Opens the tunnel to `target` over `tcp`, a connection to `proxy`.
@@ -274,14 +338,20 @@ pub(crate) async fn tunnel(
             } else {
                 &[0x00]
             };
-            let mut hello = vec![0x05, methods.len() as u8];
+            let mut hello = vec![SOCKS5, methods.len() as u8];
             hello.extend_from_slice(methods);
             tcp.write_all(&hello).await.map_err(io)?;
             let mut choice = [0u8; 2];
             tcp.read_exact(&mut choice).await.map_err(io)?;
-            match choice {
-                [0x05, 0x00] => {}
-                [0x05, 0x02] => {
+            if choice[0] != SOCKS5 {
+                return Err(refused(format!(
+                    "not a SOCKS5 answer: version {:#04x}",
+                    choice[0]
+                )));
+            }
+            match choice[1] {
+                0x00 => {}
+                0x02 if proxy.auth.is_some() => {
                     let (user, pass) = proxy.auth.clone().unwrap_or_default();
                     if user.len() > 255 || pass.len() > 255 {
                         return Err(refused(
@@ -295,26 +365,37 @@ pub(crate) async fn tunnel(
                     tcp.write_all(&auth).await.map_err(io)?;
                     let mut status = [0u8; 2];
                     tcp.read_exact(&mut status).await.map_err(io)?;
+                    // RFC 1929: the answer to username/password auth is version 1.
+                    if status[0] != 0x01 {
+                        return Err(refused(format!(
+                            "not a SOCKS5 username/password answer: version {:#04x}",
+                            status[0]
+                        )));
+                    }
                     if status[1] != 0 {
                         return Err(refused(
                             "SOCKS5 proxy rejected the username or password".into(),
                         ));
                     }
                 }
-                [0x05, 0xFF] => {
+                0xFF => {
                     return Err(refused(
                         "SOCKS5 proxy accepts none of our auth methods".into(),
                     ));
                 }
-                other => return Err(refused(format!("not a SOCKS5 answer: {other:02x?}"))),
+                other => {
+                    return Err(refused(format!(
+                        "SOCKS5 proxy chose auth method {other:#04x}, which we did not offer"
+                    )));
+                }
             }
-            let mut request = vec![0x05, 0x01, 0x00];
-            match target.host.parse::<std::net::IpAddr>() {
-                Ok(std::net::IpAddr::V4(ip)) => {
+            let mut request = vec![SOCKS5, 0x01, 0x00];
+            match target.host.parse::<IpAddr>() {
+                Ok(IpAddr::V4(ip)) => {
                     request.push(0x01);
                     request.extend_from_slice(&ip.octets());
                 }
-                Ok(std::net::IpAddr::V6(ip)) => {
+                Ok(IpAddr::V6(ip)) => {
                     request.push(0x04);
                     request.extend_from_slice(&ip.octets());
                 }
@@ -331,6 +412,12 @@ pub(crate) async fn tunnel(
             tcp.write_all(&request).await.map_err(io)?;
             let mut reply = [0u8; 4];
             tcp.read_exact(&mut reply).await.map_err(io)?;
+            if reply[0] != SOCKS5 {
+                return Err(refused(format!(
+                    "not a SOCKS5 reply: version {:#04x}",
+                    reply[0]
+                )));
+            }
             if reply[1] != 0 {
                 let why = match reply[1] {
                     1 => "general failure",
@@ -444,5 +531,128 @@ mod tests {
             ProxyKind::Http
         );
         assert!(Proxy::parse("ftp://x").is_err());
+    }
+
+    #[test]
+    fn userinfo_is_percent_decoded_not_form_decoded() {
+        let p = Proxy::parse("http://a+b%26c:p+w%26d%25e%20@proxy.local:8080").unwrap();
+        assert_eq!(p.auth, Some(("a+b&c".to_owned(), "p+w&d%e ".to_owned())));
+        let p = Proxy::parse("socks5://bob:x=y&z@proxy.local").unwrap();
+        assert_eq!(p.auth, Some(("bob".to_owned(), "x=y&z".to_owned())));
+        assert!(
+            Proxy::parse("http://u:%ff@proxy.local").is_err(),
+            "not UTF-8"
+        );
+    }
+
+    #[test]
+    fn errors_never_show_the_password() {
+        for url in [
+            "http://u:secret@h:99999",
+            "u:secret@h:99999",
+            "http://u:sec/ret@h:1",
+            "http://u:sec#ret@h:99999",
+            "socks5://u:secret@",
+            "http://u:secret@h:99999/a@b",
+        ] {
+            let e = Proxy::parse(url).expect_err(url).to_string();
+            assert!(!e.contains("secret") && !e.contains("ret@"), "{url}: {e}");
+            assert!(e.contains("***"), "{url}: {e}");
+        }
+        let e = env(&[("HTTPS_PROXY", "http://u:secret@h:99999")]);
+        let err = from_env(&target("wss://feed.example.com/"), &e).unwrap_err();
+        assert!(!format!("{err} {err:?}").contains("secret"), "{err}");
+        assert_eq!(redact_userinfo("http://h:1/"), "http://h:1/");
+    }
+
+    #[test]
+    fn no_proxy_reads_bracketed_ipv6_and_cidr_as_curl_does() {
+        let list = "[2001:db8::1], [2001:db8::2]:443, 10.0.0.0/8, fd00::/8, [fe80::]/10, 192.168.1.1, example.com";
+        for host in [
+            "2001:db8::1",
+            "2001:db8::2",
+            "10.200.3.4",
+            "fd12::1",
+            "fe80::1",
+            "192.168.1.1",
+            "api.example.com",
+        ] {
+            assert!(no_proxy_matches(list, host), "{host} should go direct");
+        }
+        for host in [
+            "2001:db8::3",
+            "11.0.0.1",
+            "fc00::1",
+            "192.168.1.2",
+            "example.org",
+        ] {
+            assert!(!no_proxy_matches(list, host), "{host} should use the proxy");
+        }
+        assert!(no_proxy_matches("0.0.0.0/0", "203.0.113.9"));
+        assert!(
+            no_proxy_matches("2001:db8::1", "2001:db8::1"),
+            "unbracketed"
+        );
+        // Malformed ranges match nothing.
+        for bad in ["10.0.0.0/33", "10.0.0.0/x", "fd00::/129", "10.0.0.0/8:80x"] {
+            assert!(!no_proxy_matches(bad, "10.1.1.1"), "{bad}");
+        }
+        assert!(!no_proxy_matches("fd00::/8", "10.1.1.1"), "other family");
+    }
+
+    /// A fake SOCKS5 proxy that answers `script` to whatever it is sent;
+    /// returns what the tunnel setup made of it.
+    async fn socks5_answering(script: Vec<u8>, auth: bool) -> Result<(), ConnectError> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut peer, _) = listener.accept().await.unwrap();
+            peer.write_all(&script).await.unwrap();
+            // Keep the socket open until the client is done.
+            let mut sink = Vec::new();
+            let _ = peer.read_to_end(&mut sink).await;
+        });
+        let proxy = Proxy {
+            kind: ProxyKind::Socks5,
+            host: "127.0.0.1".into(),
+            port: addr.port(),
+            auth: auth.then(|| ("u".to_owned(), "p".to_owned())),
+        };
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        tunnel(tcp, &proxy, &target("ws://feed.example.com/"))
+            .await
+            .map(drop)
+    }
+
+    #[tokio::test]
+    async fn socks5_answers_are_checked_for_version_and_offered_method() {
+        const REPLY_OK: [u8; 10] = [5, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        let ok = [&[5, 0][..], &REPLY_OK].concat();
+        socks5_answering(ok, false).await.expect("a good answer");
+        let with_auth = [&[5, 2, 1, 0][..], &REPLY_OK].concat();
+        socks5_answering(with_auth, true)
+            .await
+            .expect("a good auth answer");
+        let cases: [(&[u8], bool, &str); 4] = [
+            (&[4, 0], false, "version 0x04"),
+            (&[5, 2], false, "did not offer"),
+            (
+                &[5, 2, 5, 0],
+                true,
+                "username/password answer: version 0x05",
+            ),
+            (
+                &[5, 0, 4, 0, 0, 1, 0, 0, 0, 0, 0, 0],
+                false,
+                "reply: version 0x04",
+            ),
+        ];
+        for (script, auth, expect) in cases {
+            let e = socks5_answering(script.to_vec(), auth)
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(expect), "{script:?}: {e}");
+        }
     }
 }

@@ -157,3 +157,24 @@ impl std::fmt::Debug for ConnectionConfig {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Connection;
+    use crate::connect::Phase;
+
+    #[tokio::test]
+    async fn invalid_limits_are_a_config_error_not_a_url_error() {
+        let config = ConnectionConfig::default().limits(Limits::default().with_read_chunk(8));
+        let err = Connection::connect("ws://127.0.0.1:9/", &config)
+            .await
+            .unwrap_err();
+        assert_eq!(err.phase(), Phase::Config, "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("read_chunk") && !text.contains("url"),
+            "{text}"
+        );
+    }
+}

@@ -119,7 +119,7 @@ impl Connection {
     ) -> Result<Self, ConnectError> {
         config.limits.validate().map_err(|e| {
             ConnectError::new(
-                connect::Phase::Url,
+                connect::Phase::Config,
                 target.authority(),
                 connect::ConnectErrorKind::Other(Box::new(e)),
             )
@@ -458,7 +458,16 @@ impl Connection {
         let closed = self.finish_close().await;
         match self.ending.take().map(|e| *e) {
             Some(Ending::Failed(e)) => Err(e),
-            Some(Ending::Clean) | None => closed,
+            // Once the peer's close frame is in, a socket error (a reset
+            // racing our reply or the end of TCP, as ejabberd's close does)
+            // cannot undo it: the close is clean, with the peer's code.
+            Some(Ending::Clean) | None => match closed {
+                Err(Error::Io(e)) if self.proto.close_received() => {
+                    tracing::debug!(peer = %self.peer, error = %e, "socket error after the peer's close; closed");
+                    Ok(())
+                }
+                closed => closed,
+            },
         }
     }
 

@@ -256,12 +256,11 @@ impl FleetBuilder {
                 "must be at least 100ms",
             );
         }
-        if self.event_capacity == 0 || self.settings.inbox_capacity == 0 {
-            return bad(
-                "event_capacity",
-                "0".into(),
-                "capacities must be at least 1",
-            );
+        if self.event_capacity == 0 {
+            return bad("event_capacity", "0".into(), "must be at least 1");
+        }
+        if self.settings.inbox_capacity == 0 {
+            return bad("inbox_capacity", "0".into(), "must be at least 1");
         }
         self.intensity.validate()?;
         self.settings.connection.limits.validate()?;
@@ -352,5 +351,24 @@ impl std::fmt::Debug for FleetBuilder {
             .field("shard", &self.shard)
             .field("budget", &self.budget)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_zero_capacity_is_named_as_it_was_set() {
+        let err = Fleet::builder("ws://127.0.0.1:9/")
+            .inbox_capacity(0)
+            .spawn()
+            .unwrap_err();
+        assert_eq!((err.field, err.value.as_str()), ("inbox_capacity", "0"));
+        let err = Fleet::builder("ws://127.0.0.1:9/")
+            .event_capacity(0)
+            .spawn()
+            .unwrap_err();
+        assert_eq!((err.field, err.value.as_str()), ("event_capacity", "0"));
     }
 }

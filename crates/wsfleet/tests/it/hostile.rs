@@ -41,6 +41,47 @@ async fn lying_length_header_is_refused_at_the_header() {
     assert_eq!(bounded("close code", rx).await.unwrap(), Some(1009));
 }
 
+/// A peer that sends its close frame and then resets TCP (SO_LINGER 0), as
+/// ejabberd's close often ends: once that close frame has arrived, a reset
+/// while we answer it or wait for the end of TCP is still a clean close with
+/// the peer's code. Many rounds, so the race shows whichever way it goes.
+#[tokio::test]
+async fn a_close_frame_followed_by_a_reset_is_a_clean_close() {
+    let mut close = 1001u16.to_be_bytes().to_vec();
+    close.extend_from_slice(b"bye");
+    for round in 0..50 {
+        // The peer closes first.
+        let close_frame = frame(true, OpCode::Close, &close);
+        let server = ScriptServer::start(true, |tcp| async move {
+            tcp.set_zero_linger().expect("SO_LINGER 0");
+            let mut tcp = tcp;
+            tcp.write_all(&close_frame).await.expect("write close");
+            drop(tcp);
+        })
+        .await;
+        let mut conn = connect(&server.url()).await;
+        if let Some(other) = bounded("recv", conn.recv()).await {
+            panic!("round {round}, peer's close: expected a clean end, got {other:?}");
+        }
+        let frame_code = conn.close_frame().map(|f| f.code.as_u16());
+        assert_eq!(frame_code, Some(1001), "round {round}");
+
+        // We close first; the peer answers and resets.
+        let close_frame = frame(true, OpCode::Close, &close);
+        let server = ScriptServer::start(true, |tcp| async move {
+            tcp.set_zero_linger().expect("SO_LINGER 0");
+            let mut tcp = tcp;
+            read_until_close(&mut tcp).await;
+            tcp.write_all(&close_frame).await.expect("write close");
+            drop(tcp);
+        })
+        .await;
+        let mut conn = connect(&server.url()).await;
+        let closed = bounded("close", conn.close(wsfleet::CloseCode::NORMAL, "")).await;
+        assert!(closed.is_ok(), "round {round}, our close: {closed:?}");
+    }
+}
+
 #[tokio::test]
 async fn fragmented_message_with_interleaved_ping() {
     let (tx, rx) = tokio::sync::oneshot::channel();

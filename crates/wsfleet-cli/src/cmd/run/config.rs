@@ -19,6 +19,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 use wsfleet::{ConnectionConfig, Keepalive};
 
+use super::output::Output;
 use crate::cli::{self, OutputFormat, RunArgs, Shard};
 use crate::cmd::{Transport, UsageError};
 use crate::units;
@@ -53,8 +54,8 @@ pub(crate) struct Plan {
     pub(crate) admin: Option<SocketAddr>,
     /// Ready share for a healthy `/healthz`.
     pub(crate) healthy_share: f64,
-    /// Where received messages go.
-    pub(crate) output: OutputFormat,
+    /// Where received messages go, and how.
+    pub(crate) output: Output,
     /// Stop after this long, if set.
     pub(crate) duration: Option<Duration>,
     /// Demo send period per connection.
@@ -114,7 +115,10 @@ impl Plan {
                 .healthy_share
                 .or(file.healthy_share.map(|s| s.0))
                 .unwrap_or(DEFAULT_HEALTHY_SHARE),
-            output: args.output.or(file.output).unwrap_or_default(),
+            output: Output {
+                format: args.output.or(file.output).unwrap_or_default(),
+                raw: args.raw,
+            },
             duration: args.duration.or(file.duration.map(|d| d.0)),
             interval: args
                 .interval
@@ -158,6 +162,11 @@ impl Plan {
     /// Settings that are each fine but do not fit together.
     fn check(&self) -> Result<(), UsageError> {
         self.transport.check()?;
+        if self.output.raw && self.output.format != OutputFormat::Text {
+            return Err(UsageError(
+                "raw applies to --output text only (jsonl is escaped by JSON)".into(),
+            ));
+        }
         let Shard { index, count } = self.shard;
         if index >= self.connections {
             return Err(UsageError(format!(
@@ -456,7 +465,7 @@ mod tests {
         assert_eq!(plan.connections, DEFAULT_CONNECTIONS);
         assert_eq!(plan.shard, Shard::default());
         assert_eq!(plan.healthy_share, DEFAULT_HEALTHY_SHARE);
-        assert_eq!(plan.output, OutputFormat::None);
+        assert_eq!(plan.output, Output::default());
         assert_eq!(plan.interval, DEFAULT_INTERVAL);
         assert_eq!(plan.admin, None);
     }
@@ -503,7 +512,7 @@ peer-ping-limit = 0
         assert_eq!(plan.send_on_connect, ["hello"]);
         assert_eq!(plan.admin, Some("127.0.0.1:9100".parse().unwrap()));
         assert_eq!(plan.healthy_share, 0.5);
-        assert_eq!(plan.output, OutputFormat::Jsonl);
+        assert_eq!(plan.output.format, OutputFormat::Jsonl);
         assert_eq!(plan.duration, Some(Duration::from_secs(30)));
         assert_eq!(plan.interval, Duration::from_millis(500));
         assert_eq!(plan.protocols, ["v1"]);
@@ -561,7 +570,7 @@ peer-ping-limit = 0
         .unwrap();
         assert_eq!(plan.connections, 8);
         assert_eq!(plan.urls, ["ws://127.0.0.1:9/c"]);
-        assert_eq!(plan.output, OutputFormat::None);
+        assert_eq!(plan.output.format, OutputFormat::None);
         assert_eq!(plan.shard, Shard::default());
         // Untouched keys still come from the file.
         assert_eq!(plan.healthy_share, 0.5);

@@ -14,9 +14,20 @@ use wsfleet::Message;
 use wsfleet::fleet::{ConnId, Event, EventKind, Events, SlotId};
 
 use crate::cli::OutputFormat;
+use crate::cmd::escape::escape;
 
 /// Events handled between two flushes of stdout at most.
 const BATCH: usize = 512;
+
+/// Where received messages go (`--output`), and whether text goes as
+/// received (`--raw`, for `text` only) instead of escaped.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Output {
+    /// The format.
+    pub(crate) format: OutputFormat,
+    /// Text payloads as received, control characters and all.
+    pub(crate) raw: bool,
+}
 
 /// What the consumer counted.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -32,13 +43,13 @@ pub(crate) struct Tally {
 /// and `stdout_gone` is cancelled, so the run can stop too.
 pub(crate) fn spawn(
     events: Events,
-    format: OutputFormat,
+    output: Output,
     finish: CancellationToken,
     stdout_gone: CancellationToken,
 ) -> JoinHandle<Tally> {
     tokio::spawn(async move {
         let mut consumer = Consumer {
-            format,
+            output,
             out: BufWriter::new(tokio::io::stdout()),
             tally: Tally::default(),
             stdout_gone,
@@ -49,7 +60,7 @@ pub(crate) fn spawn(
 }
 
 struct Consumer<W> {
-    format: OutputFormat,
+    output: Output,
     out: BufWriter<W>,
     tally: Tally,
     stdout_gone: CancellationToken,
@@ -84,8 +95,8 @@ impl<W: AsyncWrite + Unpin> Consumer<W> {
         match &event.kind {
             EventKind::Message(message) => {
                 self.tally.messages += 1;
-                if self.format != OutputFormat::None {
-                    let line = format_line(self.format, event.conn, event.slot, message, unix_ms());
+                if self.output.format != OutputFormat::None {
+                    let line = format_line(self.output, event.conn, event.slot, message, unix_ms());
                     if let Err(e) = self.out.write_all(line.as_bytes()).await {
                         self.stdout_failed(&e);
                     }
@@ -98,7 +109,7 @@ impl<W: AsyncWrite + Unpin> Consumer<W> {
     }
 
     async fn flush(&mut self) {
-        if self.format != OutputFormat::None {
+        if self.output.format != OutputFormat::None {
             if let Err(e) = self.out.flush().await {
                 self.stdout_failed(&e);
             }
@@ -107,7 +118,7 @@ impl<W: AsyncWrite + Unpin> Consumer<W> {
 
     /// Stops writing; a closed pipe also stops the run.
     fn stdout_failed(&mut self, error: &io::Error) {
-        self.format = OutputFormat::None;
+        self.output.format = OutputFormat::None;
         if error.kind() == io::ErrorKind::BrokenPipe {
             tracing::info!("stdout closed: stopping");
         } else {
@@ -124,14 +135,8 @@ fn unix_ms() -> u64 {
 }
 
 /// One `--output` line for a received message, with its line ending.
-fn format_line(
-    format: OutputFormat,
-    conn: ConnId,
-    slot: SlotId,
-    message: &Message,
-    ts: u64,
-) -> String {
-    match format {
+fn format_line(output: Output, conn: ConnId, slot: SlotId, message: &Message, ts: u64) -> String {
+    match output.format {
         OutputFormat::Jsonl => {
             let (kind, payload) = match message.as_text() {
                 Some(text) => ("text", Cow::Borrowed(text)),
@@ -153,6 +158,7 @@ fn format_line(
             json
         }
         OutputFormat::Text => match message.as_text() {
+            Some(text) if output.raw => format!("{conn} {slot} text {text}\n"),
             Some(text) => format!("{conn} {slot} text {}\n", escape(text)),
             None => format!("{conn} {slot} binary {}\n", hex(message.payload())),
         },
@@ -170,23 +176,6 @@ struct JsonLine<'a> {
     payload: &'a str,
 }
 
-/// Text on one line: `\` → `\\`, newline → `\n`, carriage return → `\r`.
-fn escape(text: &str) -> Cow<'_, str> {
-    if !text.contains(['\\', '\n', '\r']) {
-        return Cow::Borrowed(text);
-    }
-    let mut out = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            c => out.push(c),
-        }
-    }
-    Cow::Owned(out)
-}
-
 /// Lowercase hex, two digits a byte.
 fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
@@ -201,10 +190,14 @@ fn hex(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
 
+    fn output(format: OutputFormat, raw: bool) -> Output {
+        Output { format, raw }
+    }
+
     #[test]
     fn jsonl_lines_have_every_field() {
         let line = format_line(
-            OutputFormat::Jsonl,
+            output(OutputFormat::Jsonl, false),
             ConnId(7),
             SlotId(3),
             &Message::text("hé \"x\"\n"),
@@ -220,7 +213,7 @@ mod tests {
             serde_json::json!({"conn": 7, "slot": 3, "ts": 1_700_000_000_123u64, "kind": "text", "payload": "hé \"x\"\n"})
         );
         let line = format_line(
-            OutputFormat::Jsonl,
+            output(OutputFormat::Jsonl, false),
             ConnId(1),
             SlotId(0),
             &Message::binary(vec![0u8, 0xff, b'a']),
@@ -233,15 +226,25 @@ mod tests {
 
     #[test]
     fn text_lines() {
-        let text = |m: &Message| format_line(OutputFormat::Text, ConnId(12), SlotId(3), m, 0);
-        assert_eq!(text(&Message::text("a\nb\\")), "c12 s3 text a\\nb\\\\\n");
+        let line = |m: &Message, raw| {
+            format_line(output(OutputFormat::Text, raw), ConnId(12), SlotId(3), m, 0)
+        };
+        let text = |m: &Message| line(m, false);
+        assert_eq!(
+            text(&Message::text("a\nb\\ \x1b[2J\u{9b}")),
+            "c12 s3 text a\\nb\\ \\x1b[2J\\u{9b}\n"
+        );
+        assert_eq!(
+            line(&Message::text("a\nb\x1b"), true),
+            "c12 s3 text a\nb\x1b\n"
+        );
         assert_eq!(
             text(&Message::binary(vec![0u8, 0xab])),
             "c12 s3 binary 00ab\n"
         );
         assert_eq!(
             format_line(
-                OutputFormat::None,
+                output(OutputFormat::None, false),
                 ConnId(1),
                 SlotId(1),
                 &Message::text("x"),
@@ -252,9 +255,7 @@ mod tests {
     }
 
     #[test]
-    fn escapes_and_hex() {
-        assert_eq!(escape("plain"), "plain");
-        assert_eq!(escape("a\nb\r\\"), "a\\nb\\r\\\\");
+    fn hex_is_lowercase() {
         assert_eq!(hex(&[0, 0xab, 0xff]), "00abff");
     }
 }
