@@ -18,6 +18,6 @@ pub mod fleet;
 mod keys;
 pub mod serve;
 
-pub use connection::{Connection, ConnectionConfig, ConnectionStats, Error, Keepalive};
+pub use connection::{Connection, ConnectionConfig, ConnectionStats, Error, Keepalive, Progress};
 pub use keys::OsRngKeys;
 pub use wsfleet_proto::{self as proto, CloseCode, CloseFrame, Limits, Message, Role, Utf8Bytes};

@@ -360,8 +360,9 @@ impl Protocol {
         error
     }
 
-    /// Forgets every received byte and partial message, returning their memory.
-    fn discard_input(&mut self) {
+    /// Forgets every received byte and partial message, returning their
+    /// memory: for a runtime that gives up on the peer and reads no more.
+    pub fn discard_input(&mut self) {
         self.frame = None;
         if let Some(r) = self.reasm.take() {
             self.account.refund(r.buf.capacity());

@@ -27,6 +27,9 @@ pub struct ConnectionConfig {
     pub deadlines: Deadlines,
     /// Ping interval and pong timeout.
     pub keepalive: Keepalive,
+    /// How fast a started message must arrive, and how long a write may
+    /// wait (see [`Progress`](crate::Progress)).
+    pub progress: crate::Progress,
     /// TLS client configuration for `wss`; `None` uses webpki roots
     /// (built once per process). See [`crate::connect::TlsOptions`].
     pub tls: Option<Arc<rustls::ClientConfig>>,
@@ -69,6 +72,13 @@ impl ConnectionConfig {
     #[must_use]
     pub fn deadlines(mut self, deadlines: Deadlines) -> Self {
         self.deadlines = deadlines;
+        self
+    }
+
+    /// Sets the progress deadlines (see [`Progress`](crate::Progress)).
+    #[must_use]
+    pub fn progress(mut self, progress: crate::Progress) -> Self {
+        self.progress = progress;
         self
     }
 

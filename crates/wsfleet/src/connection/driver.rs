@@ -68,8 +68,11 @@ impl Connection {
                 .as_ref()
                 .is_some_and(|g| g.fleet.used() >= g.fleet.max())
             {
+                self.progress.pause();
                 return Poll::Ready(Ok(Step::Blocked(STACK_READ)));
             }
+            // Was a message under way while we wait for these bytes?
+            let mid_message = self.proto.is_mid_message();
             let read = match &mut self.stream {
                 // Plain TCP between messages, without a roomy buffer: read
                 // into the stack and keep only what arrived, so an idle
@@ -98,6 +101,7 @@ impl Connection {
                 stream => {
                     let Some(mut buf) = self.proto.try_read_buf().map_err(Error::Protocol)? else {
                         let wanted = self.proto.budget_blocked().unwrap_or(STACK_READ);
+                        self.progress.pause();
                         return Poll::Ready(Ok(Step::Blocked(wanted)));
                     };
                     tokio_util::io::poll_read_buf(Pin::new(stream), cx, &mut buf)
@@ -109,12 +113,22 @@ impl Connection {
                     return Poll::Ready(Ok(Step::Eof));
                 }
                 Poll::Ready(Ok(n)) => {
+                    let now = Instant::now();
                     self.stats.bytes_in += n as u64;
-                    self.keepalive.on_receive(Instant::now());
+                    self.keepalive.on_receive(now);
+                    if let Err(s) =
+                        self.progress
+                            .on_read(now, n, mid_message, &self.progress_limits)
+                    {
+                        return Poll::Ready(Err(Error::MessageStalled {
+                            waited: s.waited,
+                            received: s.received,
+                        }));
+                    }
                     return Poll::Ready(Ok(Step::Progress));
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::Io(e))),
-                Poll::Pending => {}
+                Poll::Pending => self.progress.on_pending(Instant::now()),
             }
             // Nothing to read now: free the buffers if it stays quiet.
             if self.release_at.is_none() && self.proto.buffered_bytes() > 0 {

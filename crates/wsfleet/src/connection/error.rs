@@ -26,6 +26,19 @@ pub enum Error {
     },
     /// The peer did not finish the close handshake within the deadline.
     CloseTimeout(Duration),
+    /// A message under way stopped arriving: after
+    /// [`Progress::message`](crate::Progress::message) of waiting, fewer
+    /// bytes came than [`Progress::min_rate`](crate::Progress::min_rate)
+    /// asks; a close frame with 1008 was sent and its memory released.
+    MessageStalled {
+        /// Time spent waiting for the message's bytes.
+        waited: Duration,
+        /// Bytes that arrived meanwhile.
+        received: u64,
+    },
+    /// Nothing could be written for this long (the peer stopped reading):
+    /// see [`Progress::write`](crate::Progress::write).
+    WriteStalled(Duration),
     /// TCP ended without a close frame (close code 1006).
     AbnormalClosure {
         /// A frame or message was partly received when it ended.
@@ -48,7 +61,13 @@ impl Error {
 
     /// True for the deadline errors.
     pub fn is_timeout(&self) -> bool {
-        matches!(self, Self::PongTimeout(_) | Self::CloseTimeout(_))
+        matches!(
+            self,
+            Self::PongTimeout(_)
+                | Self::CloseTimeout(_)
+                | Self::MessageStalled { .. }
+                | Self::WriteStalled(_)
+        )
     }
 }
 
@@ -64,6 +83,14 @@ impl fmt::Display for Error {
             ),
             Self::CloseTimeout(d) => {
                 write!(f, "peer did not finish the close handshake within {d:?}")
+            }
+            Self::MessageStalled { waited, received } => write!(
+                f,
+                "message stalled: {received} bytes in {:.1} s of waiting, below the minimum rate; closed with 1008",
+                waited.as_secs_f64()
+            ),
+            Self::WriteStalled(d) => {
+                write!(f, "write stalled: the peer took nothing for {d:?}")
             }
             Self::AbnormalClosure { mid_message: true } => {
                 write!(

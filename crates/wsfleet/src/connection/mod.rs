@@ -14,6 +14,7 @@ mod driver;
 mod error;
 mod handshake;
 mod keepalive;
+mod progress;
 mod redirect;
 
 use std::pin::Pin;
@@ -29,11 +30,13 @@ use wsfleet_proto::{
 pub use config::ConnectionConfig;
 pub use error::Error;
 pub use keepalive::Keepalive;
+pub use progress::Progress;
 
 use crate::connect::{self, ConnectError, MaybeTlsStream, Target};
 use crate::fleet::budget::{ConnBudget, Verdict};
 use crate::keys::OsRngKeys;
 use keepalive::KeepaliveState;
+use progress::MessageProgress;
 
 /// Counters of one connection, as a snapshot.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -96,6 +99,9 @@ pub struct Connection {
     gate: Option<Arc<ConnBudget>>,
     /// Since when reading has been paused for memory.
     paused_since: Option<Instant>,
+    /// Progress deadlines in force, and the message under way's progress.
+    progress_limits: Progress,
+    progress: MessageProgress,
 }
 
 impl Connection {
@@ -223,6 +229,8 @@ impl Connection {
             stats: ConnectionStats::default(),
             gate: config.gate.clone(),
             paused_since: None,
+            progress_limits: config.progress,
+            progress: MessageProgress::default(),
         }
     }
 
@@ -326,9 +334,12 @@ impl Connection {
                 Ok(Some(Event::Ping(_))) => {
                     if let Err(e) = self.keepalive.on_peer_ping(Instant::now()) {
                         tracing::debug!(peer = %self.peer, error = %e, "closing");
-                        self.abandon(CloseCode::POLICY_VIOLATION, "ping flood")
-                            .await;
-                        return Some(Err(e));
+                        return Box::pin(self.abandon(
+                            CloseCode::POLICY_VIOLATION,
+                            "ping flood",
+                            e,
+                        ))
+                        .await;
                     }
                     continue;
                 }
@@ -367,13 +378,20 @@ impl Connection {
                 Err(e @ Error::Protocol(_)) => {
                     return Box::pin(self.end_with(Ending::Failed(e))).await;
                 }
-                Err(e) => {
-                    if matches!(e, Error::PongTimeout(_)) {
-                        self.abandon(CloseCode::POLICY_VIOLATION, "pong timeout")
-                            .await;
-                    }
-                    return Some(Err(e));
+                Err(e @ Error::PongTimeout(_)) => {
+                    return Box::pin(self.abandon(CloseCode::POLICY_VIOLATION, "pong timeout", e))
+                        .await;
                 }
+                Err(e @ Error::MessageStalled { .. }) => {
+                    tracing::debug!(peer = %self.peer, error = %e, "closing");
+                    return Box::pin(self.abandon(
+                        CloseCode::POLICY_VIOLATION,
+                        "message stalled",
+                        e,
+                    ))
+                    .await;
+                }
+                Err(e) => return Some(Err(e)),
             }
         }
     }
@@ -432,16 +450,21 @@ impl Connection {
         Error::Protocol(self.proto.fail_for_budget(Some(wanted)))
     }
 
-    /// Ends the connection on our side: queues a close frame for a peer
-    /// that may still listen and gives it at most 100 ms to go out, without
-    /// waiting for an answer.
-    async fn abandon(&mut self, code: CloseCode, reason: &str) {
+    /// Ends the connection on our side with `error`: queues a close frame
+    /// for a peer that may still listen and gives it at most
+    /// [`ABANDON_FLUSH`] to go out, without waiting for an answer. The
+    /// ending is recorded first, so a `recv()` cancelled meanwhile still
+    /// reports it.
+    async fn abandon(
+        &mut self,
+        code: CloseCode,
+        reason: &str,
+        error: Error,
+    ) -> Option<Result<Message, Error>> {
         let _ = self.proto.close(code, reason);
-        let _ = Box::pin(tokio::time::timeout(
-            Duration::from_millis(100),
-            self.flush(),
-        ))
-        .await;
+        // Nothing more will be read: what was half received goes now.
+        self.proto.discard_input();
+        self.end_with(Ending::Abandoned(error)).await
     }
 
     /// Records how `recv()` ends, then finishes the close under way: if the
@@ -455,9 +478,15 @@ impl Connection {
     /// reports the recorded ending: a clean close is `Ok` unless the close
     /// itself failed; a failure is reported as it was.
     async fn finish_ending(&mut self) -> Result<(), Error> {
+        if matches!(self.ending.as_deref(), Some(Ending::Abandoned(_))) {
+            let _ = tokio::time::timeout(ABANDON_FLUSH, self.flush()).await;
+            if let Some(Ending::Abandoned(e)) = self.ending.take().map(|e| *e) {
+                return Err(e);
+            }
+        }
         let closed = self.finish_close().await;
         match self.ending.take().map(|e| *e) {
-            Some(Ending::Failed(e)) => Err(e),
+            Some(Ending::Failed(e) | Ending::Abandoned(e)) => Err(e),
             // Once the peer's close frame is in, a socket error (a reset
             // racing our reply or the end of TCP, as ejabberd's close does)
             // cannot undo it: the close is clean, with the peer's code.
@@ -497,7 +526,7 @@ impl Connection {
                 }
                 Err(SendError::Full(m)) => {
                     message = m;
-                    self.step(false).await?;
+                    self.write_step().await?;
                 }
                 Err(e) => return Err(Error::Send(e)),
             }
@@ -538,9 +567,20 @@ impl Connection {
     /// An I/O error if the socket failed.
     pub async fn flush(&mut self) -> Result<(), Error> {
         while self.proto.has_transmit() || self.need_flush {
-            self.step(false).await?;
+            self.write_step().await?;
         }
         Ok(())
+    }
+
+    /// One write step, within the write progress deadline: a peer that
+    /// takes nothing for [`Progress::write`] ends the wait with
+    /// [`Error::WriteStalled`].
+    async fn write_step(&mut self) -> Result<(), Error> {
+        let limit = self.progress_limits.write;
+        match tokio::time::timeout(limit, self.step(false)).await {
+            Ok(step) => step.map(drop),
+            Err(_) => Err(Error::WriteStalled(limit)),
+        }
     }
 
     /// Closes cleanly: sends a close frame with `code` and `reason`, waits
@@ -638,7 +678,13 @@ enum Ending {
     Clean,
     /// An error ended the connection; reported once the close is done.
     Failed(Error),
+    /// We gave up on the peer (it floods, is silent, or stalls): our close
+    /// frame gets a moment to go out, no answer is awaited.
+    Abandoned(Error),
 }
+
+/// How long an abandoned connection's close frame may take to go out.
+const ABANDON_FLUSH: Duration = Duration::from_millis(100);
 
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

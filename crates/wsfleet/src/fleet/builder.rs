@@ -162,6 +162,13 @@ impl FleetBuilder {
         self
     }
 
+    /// Progress deadlines of every connection: how fast a started message
+    /// must arrive, how long a write may wait (see [`crate::Progress`]).
+    pub fn progress(mut self, progress: crate::Progress) -> Self {
+        self.settings.connection.progress = progress;
+        self
+    }
+
     /// The whole per-connection configuration (TLS, headers, subprotocols,
     /// limits, deadlines, keepalive). Its budget is replaced by the fleet's.
     pub fn connection_config(mut self, config: ConnectionConfig) -> Self {

@@ -5,13 +5,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Labels of [`super::DisconnectReason::label`], in a fixed order.
-pub(crate) const REASONS: [&str; 14] = [
+pub(crate) const REASONS: [&str; 16] = [
     "connect_failed",
     "hook_failed",
     "closed_by_peer",
     "budget_exhausted",
     "protocol",
     "pong_timeout",
+    "message_stalled",
+    "write_stalled",
     "ping_flood",
     "abnormal",
     "io",

@@ -36,6 +36,10 @@ pub enum DisconnectReason {
     Protocol(ProtocolError),
     /// A ping went unanswered.
     PongTimeout,
+    /// A started message stopped arriving (see [`crate::Progress`]).
+    MessageStalled,
+    /// The peer stopped taking what we write (see [`crate::Progress`]).
+    WriteStalled,
     /// The peer sent pings faster than
     /// [`Keepalive::peer_ping_limit`](crate::Keepalive::peer_ping_limit).
     PingFlood,
@@ -66,6 +70,8 @@ impl DisconnectReason {
             Self::Protocol(ProtocolError::BudgetExhausted { .. }) => "budget_exhausted",
             Self::Protocol(_) => "protocol",
             Self::PongTimeout => "pong_timeout",
+            Self::MessageStalled => "message_stalled",
+            Self::WriteStalled => "write_stalled",
             Self::PingFlood => "ping_flood",
             Self::Abnormal { .. } => "abnormal",
             Self::Io(_) => "io",
@@ -86,7 +92,9 @@ impl DisconnectReason {
         match self {
             Self::Protocol(e) => Some(e.close_code()),
             Self::Rotated | Self::Shutdown => Some(CloseCode::GOING_AWAY),
-            Self::PongTimeout | Self::PingFlood => Some(CloseCode::POLICY_VIOLATION),
+            Self::PongTimeout | Self::PingFlood | Self::MessageStalled => {
+                Some(CloseCode::POLICY_VIOLATION)
+            }
             _ => None,
         }
     }
@@ -111,6 +119,8 @@ impl DisconnectReason {
             Error::Protocol(p) => Self::Protocol(p.clone()),
             Error::Io(io) => Self::Io(io.to_string()),
             Error::PongTimeout(_) => Self::PongTimeout,
+            Error::MessageStalled { .. } => Self::MessageStalled,
+            Error::WriteStalled(_) => Self::WriteStalled,
             Error::PingFlood { .. } => Self::PingFlood,
             Error::CloseTimeout(_) => Self::CloseTimeout,
             Error::AbnormalClosure { mid_message } => Self::Abnormal {
@@ -140,6 +150,8 @@ impl fmt::Display for DisconnectReason {
             }
             Self::Protocol(e) => write!(f, "protocol error (closed with {}): {e}", e.close_code()),
             Self::PongTimeout => f.write_str("peer silent: ping unanswered"),
+            Self::MessageStalled => f.write_str("message stalled: below the minimum rate (1008)"),
+            Self::WriteStalled => f.write_str("write stalled: the peer stopped reading"),
             Self::PingFlood => f.write_str("ping flood: too many pings from the peer (1008)"),
             Self::Abnormal { mid_message: true } => {
                 f.write_str("TCP ended without a close frame, mid-message")

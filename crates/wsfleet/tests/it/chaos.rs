@@ -305,3 +305,119 @@ fn every_mode_parses_from_its_name() {
     assert_eq!("stream".parse::<ChaosMode>(), Ok(ChaosMode::Stream));
     assert_eq!("pin".parse::<ChaosMode>(), Ok(ChaosMode::Pin));
 }
+
+/// The progress deadline: a peer trickling into a started frame is ended
+/// with a typed error once it has waited past the deadline below the
+/// minimum rate, and the half-received frame's memory goes back.
+#[tokio::test]
+async fn pin_is_ended_by_the_message_progress_deadline() {
+    let settings = ChaosSettings::default()
+        .with_pin_frame(1 << 20)
+        .with_pin_prefix(512 << 10)
+        .with_trickle(Duration::from_millis(200));
+    let server = ChaosServer::bind_with("127.0.0.1:0", ChaosMode::Pin, settings)
+        .await
+        .expect("bind");
+    let config = crate::config().keepalive(crate::fast_keepalive()).progress(
+        wsfleet::Progress::default()
+            .with_message(Duration::from_secs(1))
+            .with_min_rate(4096),
+    );
+    let mut conn = bounded("connect", Connection::connect(&server.url(), &config))
+        .await
+        .expect("connect");
+    let started = tokio::time::Instant::now();
+    match bounded("recv", conn.recv()).await {
+        Some(Err(Error::MessageStalled { waited, received })) => {
+            assert!(waited >= Duration::from_secs(1), "{waited:?}");
+            assert!(received < 4096 * 2, "{received} B");
+        }
+        other => panic!("expected MessageStalled, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let left = conn.stats().buffered_bytes;
+    assert!(
+        left < 256,
+        "the frame's memory went back ({left} B left: the close frame)"
+    );
+}
+
+/// A steady stream is never mistaken for a stall, however long it runs.
+#[tokio::test]
+async fn a_steady_stream_passes_the_progress_deadline() {
+    let settings = ChaosSettings::default()
+        .with_message_size(256 << 10)
+        .with_interval(Duration::from_millis(20));
+    let server = ChaosServer::bind_with("127.0.0.1:0", ChaosMode::Stream, settings)
+        .await
+        .expect("bind");
+    let config = crate::config().progress(
+        wsfleet::Progress::default()
+            .with_message(Duration::from_millis(300))
+            .with_min_rate(4096),
+    );
+    let mut conn = bounded("connect", Connection::connect(&server.url(), &config))
+        .await
+        .expect("connect");
+    for expected in 0..60 {
+        let m = bounded("message", conn.recv()).await.unwrap().unwrap();
+        assert_eq!(seq_of(&m), expected);
+    }
+}
+
+/// The write progress deadline: against a peer that never reads, `send`
+/// does not wait forever once the socket and the outbound queue are full.
+#[tokio::test]
+async fn send_to_a_peer_that_stopped_reading_ends_with_write_stalled() {
+    let server = ChaosServer::bind("127.0.0.1:0", ChaosMode::Silent)
+        .await
+        .expect("bind");
+    let config = crate::config()
+        .keepalive(wsfleet::Keepalive::default().with_interval(None))
+        .progress(wsfleet::Progress::default().with_write(Duration::from_millis(500)));
+    let mut conn = bounded("connect", Connection::connect(&server.url(), &config))
+        .await
+        .expect("connect");
+    let chunk = Message::binary(vec![0u8; 256 << 10]);
+    let end = bounded("send until stalled", async {
+        for _ in 0..10_000 {
+            if let Err(e) = conn.send(chunk.clone()).await {
+                return e;
+            }
+        }
+        panic!("a peer that never reads took 2.5 GB");
+    })
+    .await;
+    assert!(
+        matches!(end, Error::WriteStalled(d) if d == Duration::from_millis(500)),
+        "{end}"
+    );
+}
+
+/// A `recv()` cancelled over and over (as in a `select!` with a busy
+/// other branch) still reports why the connection ended: the ending is
+/// recorded before the close frame's flush is awaited.
+#[tokio::test]
+async fn a_ping_flood_is_reported_to_a_recv_cancelled_every_millisecond() {
+    let server = ChaosServer::bind("127.0.0.1:0", ChaosMode::PingFlood)
+        .await
+        .expect("bind");
+    let mut conn = bounded("connect", Connection::connect(&server.url(), &config()))
+        .await
+        .expect("connect");
+    let end = bounded("flood reported", async {
+        loop {
+            tokio::select! {
+                r = conn.recv() => match r {
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => return Some(e),
+                    None => return None,
+                },
+                () = tokio::time::sleep(Duration::from_millis(1)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(matches!(end, Some(Error::PingFlood { .. })), "{end:?}");
+    assert!(conn.recv().await.is_none(), "reported once");
+}
