@@ -1,6 +1,11 @@
 //! The fleet's event stream, drained without pause (a consumer that stops
 //! would stop the sockets: backpressure by design) into `--output` on
 //! stdout and a few counts for the summary.
+//!
+//! Memory: a received message carries its budget charge until this
+//! consumer drops it, and its line is written in pieces of at most
+//! [`PIECE`] input bytes (encoded on the fly), so a slow stdout holds one
+//! message and one piece — never a second, encoded copy of a large message.
 
 use std::borrow::Cow;
 use std::io;
@@ -18,6 +23,10 @@ use crate::cmd::escape::escape;
 
 /// Events handled between two flushes of stdout at most.
 const BATCH: usize = 512;
+
+/// Payload bytes encoded and written at a time: a multiple of 3, so base64
+/// pieces concatenate into the base64 of the whole.
+const PIECE: usize = 48 * 1024;
 
 /// Where received messages go (`--output`), and whether text goes as
 /// received (`--raw`, for `text` only) instead of escaped.
@@ -96,9 +105,12 @@ impl<W: AsyncWrite + Unpin> Consumer<W> {
             EventKind::Message(message) => {
                 self.tally.messages += 1;
                 if self.output.format != OutputFormat::None {
-                    let line = format_line(self.output, event.conn, event.slot, message, unix_ms());
-                    if let Err(e) = self.out.write_all(line.as_bytes()).await {
-                        self.stdout_failed(&e);
+                    let ts = unix_ms();
+                    for piece in line_pieces(self.output, event.conn, event.slot, message, ts) {
+                        if let Err(e) = self.out.write_all(piece.as_bytes()).await {
+                            self.stdout_failed(&e);
+                            break;
+                        }
                     }
                 }
             }
@@ -135,45 +147,82 @@ fn unix_ms() -> u64 {
 }
 
 /// One `--output` line for a received message, with its line ending.
+#[cfg(test)]
 fn format_line(output: Output, conn: ConnId, slot: SlotId, message: &Message, ts: u64) -> String {
+    line_pieces(output, conn, slot, message, ts).collect()
+}
+
+/// One `--output` line for a received message, in pieces to write one
+/// after the other: the head, the payload encoded [`PIECE`] bytes at a
+/// time, the end of the line.
+fn line_pieces<'a>(
+    output: Output,
+    conn: ConnId,
+    slot: SlotId,
+    message: &'a Message,
+    ts: u64,
+) -> Box<dyn Iterator<Item = Cow<'a, str>> + Send + 'a> {
+    let text = message.as_text();
+    let kind = if text.is_some() { "text" } else { "binary" };
     match output.format {
+        OutputFormat::None => Box::new(std::iter::empty()),
         OutputFormat::Jsonl => {
-            let (kind, payload) = match message.as_text() {
-                Some(text) => ("text", Cow::Borrowed(text)),
-                None => (
-                    "binary",
-                    Cow::Owned(base64::engine::general_purpose::STANDARD.encode(message.payload())),
+            let head = format!(
+                r#"{{"conn":{},"slot":{},"ts":{ts},"kind":"{kind}","payload":""#,
+                conn.0, slot.0
+            );
+            let body: Box<dyn Iterator<Item = Cow<'a, str>> + Send> = match text {
+                Some(text) => Box::new(str_pieces(text).map(|piece| {
+                    // The piece as a JSON string, without its quotes.
+                    let quoted = serde_json::to_string(piece).unwrap_or_default();
+                    Cow::Owned(quoted[1..quoted.len() - 1].to_owned())
+                })),
+                None => Box::new(message.payload().chunks(PIECE).map(|piece| {
+                    Cow::Owned(base64::engine::general_purpose::STANDARD.encode(piece))
+                })),
+            };
+            Box::new(
+                std::iter::once(Cow::Owned(head))
+                    .chain(body)
+                    .chain(std::iter::once(Cow::Borrowed("\"}\n"))),
+            )
+        }
+        OutputFormat::Text => {
+            let head = format!("{conn} {slot} {kind} ");
+            let body: Box<dyn Iterator<Item = Cow<'a, str>> + Send> = match text {
+                Some(text) if output.raw => Box::new(str_pieces(text).map(Cow::Borrowed)),
+                Some(text) => Box::new(str_pieces(text).map(escape)),
+                None => Box::new(
+                    message
+                        .payload()
+                        .chunks(PIECE)
+                        .map(|piece| Cow::Owned(hex(piece))),
                 ),
             };
-            let line = JsonLine {
-                conn: conn.0,
-                slot: slot.0,
-                ts,
-                kind,
-                payload: &payload,
-            };
-            // Serialising plain fields cannot fail.
-            let mut json = serde_json::to_string(&line).unwrap_or_default();
-            json.push('\n');
-            json
+            Box::new(
+                std::iter::once(Cow::Owned(head))
+                    .chain(body)
+                    .chain(std::iter::once(Cow::Borrowed("\n"))),
+            )
         }
-        OutputFormat::Text => match message.as_text() {
-            Some(text) if output.raw => format!("{conn} {slot} text {text}\n"),
-            Some(text) => format!("{conn} {slot} text {}\n", escape(text)),
-            None => format!("{conn} {slot} binary {}\n", hex(message.payload())),
-        },
-        OutputFormat::None => String::new(),
     }
 }
 
-/// A `--output jsonl` line.
-#[derive(serde::Serialize)]
-struct JsonLine<'a> {
-    conn: u64,
-    slot: u32,
-    ts: u64,
-    kind: &'static str,
-    payload: &'a str,
+/// `text` in pieces of about [`PIECE`] bytes, cut at character boundaries.
+fn str_pieces(text: &str) -> impl Iterator<Item = &str> + Send {
+    let mut rest = text;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut end = rest.len().min(PIECE);
+        while !rest.is_char_boundary(end) {
+            end -= 1;
+        }
+        let (piece, tail) = rest.split_at(end);
+        rest = tail;
+        Some(piece)
+    })
 }
 
 /// Lowercase hex, two digits a byte.
@@ -252,6 +301,30 @@ mod tests {
             ),
             ""
         );
+    }
+
+    #[test]
+    fn large_messages_are_written_in_pieces_that_add_up_to_the_line() {
+        let binary: Vec<u8> = (0..5 * PIECE as u32 + 7).map(|i| (i * 7) as u8).collect();
+        let message = Message::binary(binary.clone());
+        let out = output(OutputFormat::Jsonl, false);
+        let pieces: Vec<_> = line_pieces(out, ConnId(1), SlotId(2), &message, 9).collect();
+        assert!(pieces.len() >= 7, "{} pieces", pieces.len());
+        assert!(pieces.iter().all(|p| p.len() <= PIECE * 4 / 3 + 64));
+        let v: serde_json::Value = serde_json::from_str(&pieces.concat()).unwrap();
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(v["payload"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(decoded, binary);
+        // Text cut at character boundaries, escaped piece by piece.
+        let text = "é\"\u{1b}x".repeat(PIECE / 3);
+        let message = Message::text(text.clone());
+        let line = format_line(out, ConnId(1), SlotId(2), &message, 9);
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["payload"], text.as_str());
+        let text_out = output(OutputFormat::Text, false);
+        let line = format_line(text_out, ConnId(1), SlotId(2), &message, 9);
+        assert_eq!(line, format!("c1 s2 text {}\n", escape(&text)));
     }
 
     #[test]
