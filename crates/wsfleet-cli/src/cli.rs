@@ -196,6 +196,16 @@ pub(crate) struct RunArgs {
     /// 100].
     #[arg(long, value_name = "N")]
     pub(crate) peer_ping_limit: Option<u32>,
+    /// Drop a connection (close 1008, then reconnect) whose server, in the
+    /// middle of a message, sends less than --message-min-rate over this
+    /// much time spent waiting for it: a server trickling into a huge frame
+    /// would otherwise pin its memory forever [default: 30s].
+    #[arg(long, value_name = "DUR", value_parser = units::parse_period)]
+    pub(crate) message_deadline: Option<Duration>,
+    /// Bytes per second a message under way must bring, averaged over each
+    /// --message-deadline of waiting [default: 4KiB].
+    #[arg(long, value_name = "SIZE", value_parser = units::parse_size)]
+    pub(crate) message_min_rate: Option<u64>,
 }
 
 /// TLS identity, Origin, compression, proxy and redirect flags, shared by

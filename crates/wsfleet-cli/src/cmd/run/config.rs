@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
-use wsfleet::{ConnectionConfig, Keepalive};
+use wsfleet::{ConnectionConfig, Keepalive, Progress};
 
 use super::output::Output;
 use crate::cli::{self, OutputFormat, RunArgs, Shard};
@@ -74,6 +74,10 @@ pub(crate) struct Plan {
     /// Peer pings per second before the connection is dropped, if not the
     /// default; `Some(0)` turns the limit off.
     pub(crate) peer_ping_limit: Option<u32>,
+    /// Progress window of a message under way, if not the default.
+    pub(crate) message_deadline: Option<Duration>,
+    /// Bytes per second a message under way must bring, if not the default.
+    pub(crate) message_min_rate: Option<u64>,
 }
 
 impl Plan {
@@ -154,6 +158,10 @@ impl Plan {
             ping_interval: args.ping_interval.or(file.ping_interval.map(|d| d.0)),
             pong_timeout: args.pong_timeout.or(file.pong_timeout.map(|d| d.0)),
             peer_ping_limit: args.peer_ping_limit.or(file.peer_ping_limit),
+            message_deadline: args.message_deadline.or(file.message_deadline.map(|d| d.0)),
+            message_min_rate: args
+                .message_min_rate
+                .or(file.message_min_rate.map(|s| s.0 as u64)),
         };
         plan.check()?;
         Ok(plan)
@@ -196,6 +204,14 @@ impl Plan {
             keepalive = keepalive.with_peer_ping_limit((limit > 0).then_some(limit));
         }
         config = config.keepalive(keepalive);
+        let mut progress = Progress::default();
+        if let Some(window) = self.message_deadline {
+            progress = progress.with_message(window);
+        }
+        if let Some(rate) = self.message_min_rate {
+            progress = progress.with_min_rate(rate);
+        }
+        config = config.progress(progress);
         for protocol in &self.protocols {
             config = config.protocol(protocol.clone());
         }
@@ -238,6 +254,8 @@ struct FileConfig {
     ping_interval: Option<Dur>,
     pong_timeout: Option<Period>,
     peer_ping_limit: Option<u32>,
+    message_deadline: Option<Period>,
+    message_min_rate: Option<Size>,
 }
 
 fn unwrap_all<T, W: Into<T>>(values: Vec<W>) -> Vec<T> {
