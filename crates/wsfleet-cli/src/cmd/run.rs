@@ -65,6 +65,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
         .spawn()
         .map_err(|e| UsageError(format!("invalid fleet settings: {e}")))?;
     let monitor = fleet.monitor();
+    let _trimmer = crate::memory::spawn_trimmer(monitor.clone());
     let events = fleet
         .events()
         .context("the fleet's events are taken once")?;
