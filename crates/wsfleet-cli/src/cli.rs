@@ -123,7 +123,8 @@ pub(crate) struct RunArgs {
     pub(crate) max_message: Option<usize>,
     /// Bytes all connections' buffers may hold together (e.g. 512MiB); a
     /// connection that would pass it is dropped with 1009, not the process
-    /// [default: 1GiB].
+    /// [default: half the cgroup memory limit, else half the RAM, less 16KiB
+    /// per connection, from 16MiB to 1GiB].
     #[arg(long, value_name = "SIZE", value_parser = units::parse_size_usize)]
     pub(crate) memory_budget: Option<usize>,
     /// New connections per second, over the whole process: how fast the

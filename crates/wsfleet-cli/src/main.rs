@@ -7,7 +7,8 @@
 //! Dependencies: `clap` (command line), `tokio` (runtime, signals, stdio),
 //! `tokio-util` (cancellation), `tracing-subscriber` (logs to stderr, text
 //! or JSON), `serde` + `toml` (`run --config`), `serde_json` + `base64`
-//! (`run --output jsonl`), `anyhow` (error reporting, in this binary only).
+//! (`run --output jsonl`), `anyhow` (error reporting, in this binary only),
+//! `libc` (glibc's malloc settings and trim, in [`memory`]).
 
 // The flags' doc comments are clap's --help text, read in a terminal: URLs
 // and `[user:pass@]` stay plain text there, not rustdoc links.
@@ -16,6 +17,7 @@
 mod cli;
 mod cmd;
 mod logging;
+mod memory;
 mod top;
 mod units;
 
@@ -24,9 +26,14 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // Before any thread starts (glibc reads these settings without a lock).
+    let tuned = memory::tune_allocator();
     // Usage errors, --help and --version exit here (2, 0, 0).
     let cli = cli::Cli::parse();
     logging::init(cli.log_format);
+    if let Err(e) = tuned {
+        tracing::warn!("{e}");
+    }
     match cmd::execute(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -1,12 +1,14 @@
 //! `wsfleet run`: a fleet of connections (the library's [`Fleet`]) with
 //! live status, until a signal or `--duration`.
 //!
-//! The pieces: [`config`] settles flags over the `--config` file; the
-//! fleet's events are drained without pause by [`output`] (received
+//! The pieces: [`config`] settles flags over the `--config` file, and
+//! [`budget`] derives the memory budget from the machine if neither sets
+//! it; the fleet's events are drained without pause by [`output`] (received
 //! messages to stdout per `--output`); [`status`] shows the live status;
 //! `--admin` serves the library's [`AdminServer`]. With no URL, an
 //! embedded [`EchoServer`] and a demo sender make a fleet that talks.
 
+mod budget;
 mod config;
 mod output;
 mod status;
@@ -39,7 +41,8 @@ const DEMO_TICK: Duration = Duration::from_millis(10);
 /// otherwise if the embedded server or the admin endpoint cannot listen, or
 /// a second signal cut the shutdown short.
 pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let plan = Plan::resolve(args)?;
+    let mut plan = Plan::resolve(args)?;
+    plan.memory_budget = Some(budget::Budget::choose(&plan).log());
     let mut signals = Signals::install()?;
     let connection = plan.connection_config()?;
 
@@ -65,6 +68,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
         .spawn()
         .map_err(|e| UsageError(format!("invalid fleet settings: {e}")))?;
     let monitor = fleet.monitor();
+    let _trimmer = crate::memory::spawn_trimmer(monitor.clone());
     let events = fleet
         .events()
         .context("the fleet's events are taken once")?;

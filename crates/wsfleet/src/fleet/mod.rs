@@ -409,6 +409,13 @@ impl FleetMonitor {
         self.0.slots.len()
     }
 
+    /// The memory budget every connection charges: its used and peak bytes
+    /// are two atomic loads, cheaper than a [`stats`](Self::stats) snapshot
+    /// for an observer that polls them often.
+    pub fn budget(&self) -> &FleetBudget {
+        &self.0.budget
+    }
+
     /// A snapshot of every connection and the totals.
     pub fn stats(&self) -> FleetStats {
         let mut connections: Vec<ConnectionInfo> =
