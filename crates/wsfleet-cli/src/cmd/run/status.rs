@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use tokio::time::Instant;
-use wsfleet::fleet::FleetStats;
+use wsfleet::fleet::{ConnState, FleetStats};
 
 use crate::logging;
 use crate::units::format_size;
@@ -33,6 +33,10 @@ pub(crate) struct Snapshot {
     pub(crate) budget_used: u64,
     /// The budget.
     pub(crate) budget_max: u64,
+    /// Of `budget_used`: received messages not yet written out.
+    pub(crate) budget_handed: u64,
+    /// Connections not reading until the budget has room.
+    pub(crate) paused: usize,
 }
 
 impl Snapshot {
@@ -46,6 +50,12 @@ impl Snapshot {
             reconnects: stats.reconnects,
             budget_used: bytes(stats.budget_used),
             budget_max: bytes(stats.budget_max),
+            budget_handed: bytes(stats.budget_handed),
+            paused: stats
+                .connections
+                .iter()
+                .filter(|c| c.state == ConnState::Paused)
+                .count(),
         }
     }
 }
@@ -104,7 +114,7 @@ impl Status {
         let rate = self.rate;
         let rss = rss_bytes().map_or_else(|| "?".to_owned(), format_size);
         format!(
-            "ready {}/{} | sent {} | received {} | {rate:.0} msgs/s | reconnects {} | buffered {} of {} budget | rss {rss}",
+            "ready {}/{} | sent {} | received {} | {rate:.0} msgs/s | reconnects {} | buffered {} of {} budget ({} in messages) | paused {} | rss {rss}",
             now.ready,
             now.target,
             now.sent,
@@ -112,6 +122,8 @@ impl Status {
             now.reconnects,
             format_size(now.budget_used),
             format_size(now.budget_max),
+            format_size(now.budget_handed),
+            now.paused,
         )
     }
 }
@@ -161,6 +173,8 @@ mod tests {
             reconnects: 3,
             budget_used: 2048,
             budget_max: 1 << 30,
+            budget_handed: 1024,
+            paused: 2,
         });
         for part in [
             "ready 19/20",
@@ -168,7 +182,8 @@ mod tests {
             "received 99",
             "msgs/s",
             "reconnects 3",
-            "buffered 2.0 KiB of 1.0 GiB budget",
+            "buffered 2.0 KiB of 1.0 GiB budget (1.0 KiB in messages)",
+            "paused 2",
             "rss ",
         ] {
             assert!(line.contains(part), "{part:?} missing in {line:?}");
