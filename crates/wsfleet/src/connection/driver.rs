@@ -128,7 +128,7 @@ impl Connection {
                     return Poll::Ready(Ok(Step::Progress));
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::Io(e))),
-                Poll::Pending => self.progress.on_pending(Instant::now()),
+                Poll::Pending => self.progress.on_pending(mid_message),
             }
             // Nothing to read now: free the buffers if it stays quiet.
             if self.release_at.is_none() && self.proto.buffered_bytes() > 0 {

@@ -36,7 +36,7 @@ use crate::connect::{self, ConnectError, MaybeTlsStream, Target};
 use crate::fleet::budget::{ConnBudget, Verdict};
 use crate::keys::OsRngKeys;
 use keepalive::KeepaliveState;
-use progress::MessageProgress;
+use progress::{MessageProgress, ProgressLimits};
 
 /// Counters of one connection, as a snapshot.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -97,10 +97,8 @@ pub struct Connection {
     stats: ConnectionStats,
     /// The fleet's budget decisions for this connection, if in a fleet.
     gate: Option<Arc<ConnBudget>>,
-    /// Since when reading has been paused for memory.
-    paused_since: Option<Instant>,
     /// Progress deadlines in force, and the message under way's progress.
-    progress_limits: Progress,
+    progress_limits: ProgressLimits,
     progress: MessageProgress,
 }
 
@@ -228,8 +226,7 @@ impl Connection {
             need_flush: false,
             stats: ConnectionStats::default(),
             gate: config.gate.clone(),
-            paused_since: None,
-            progress_limits: config.progress,
+            progress_limits: config.progress.into(),
             progress: MessageProgress::default(),
         }
     }
@@ -405,10 +402,7 @@ impl Connection {
         let Some(gate) = self.gate.clone() else {
             return Err(self.fail_for_budget(wanted));
         };
-        let now = Instant::now();
-        if self.paused_since.is_none() {
-            self.paused_since = Some(now);
-            gate.set_paused(true, Duration::ZERO);
+        if gate.begin_pause() {
             tracing::debug!(peer = %self.peer, wanted, "memory budget spent: pausing reads");
         }
         // Pongs and replies already queued still go out.
@@ -431,12 +425,8 @@ impl Connection {
     /// keepalive starts its quiet interval afresh (we did not read, so the
     /// peer's silence meant nothing).
     fn end_pause(&mut self) {
-        if let Some(since) = self.paused_since.take() {
-            let now = Instant::now();
-            if let Some(gate) = &self.gate {
-                gate.set_paused(false, now - since);
-            }
-            self.keepalive.on_resume(now);
+        if self.gate.as_ref().is_some_and(|g| g.end_pause()) {
+            self.keepalive.on_resume(Instant::now());
         }
     }
 
@@ -576,7 +566,7 @@ impl Connection {
     /// takes nothing for [`Progress::write`] ends the wait with
     /// [`Error::WriteStalled`].
     async fn write_step(&mut self) -> Result<(), Error> {
-        let limit = self.progress_limits.write;
+        let limit = self.progress_limits.write();
         match tokio::time::timeout(limit, self.step(false)).await {
             Ok(step) => step.map(drop),
             Err(_) => Err(Error::WriteStalled(limit)),

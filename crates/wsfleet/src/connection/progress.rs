@@ -80,6 +80,32 @@ impl Progress {
     }
 }
 
+/// [`Progress`] as a connection keeps it: every idle connection carries
+/// one, so 12 bytes rather than 40.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ProgressLimits {
+    message_ms: u32,
+    min_rate: u32,
+    write_ms: u32,
+}
+
+impl From<Progress> for ProgressLimits {
+    fn from(p: Progress) -> Self {
+        let ms = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
+        Self {
+            message_ms: ms(p.message),
+            min_rate: u32::try_from(p.min_rate).unwrap_or(u32::MAX),
+            write_ms: ms(p.write),
+        }
+    }
+}
+
+impl ProgressLimits {
+    pub(crate) fn write(self) -> Duration {
+        Duration::from_millis(u64::from(self.write_ms))
+    }
+}
+
 /// The message under way stalled: waited this long, got this many bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Stalled {
@@ -87,9 +113,13 @@ pub(crate) struct Stalled {
     pub(crate) received: u64,
 }
 
-/// Waiting time and bytes of the message under way.
+/// Waiting time and bytes of the message under way: boxed, and only while
+/// a message is under way, so an idle connection carries a null pointer.
 #[derive(Debug, Default)]
-pub(crate) struct MessageProgress {
+pub(crate) struct MessageProgress(Option<Box<Tracking>>);
+
+#[derive(Debug, Default)]
+struct Tracking {
     /// Since when the socket has been waited on (read returned pending).
     waiting_since: Option<Instant>,
     /// The message under way: waiting time and bytes in the current window.
@@ -97,15 +127,23 @@ pub(crate) struct MessageProgress {
 }
 
 impl MessageProgress {
-    /// A read found nothing: waiting for the peer starts (if not already).
-    pub(crate) fn on_pending(&mut self, now: Instant) {
-        self.waiting_since.get_or_insert(now);
+    /// A read found nothing while a message is under way: waiting for the
+    /// peer starts (if not already). Between messages nothing is tracked.
+    pub(crate) fn on_pending(&mut self, mid_message: bool) {
+        if mid_message {
+            let tracking = self.0.get_or_insert_default();
+            if tracking.waiting_since.is_none() {
+                tracking.waiting_since = Some(Instant::now());
+            }
+        }
     }
 
     /// We stop reading for our own reasons (consumer, budget): that time is
     /// not the peer's.
     pub(crate) fn pause(&mut self) {
-        self.waiting_since = None;
+        if let Some(tracking) = &mut self.0 {
+            tracking.waiting_since = None;
+        }
     }
 
     /// `n` bytes arrived at `now`; `mid_message` tells whether a message
@@ -115,21 +153,22 @@ impl MessageProgress {
         now: Instant,
         n: usize,
         mid_message: bool,
-        limits: &Progress,
+        limits: &ProgressLimits,
     ) -> Result<(), Stalled> {
-        let waited = self
+        if !mid_message {
+            self.0 = None;
+            return Ok(());
+        }
+        let tracking = self.0.get_or_insert_default();
+        let waited = tracking
             .waiting_since
             .take()
             .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
-        if !mid_message {
-            self.current = None;
-            return Ok(());
-        }
-        let (total, bytes) = self.current.get_or_insert((Duration::ZERO, 0));
+        let (total, bytes) = tracking.current.get_or_insert((Duration::ZERO, 0));
         *total += waited;
         *bytes += n as u64;
-        if *total >= limits.message {
-            let floor = (limits.min_rate as f64 * total.as_secs_f64()) as u64;
+        if *total >= Duration::from_millis(u64::from(limits.message_ms)) {
+            let floor = (f64::from(limits.min_rate) * total.as_secs_f64()) as u64;
             if *bytes < floor {
                 return Err(Stalled {
                     waited: *total,
@@ -137,7 +176,7 @@ impl MessageProgress {
                 });
             }
             // Fast enough in this window: the next one starts.
-            self.current = Some((Duration::ZERO, 0));
+            tracking.current = Some((Duration::ZERO, 0));
         }
         Ok(())
     }
@@ -149,20 +188,25 @@ mod tests {
 
     const S: Duration = Duration::from_secs(1);
 
+    /// `on_pending` at a chosen time, as the driver does at `Instant::now()`.
+    fn pending_at(p: &mut MessageProgress, now: Instant) {
+        p.0.get_or_insert_default().waiting_since = Some(now);
+    }
+
     #[test]
     fn a_trickle_into_a_started_message_is_stalled_after_the_deadline() {
-        let limits = Progress::default();
+        let limits = ProgressLimits::from(Progress::default());
         let mut p = MessageProgress::default();
         let mut now = Instant::now();
         // A header, 12 MiB at once, then a byte every 5 s.
-        p.on_pending(now);
+        pending_at(&mut p, now);
         p.on_read(now, 14, false, &limits).unwrap();
-        p.on_pending(now);
+        pending_at(&mut p, now);
         now += S;
         p.on_read(now, 12 << 20, true, &limits).unwrap();
         let mut reads = 0;
         let stalled = loop {
-            p.on_pending(now);
+            pending_at(&mut p, now);
             now += 5 * S;
             reads += 1;
             if let Err(s) = p.on_read(now, 1, true, &limits) {
@@ -178,34 +222,34 @@ mod tests {
 
     #[test]
     fn a_slow_but_steady_message_and_waits_between_messages_pass() {
-        let limits = Progress::default();
+        let limits = ProgressLimits::from(Progress::default());
         let mut p = MessageProgress::default();
         let mut now = Instant::now();
         // Five minutes of 8 KiB/s into one message.
         for _ in 0..300 {
-            p.on_pending(now);
+            pending_at(&mut p, now);
             now += S;
             p.on_read(now, 8192, true, &limits).unwrap();
         }
         // A minute of silence between messages counts for nothing.
-        p.on_pending(now);
+        pending_at(&mut p, now);
         now += 60 * S;
         p.on_read(now, 10, false, &limits).unwrap();
-        p.on_pending(now);
+        pending_at(&mut p, now);
         now += S;
         p.on_read(now, 10, true, &limits).unwrap();
     }
 
     #[test]
     fn time_not_spent_waiting_on_the_peer_does_not_count() {
-        let limits = Progress::default();
+        let limits = ProgressLimits::from(Progress::default());
         let mut p = MessageProgress::default();
         let mut now = Instant::now();
-        p.on_pending(now);
+        pending_at(&mut p, now);
         now += S;
         p.on_read(now, 100, true, &limits).unwrap();
         // Paused for memory (or the consumer) for ten minutes.
-        p.on_pending(now);
+        pending_at(&mut p, now);
         p.pause();
         now += 600 * S;
         p.on_read(now, 100, true, &limits).unwrap();

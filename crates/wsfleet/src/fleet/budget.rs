@@ -157,6 +157,7 @@ impl FleetBudget {
             evict: Notify::new(),
             paused: AtomicBool::new(false),
             paused_ns: AtomicU64::new(0),
+            pause_started: Mutex::new(None),
         });
         let mut members = self.members.lock().unwrap_or_else(|p| p.into_inner());
         members.retain(|m| m.strong_count() > 0);
@@ -287,6 +288,8 @@ pub(crate) struct ConnBudget {
     evict: Notify,
     paused: AtomicBool,
     paused_ns: AtomicU64,
+    /// When the pause under way began.
+    pause_started: Mutex<Option<tokio::time::Instant>>,
 }
 
 impl ConnBudget {
@@ -323,18 +326,34 @@ impl ConnBudget {
         Duration::from_nanos(self.paused_ns.load(Ordering::Relaxed))
     }
 
-    /// Marks the start (true) or end (false) of a pause; `elapsed` is the
-    /// pause's length at its end.
-    pub(crate) fn set_paused(&self, paused: bool, elapsed: Duration) {
-        let was = self.paused.swap(paused, Ordering::Relaxed);
-        if paused && !was {
-            self.fleet.pauses.fetch_add(1, Ordering::Relaxed);
+    /// The connection stops reading for memory; true if it was reading.
+    pub(crate) fn begin_pause(&self) -> bool {
+        if self.paused.swap(true, Ordering::Relaxed) {
+            return false;
         }
-        if !paused && was {
-            let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        *self.pause_started.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(tokio::time::Instant::now());
+        self.fleet.pauses.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// The connection reads again; true if it was paused (the pause's
+    /// length is added to the connection's and the fleet's paused time).
+    pub(crate) fn end_pause(&self) -> bool {
+        if !self.paused.swap(false, Ordering::Relaxed) {
+            return false;
+        }
+        let started = self
+            .pause_started
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(started) = started {
+            let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
             self.paused_ns.fetch_add(ns, Ordering::Relaxed);
             self.fleet.paused_ns.fetch_add(ns, Ordering::Relaxed);
         }
+        true
     }
 }
 
