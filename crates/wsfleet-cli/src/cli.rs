@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use wsfleet::fleet::SlowConsumer;
 use wsfleet::serve::ChaosMode;
 
 use crate::units;
@@ -153,6 +154,13 @@ pub(crate) struct RunArgs {
     /// does: \n, \r, \xNN, \u{NN}) or `none` [default: none].
     #[arg(long, value_name = "FORMAT")]
     pub(crate) output: Option<OutputFormat>,
+    /// When the output falls behind: `backpressure` (stop reading the
+    /// sockets until it catches up; nothing is lost), `drop-newest` (drop
+    /// what does not fit, counted in wsfleet_events_dropped_total) or
+    /// `disconnect:DUR` (after waiting DUR, drop the message and close the
+    /// connection; it reconnects) [default: backpressure].
+    #[arg(long, value_name = "POLICY", value_parser = parse_slow_consumer)]
+    pub(crate) slow_consumer: Option<SlowConsumer>,
     /// With --output text: print text payloads exactly as they arrive,
     /// control characters and all (a message may then span lines).
     #[arg(long)]
@@ -516,6 +524,22 @@ pub(crate) fn parse_share(share: &str) -> Result<f64, String> {
     }
 }
 
+/// `--slow-consumer`: `backpressure`, `drop-newest` or `disconnect:DUR`.
+pub(crate) fn parse_slow_consumer(policy: &str) -> Result<SlowConsumer, String> {
+    match policy.trim() {
+        "backpressure" => Ok(SlowConsumer::Backpressure),
+        "drop-newest" => Ok(SlowConsumer::DropNewest),
+        other => match other.strip_prefix("disconnect:") {
+            Some(patience) => units::parse_period(patience)
+                .map(SlowConsumer::Disconnect)
+                .map_err(|e| format!("invalid --slow-consumer {policy:?}: {e}")),
+            None => Err(format!(
+                "invalid --slow-consumer {policy:?}: expected backpressure, drop-newest or disconnect:DUR"
+            )),
+        },
+    }
+}
+
 /// A rate above zero, per second.
 pub(crate) fn parse_rate(rate: &str) -> Result<f64, String> {
     match rate.trim().parse::<f64>() {
@@ -667,6 +691,26 @@ mod tests {
         assert_eq!(run.healthy_share, Some(1.0));
         assert_eq!(run.output, Some(OutputFormat::Jsonl));
         assert_eq!(run.send_on_connect, ["a", "b"]);
+    }
+
+    #[test]
+    fn slow_consumer_policies_parse() {
+        assert_eq!(
+            parse_slow_consumer("backpressure"),
+            Ok(SlowConsumer::Backpressure)
+        );
+        assert_eq!(
+            parse_slow_consumer("drop-newest"),
+            Ok(SlowConsumer::DropNewest)
+        );
+        assert_eq!(
+            parse_slow_consumer("disconnect:30s"),
+            Ok(SlowConsumer::Disconnect(Duration::from_secs(30)))
+        );
+        for bad in ["drop", "disconnect:", "disconnect:0s", "disconnect"] {
+            let e = parse_slow_consumer(bad).unwrap_err();
+            assert!(e.contains("--slow-consumer"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -171,7 +171,8 @@ fn builder(plan: &Plan, urls: &[String], connection: ConnectionConfig) -> FleetB
     builder = builder
         .connections(plan.connections as usize)
         .shard(plan.shard.index as usize, plan.shard.count as usize)
-        .connection_config(connection);
+        .connection_config(connection)
+        .slow_consumer(plan.slow_consumer);
     if let Some(lifetime) = plan.max_lifetime {
         builder = builder.max_lifetime(lifetime);
     }

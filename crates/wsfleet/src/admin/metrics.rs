@@ -111,6 +111,13 @@ pub(super) fn render(s: &FleetStats) -> String {
         "Connections closed (1009) so that others could have the memory they held.",
     );
     let _ = writeln!(out, "wsfleet_budget_evictions_total {}", s.budget_evictions);
+    metric(
+        &mut out,
+        "wsfleet_events_dropped_total",
+        "counter",
+        "Received messages dropped by the slow-consumer policy (0 under backpressure).",
+    );
+    let _ = writeln!(out, "wsfleet_events_dropped_total {}", s.events_dropped);
     let buffered: usize = s.connections.iter().map(|c| c.buffered_bytes).sum();
     for (name, help, value) in [
         (

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use wsfleet_proto::{ConfigError, Limits};
 
+use super::SlowConsumer;
 use super::backoff::Backoff;
 use super::budget::FleetBudget;
 use super::intensity::{IntensityWindow, RestartIntensity};
@@ -41,6 +42,7 @@ pub(crate) struct Settings {
     pub(crate) on_connect: Option<OnConnect>,
     pub(crate) inbox_capacity: usize,
     pub(crate) seed: Option<u64>,
+    pub(crate) slow_consumer: SlowConsumer,
 }
 
 /// Builds a [`Fleet`]. Every setting has a default a user would expect;
@@ -76,6 +78,7 @@ impl FleetBuilder {
                 healthy_after: Duration::from_secs(10),
                 on_connect: None,
                 inbox_capacity: 64,
+                slow_consumer: SlowConsumer::default(),
                 seed: None,
             },
         }
@@ -193,6 +196,13 @@ impl FleetBuilder {
     /// Capacity of the event stream (default 1,024 events).
     pub fn event_capacity(mut self, n: usize) -> Self {
         self.event_capacity = n;
+        self
+    }
+
+    /// What happens when the consumer of [`Fleet::events`](super::Fleet::events)
+    /// falls behind (default: backpressure). See [`SlowConsumer`].
+    pub fn slow_consumer(mut self, policy: SlowConsumer) -> Self {
+        self.settings.slow_consumer = policy;
         self
     }
 
@@ -323,6 +333,7 @@ impl FleetBuilder {
             next_id: AtomicU64::new(0),
             round_robin: AtomicUsize::new(0),
             reconnects: AtomicU64::new(0),
+            events_dropped: AtomicU64::new(0),
             counters: Default::default(),
             draining_tasks: Mutex::new(Vec::new()),
         });

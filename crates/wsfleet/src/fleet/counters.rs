@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Labels of [`super::DisconnectReason::label`], in a fixed order.
-pub(crate) const REASONS: [&str; 16] = [
+pub(crate) const REASONS: [&str; 17] = [
     "connect_failed",
     "hook_failed",
     "closed_by_peer",
@@ -14,6 +14,7 @@ pub(crate) const REASONS: [&str; 16] = [
     "pong_timeout",
     "message_stalled",
     "write_stalled",
+    "slow_consumer",
     "ping_flood",
     "abnormal",
     "io",

@@ -133,6 +133,32 @@ pub enum EventKind {
     },
 }
 
+/// What the fleet does with a received message when the consumer of
+/// [`Fleet::events`] has fallen behind (the event queue is full).
+///
+/// Whatever the policy, the memory budget bounds what is held: received
+/// messages carry their charge until dropped, and a spent budget pauses
+/// reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum SlowConsumer {
+    /// Wait for the consumer: the connection stops reading, TCP pushes
+    /// back on the server, nothing is lost. A consumer that never resumes
+    /// stalls the fleet (the servers may then drop the connections).
+    #[default]
+    Backpressure,
+    /// Drop the message that does not fit and count it
+    /// ([`FleetStats::events_dropped`]); the connection keeps reading. For
+    /// feeds where only fresh data matters (a newer quote replaces an
+    /// older one): the consumer sees gaps, the servers never see a stall.
+    DropNewest,
+    /// Wait at most this long for the consumer; then drop the message
+    /// (counted) and close the connection (reason `slow_consumer`, 1008):
+    /// its slot reconnects after its backoff. Sheds the connections the
+    /// consumer cannot keep up with instead of stalling them all.
+    Disconnect(Duration),
+}
+
 /// A message the fleet did not take; the message is handed back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -236,6 +262,8 @@ pub(crate) struct Shared {
     next_id: AtomicU64,
     round_robin: AtomicUsize,
     pub(crate) reconnects: AtomicU64,
+    /// Received messages the slow-consumer policy dropped.
+    pub(crate) events_dropped: AtomicU64,
     pub(crate) counters: counters::Counters,
     /// Rotated-out connections still closing, awaited by `shutdown`.
     pub(crate) draining_tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -244,6 +272,38 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn next_conn_id(&self) -> ConnId {
         ConnId(self.next_id.fetch_add(1, Ordering::Relaxed) + 1)
+    }
+
+    /// Hands a received message to the consumer under the fleet's
+    /// [`SlowConsumer`] policy. `false`: the policy gave up on this
+    /// connection (close it as `slow_consumer`).
+    pub(crate) async fn deliver(&self, conn: ConnId, slot: SlotId, message: Message) -> bool {
+        let event = Event {
+            conn,
+            slot,
+            kind: EventKind::Message(message),
+        };
+        match self.settings.slow_consumer {
+            SlowConsumer::Backpressure => {
+                let _ = self.events.send(event).await;
+                true
+            }
+            SlowConsumer::DropNewest => {
+                if let Err(mpsc::error::TrySendError::Full(_)) = self.events.try_send(event) {
+                    self.events_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                true
+            }
+            SlowConsumer::Disconnect(patience) => {
+                match tokio::time::timeout(patience, self.events.send(event)).await {
+                    Ok(_) => true,
+                    Err(_) => {
+                        self.events_dropped.fetch_add(1, Ordering::Relaxed);
+                        false
+                    }
+                }
+            }
+        }
     }
 
     pub(crate) async fn emit(&self, conn: ConnId, slot: SlotId, kind: EventKind) {
@@ -443,6 +503,7 @@ impl FleetMonitor {
             budget_pauses: self.0.budget.pauses(),
             budget_paused: self.0.budget.paused_time(),
             budget_evictions: self.0.budget.evictions(),
+            events_dropped: self.0.events_dropped.load(Ordering::Relaxed),
             totals: self.0.counters.snapshot(),
             connections,
         }

@@ -40,6 +40,9 @@ pub enum DisconnectReason {
     MessageStalled,
     /// The peer stopped taking what we write (see [`crate::Progress`]).
     WriteStalled,
+    /// The consumer of the fleet's events fell behind for longer than
+    /// [`SlowConsumer::Disconnect`](super::SlowConsumer::Disconnect) allows.
+    SlowConsumer,
     /// The peer sent pings faster than
     /// [`Keepalive::peer_ping_limit`](crate::Keepalive::peer_ping_limit).
     PingFlood,
@@ -72,6 +75,7 @@ impl DisconnectReason {
             Self::PongTimeout => "pong_timeout",
             Self::MessageStalled => "message_stalled",
             Self::WriteStalled => "write_stalled",
+            Self::SlowConsumer => "slow_consumer",
             Self::PingFlood => "ping_flood",
             Self::Abnormal { .. } => "abnormal",
             Self::Io(_) => "io",
@@ -92,7 +96,7 @@ impl DisconnectReason {
         match self {
             Self::Protocol(e) => Some(e.close_code()),
             Self::Rotated | Self::Shutdown => Some(CloseCode::GOING_AWAY),
-            Self::PongTimeout | Self::PingFlood | Self::MessageStalled => {
+            Self::PongTimeout | Self::PingFlood | Self::MessageStalled | Self::SlowConsumer => {
                 Some(CloseCode::POLICY_VIOLATION)
             }
             _ => None,
@@ -152,6 +156,9 @@ impl fmt::Display for DisconnectReason {
             Self::PongTimeout => f.write_str("peer silent: ping unanswered"),
             Self::MessageStalled => f.write_str("message stalled: below the minimum rate (1008)"),
             Self::WriteStalled => f.write_str("write stalled: the peer stopped reading"),
+            Self::SlowConsumer => {
+                f.write_str("the event consumer fell behind (slow-consumer policy)")
+            }
             Self::PingFlood => f.write_str("ping flood: too many pings from the peer (1008)"),
             Self::Abnormal { mid_message: true } => {
                 f.write_str("TCP ended without a close frame, mid-message")

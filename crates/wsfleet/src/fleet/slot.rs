@@ -659,7 +659,16 @@ async fn conn_task(
                 conn.fail_for_budget(0);
             }
             event = conn.recv() => match event {
-                Some(Ok(m)) => shared.emit(id, slot, EventKind::Message(m)).await,
+                Some(Ok(m)) => {
+                    if !shared.deliver(id, slot, m).await && draining.is_none() {
+                        tracing::warn!(conn = %id, "the event consumer fell behind: closing this connection");
+                        record.set_state(ConnState::Draining);
+                        if let Err(e) = conn.begin_close(CloseCode::POLICY_VIOLATION, "slow consumer") {
+                            break DisconnectReason::from_error(&e);
+                        }
+                        draining = Some(DisconnectReason::SlowConsumer);
+                    }
+                }
                 None => {
                     break draining.clone().unwrap_or_else(|| {
                         let frame = conn.close_frame();

@@ -292,6 +292,9 @@ pub struct FleetStats {
     /// Connections closed (1009) so that others could have the memory
     /// they held.
     pub budget_evictions: u64,
+    /// Received messages dropped by the [`SlowConsumer`](super::SlowConsumer)
+    /// policy (never under the default, backpressure).
+    pub events_dropped: u64,
     /// Monotonic totals since start.
     pub totals: Totals,
     /// One entry per slot, plus connections draining after rotation.

@@ -15,6 +15,7 @@ mod peers;
 mod proxy;
 mod redirect;
 mod script;
+mod slow_consumer;
 mod tls;
 
 use std::time::Duration;

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
+use wsfleet::fleet::SlowConsumer;
 use wsfleet::{ConnectionConfig, Keepalive, Progress};
 
 use super::output::Output;
@@ -56,6 +57,8 @@ pub(crate) struct Plan {
     pub(crate) healthy_share: f64,
     /// Where received messages go, and how.
     pub(crate) output: Output,
+    /// What happens when the output falls behind.
+    pub(crate) slow_consumer: SlowConsumer,
     /// Stop after this long, if set.
     pub(crate) duration: Option<Duration>,
     /// Demo send period per connection.
@@ -158,6 +161,10 @@ impl Plan {
             ping_interval: args.ping_interval.or(file.ping_interval.map(|d| d.0)),
             pong_timeout: args.pong_timeout.or(file.pong_timeout.map(|d| d.0)),
             peer_ping_limit: args.peer_ping_limit.or(file.peer_ping_limit),
+            slow_consumer: args
+                .slow_consumer
+                .or(file.slow_consumer.map(|p| p.0))
+                .unwrap_or_default(),
             message_deadline: args.message_deadline.or(file.message_deadline.map(|d| d.0)),
             message_min_rate: args
                 .message_min_rate
@@ -256,6 +263,7 @@ struct FileConfig {
     peer_ping_limit: Option<u32>,
     message_deadline: Option<Period>,
     message_min_rate: Option<Size>,
+    slow_consumer: Option<SlowPolicy>,
 }
 
 fn unwrap_all<T, W: Into<T>>(values: Vec<W>) -> Vec<T> {
@@ -406,6 +414,12 @@ parsed!(
     Period(Duration),
     |s| units::parse_period(s).map_err(|e| e.to_string()),
     "a duration such as \"1s\""
+);
+parsed!(
+    /// `slow-consumer`: `"backpressure"`, `"drop-newest"` or `"disconnect:30s"`.
+    SlowPolicy(SlowConsumer),
+    cli::parse_slow_consumer,
+    "backpressure, drop-newest or disconnect:DUR"
 );
 parsed!(
     /// `header`: `"Name: value"`.
