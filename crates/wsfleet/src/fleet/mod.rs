@@ -306,12 +306,66 @@ impl Shared {
         }
     }
 
+    /// Charges a message the application sends to the fleet budget until
+    /// its last reference is dropped (written and forgotten, or handed back
+    /// as `Undelivered` and dropped there). Forced: the application already
+    /// holds the memory, and making `send` wait for budget that only its
+    /// own consumer can free would deadlock a task that both sends and
+    /// consumes. Counted, it makes readers pause instead of growing.
+    fn charge_outbound(&self, message: Message) -> Message {
+        let len = message.len();
+        if len == 0 {
+            return message;
+        }
+        let charge = len + OUTBOUND_OVERHEAD;
+        wsfleet_proto::MemoryBudget::force_reserve(&*self.budget, charge);
+        let owner = Outbound {
+            bytes: message.payload().clone(),
+            budget: self.budget.clone(),
+            charge,
+        };
+        let payload = bytes::Bytes::from_owner(owner);
+        match message {
+            // Still the same valid UTF-8: checked again only because the
+            // core's unchecked constructor is not public.
+            Message::Text(_) => match wsfleet_proto::Utf8Bytes::try_from(payload) {
+                Ok(text) => Message::Text(text),
+                Err(_) => unreachable!("a text message's payload is UTF-8"),
+            },
+            Message::Binary(_) => Message::Binary(payload),
+        }
+    }
+
     pub(crate) async fn emit(&self, conn: ConnId, slot: SlotId, kind: EventKind) {
         if let EventKind::Disconnected(reason) = &kind {
             self.counters.disconnect(reason.label());
         }
         // Fails only once the fleet handle (and its receiver) is gone.
         let _ = self.events.send(Event { conn, slot, kind }).await;
+    }
+}
+
+/// What an outbound message's charge counts beyond its payload: the owner
+/// allocation that carries the charge.
+const OUTBOUND_OVERHEAD: usize = 64;
+
+/// The owner of an outbound payload: the application's bytes and their
+/// charge to the fleet budget, given back when the last reference drops.
+struct Outbound {
+    bytes: bytes::Bytes,
+    budget: Arc<FleetBudget>,
+    charge: usize,
+}
+
+impl AsRef<[u8]> for Outbound {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl Drop for Outbound {
+    fn drop(&mut self) {
+        wsfleet_proto::MemoryBudget::release(&*self.budget, self.charge);
     }
 }
 
@@ -343,6 +397,7 @@ impl Fleet {
     /// # Errors
     /// [`FleetSendError::NoReadyConnection`] with the message when none is ready.
     pub async fn send(&self, message: Message) -> Result<ConnId, FleetSendError> {
+        let message = self.shared.charge_outbound(message);
         let n = self.shared.slots.len();
         let start = self.shared.round_robin.fetch_add(1, Ordering::Relaxed);
         let mut message = message;
@@ -374,6 +429,7 @@ impl Fleet {
     /// # Errors
     /// [`FleetSendError::UnknownConnection`] if it is not ready.
     pub async fn send_to(&self, conn: ConnId, message: Message) -> Result<(), FleetSendError> {
+        let message = self.shared.charge_outbound(message);
         for slot in &self.shared.slots {
             if let Some((id, inbox)) = slot.inbox() {
                 if id == conn {
@@ -390,6 +446,8 @@ impl Fleet {
     /// Sends a copy to every ready connection (payloads are shared, not
     /// copied). Returns how many took it.
     pub async fn broadcast(&self, message: Message) -> usize {
+        // Charged once: every inbox shares the one payload.
+        let message = self.shared.charge_outbound(message);
         let mut sent = 0;
         for slot in &self.shared.slots {
             if let Some((_, inbox)) = slot.inbox() {

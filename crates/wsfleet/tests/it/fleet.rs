@@ -599,3 +599,45 @@ async fn a_send_refused_by_the_budget_goes_out_once_it_frees() {
     fleet.shutdown().await;
     assert_eq!(monitor.stats().budget_used, 0, "every byte came back");
 }
+
+/// What the application sends is charged too, from `send` until the last
+/// reference is dropped: written and forgotten, or handed back.
+#[tokio::test]
+async fn sent_messages_are_charged_until_written_or_handed_back() {
+    let server = echo_server().await;
+    let mut fleet = Fleet::builder(server.url())
+        .connections(1)
+        .connect_rate(1000.0)
+        .spawn()
+        .expect("spawn");
+    let mut events = fleet.events().expect("events");
+    until_ready(&fleet, &mut events, 1).await;
+    let base = fleet.budget().used();
+    let big = Message::binary(vec![3u8; 300_000]);
+    fleet.send(big.clone()).await.expect("sent");
+    drop(big);
+    let held = fleet.budget().used();
+    assert!(
+        held >= base + 300_000,
+        "a queued message holds {held} - {base} B"
+    );
+    let echoed = bounded("echo", async {
+        loop {
+            if let EventKind::Message(m) = events.recv().await.expect("event").kind {
+                return m;
+            }
+        }
+    })
+    .await;
+    assert_eq!(echoed.len(), 300_000);
+    drop(echoed);
+    // Written, echoed and dropped: every byte is back (buffers may linger
+    // until the connection goes quiet).
+    bounded("budget back", async {
+        while fleet.budget().used() > base + 64 * 1024 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    fleet.shutdown().await;
+}
