@@ -106,8 +106,9 @@ pub struct Protocol {
     /// permessage-deflate, when negotiated.
     deflate: Option<DeflateState>,
     /// Bytes the last refused growth asked for, while the step that asked
-    /// can be retried (see [`Protocol::budget_blocked`]).
-    blocked: Option<usize>,
+    /// can be retried (see [`Protocol::budget_blocked`]); 0: none (a
+    /// reservation of nothing is never refused).
+    blocked: usize,
     /// A compressed message whose inflation the budget paused.
     inflating: Option<Box<Inflating>>,
 }
@@ -194,7 +195,7 @@ impl Protocol {
             queued_total: 0,
             written_total: 0,
             deflate: None,
-            blocked: None,
+            blocked: 0,
             inflating: None,
         }
     }
@@ -251,7 +252,7 @@ impl Protocol {
     /// (stops reading: backpressure) or gives up with
     /// [`fail_for_budget`](Self::fail_for_budget).
     pub fn budget_blocked(&self) -> Option<usize> {
-        self.blocked
+        (self.blocked > 0).then_some(self.blocked)
     }
 
     /// Ends the connection because the budget cannot give it what it asked
@@ -261,7 +262,7 @@ impl Protocol {
     /// `requested`: what the refused step asked for, for the error (`None`:
     /// what [`budget_blocked`](Self::budget_blocked) says).
     pub fn fail_for_budget(&mut self, requested: Option<usize>) -> ProtocolError {
-        let requested = requested.or(self.blocked.take()).unwrap_or(0);
+        let requested = requested.unwrap_or(std::mem::take(&mut self.blocked));
         let held = self.account.held();
         self.fail(ProtocolError::BudgetExhausted { requested, held })
     }
@@ -370,7 +371,7 @@ impl Protocol {
         if let Some(job) = self.inflating.take() {
             self.account.refund(job.input_charge + job.out.capacity());
         }
-        self.blocked = None;
+        self.blocked = 0;
         self.rbuf.clear();
         self.release_idle_buffers();
     }

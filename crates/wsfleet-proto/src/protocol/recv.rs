@@ -82,7 +82,7 @@ impl Protocol {
 
     /// Makes room to read into; false when the budget refused it.
     fn ensure_spare(&mut self) -> Result<bool, ProtocolError> {
-        self.blocked = None;
+        self.blocked = 0;
         self.rewind_empty_rbuf();
         if self.read_spare() > 0 {
             return Ok(true);
@@ -216,7 +216,7 @@ impl Protocol {
             if forced {
                 self.account.charge_forced(more);
             } else if !self.account.try_charge(more) {
-                self.blocked = Some(more);
+                self.blocked = more;
                 return Ok(false);
             }
         }
@@ -245,7 +245,7 @@ impl Protocol {
     /// # Errors
     /// The first protocol violation, again on every later call.
     pub fn poll_event(&mut self) -> Result<Option<Event>, ProtocolError> {
-        self.blocked = None;
+        self.blocked = 0;
         if let Some(e) = &self.error {
             let e = e.clone();
             self.discard_input();
@@ -450,7 +450,7 @@ impl Protocol {
             let cap = r.buf.capacity();
             let new_cap = need.max(cap.saturating_mul(2).min(self.limits.max_message));
             if !self.account.try_charge(new_cap - cap) {
-                self.blocked = Some(new_cap - cap);
+                self.blocked = new_cap - cap;
                 return Ok(false);
             }
             r.buf.reserve_exact(new_cap - r.buf.len());
@@ -533,7 +533,7 @@ impl Protocol {
             // charge; the few bytes after it move to a fresh buffer.
             let room = if rest == 0 { 0 } else { rest.max(MIN_GROW) };
             if !self.account.try_charge(room) {
-                self.blocked = Some(room);
+                self.blocked = room;
                 return None;
             }
             let mut piece = std::mem::take(&mut self.rbuf);
@@ -549,7 +549,7 @@ impl Protocol {
         }
         let charge = len + PAYLOAD_OVERHEAD;
         if !self.account.try_charge(charge) {
-            self.blocked = Some(charge);
+            self.blocked = charge;
             return None;
         }
         let copy = self.rbuf[..len].to_vec();
@@ -599,7 +599,7 @@ impl Protocol {
             Some(ctx) => ctx,
             None => {
                 if !self.account.try_charge(INFLATE_CONTEXT_BYTES) {
-                    self.blocked = Some(INFLATE_CONTEXT_BYTES);
+                    self.blocked = INFLATE_CONTEXT_BYTES;
                     self.inflating = Some(job);
                     return Ok(None);
                 }
@@ -639,7 +639,7 @@ impl Protocol {
             Err(InflateError::Budget) => {
                 // Keep the context (and its charge) with the paused job.
                 state.inflater = Some(ctx);
-                self.blocked = Some(INFLATE_CHUNK);
+                self.blocked = INFLATE_CHUNK;
                 self.inflating = Some(job);
                 Ok(None)
             }

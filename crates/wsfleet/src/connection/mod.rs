@@ -313,6 +313,39 @@ impl Connection {
 
     async fn recv_inner(&mut self) -> Option<Result<Message, Error>> {
         loop {
+            // No await inside these matches: what they bind is gone before
+            // the one (boxed) await of the rare paths, so the future an idle
+            // connection parks in stays small.
+            let rare = match self.poll_input() {
+                Input::Message(m) => return Some(Ok(m)),
+                Input::Rare(rare) => rare,
+                Input::Read => match self.step(true).await {
+                    Ok(driver::Step::Progress) => {
+                        self.end_pause();
+                        continue;
+                    }
+                    Ok(driver::Step::Eof) => {
+                        return Some(Err(Error::AbnormalClosure {
+                            mid_message: self.proto.is_mid_message(),
+                        }));
+                    }
+                    Ok(driver::Step::Blocked(wanted)) => Rare::WaitForBudget(wanted),
+                    Err(e @ Error::Protocol(_)) => Rare::End(Ending::Failed(e)),
+                    Err(e @ (Error::PongTimeout(_) | Error::MessageStalled { .. })) => {
+                        Rare::Abandon(e)
+                    }
+                    Err(e) => return Some(Err(e)),
+                },
+            };
+            if let Some(end) = Box::pin(self.rare(rare)).await {
+                return end;
+            }
+        }
+    }
+
+    /// Everything `recv` does without I/O: the next parsed event, handled.
+    fn poll_input(&mut self) -> Input {
+        loop {
             if self.gate.as_ref().is_some_and(|g| g.is_evicted()) {
                 self.fail_for_budget(0);
             }
@@ -320,76 +353,52 @@ impl Connection {
                 Ok(Some(Event::Message(m))) => {
                     self.stats.msgs_in += 1;
                     self.end_pause();
-                    return Some(Ok(m));
+                    return Input::Message(m);
                 }
                 Ok(Some(Event::Close(frame))) => {
                     tracing::debug!(peer = %self.peer, close = ?frame, "peer closed");
                     self.peer_close = frame;
                     // Our reply is queued: write it and end TCP, bounded.
-                    return Box::pin(self.end_with(Ending::Clean)).await;
+                    return Input::Rare(Rare::End(Ending::Clean));
                 }
                 Ok(Some(Event::Ping(_))) => {
                     if let Err(e) = self.keepalive.on_peer_ping(Instant::now()) {
-                        tracing::debug!(peer = %self.peer, error = %e, "closing");
-                        return Box::pin(self.abandon(
-                            CloseCode::POLICY_VIOLATION,
-                            "ping flood",
-                            e,
-                        ))
-                        .await;
+                        return Input::Rare(Rare::Abandon(e));
                     }
-                    continue;
                 }
-                Ok(Some(_pong)) => continue,
+                Ok(Some(_pong)) => {}
                 Ok(None) => {
                     if let Some(wanted) = self.proto.budget_blocked() {
-                        if let Err(e) = Box::pin(self.wait_for_budget(wanted)).await {
-                            return Box::pin(self.end_with(Ending::Failed(e))).await;
-                        }
-                        continue;
+                        return Input::Rare(Rare::WaitForBudget(wanted));
+                    }
+                    if self.leftover.is_empty() {
+                        return Input::Read;
+                    }
+                    if let Err(e) = self.feed_leftover() {
+                        return Input::Rare(Rare::End(Ending::Failed(Error::Protocol(e))));
                     }
                 }
                 Err(e) => {
                     tracing::debug!(peer = %self.peer, error = %e, "protocol error; closing");
-                    return Box::pin(self.end_with(Ending::Failed(Error::Protocol(e)))).await;
+                    return Input::Rare(Rare::End(Ending::Failed(Error::Protocol(e))));
                 }
             }
-            if !self.leftover.is_empty() {
-                if let Err(e) = self.feed_leftover() {
-                    return Box::pin(self.end_with(Ending::Failed(Error::Protocol(e)))).await;
-                }
-                continue;
+        }
+    }
+
+    /// The rare paths of `recv`: closing, giving up, waiting for memory.
+    /// `Some` ends `recv` with its value; `None` goes on reading.
+    async fn rare(&mut self, rare: Rare) -> Option<Option<Result<Message, Error>>> {
+        match rare {
+            Rare::End(ending) => Some(self.end_with(ending).await),
+            Rare::Abandon(error) => {
+                tracing::debug!(peer = %self.peer, %error, "closing");
+                Some(self.abandon(error).await)
             }
-            match self.step(true).await {
-                Ok(driver::Step::Eof) => {
-                    return Some(Err(Error::AbnormalClosure {
-                        mid_message: self.proto.is_mid_message(),
-                    }));
-                }
-                Ok(driver::Step::Blocked(wanted)) => {
-                    if let Err(e) = Box::pin(self.wait_for_budget(wanted)).await {
-                        return Box::pin(self.end_with(Ending::Failed(e))).await;
-                    }
-                }
-                Ok(driver::Step::Progress) => self.end_pause(),
-                Err(e @ Error::Protocol(_)) => {
-                    return Box::pin(self.end_with(Ending::Failed(e))).await;
-                }
-                Err(e @ Error::PongTimeout(_)) => {
-                    return Box::pin(self.abandon(CloseCode::POLICY_VIOLATION, "pong timeout", e))
-                        .await;
-                }
-                Err(e @ Error::MessageStalled { .. }) => {
-                    tracing::debug!(peer = %self.peer, error = %e, "closing");
-                    return Box::pin(self.abandon(
-                        CloseCode::POLICY_VIOLATION,
-                        "message stalled",
-                        e,
-                    ))
-                    .await;
-                }
-                Err(e) => return Some(Err(e)),
-            }
+            Rare::WaitForBudget(wanted) => match self.wait_for_budget(wanted).await {
+                Ok(()) => None,
+                Err(e) => Some(self.end_with(Ending::Failed(e)).await),
+            },
         }
     }
 
@@ -440,18 +449,19 @@ impl Connection {
         Error::Protocol(self.proto.fail_for_budget(Some(wanted)))
     }
 
-    /// Ends the connection on our side with `error`: queues a close frame
-    /// for a peer that may still listen and gives it at most
-    /// [`ABANDON_FLUSH`] to go out, without waiting for an answer. The
-    /// ending is recorded first, so a `recv()` cancelled meanwhile still
-    /// reports it.
-    async fn abandon(
-        &mut self,
-        code: CloseCode,
-        reason: &str,
-        error: Error,
-    ) -> Option<Result<Message, Error>> {
-        let _ = self.proto.close(code, reason);
+    /// Ends the connection on our side with `error` (a flood, a silent or
+    /// stalled peer): queues a close frame (1008) for a peer that may still
+    /// listen and gives it at most [`ABANDON_FLUSH`] to go out, without
+    /// waiting for an answer. The ending is recorded first, so a `recv()`
+    /// cancelled meanwhile still reports it.
+    async fn abandon(&mut self, error: Error) -> Option<Result<Message, Error>> {
+        let reason = match &error {
+            Error::PingFlood { .. } => "ping flood",
+            Error::PongTimeout(_) => "pong timeout",
+            Error::MessageStalled { .. } => "message stalled",
+            _ => "giving up",
+        };
+        let _ = self.proto.close(CloseCode::POLICY_VIOLATION, reason);
         // Nothing more will be read: what was half received goes now.
         self.proto.discard_input();
         self.end_with(Ending::Abandoned(error)).await
@@ -660,6 +670,26 @@ impl Connection {
         let _ = tokio::time::timeout(Duration::from_millis(100), self.stream.shutdown()).await;
         result
     }
+}
+
+/// What `poll_input` found.
+enum Input {
+    /// A message for the caller.
+    Message(Message),
+    /// Nothing parsed: read from the socket.
+    Read,
+    /// One of the rare paths.
+    Rare(Rare),
+}
+
+/// A rare path of `recv`, taken outside the hot loop (boxed).
+enum Rare {
+    /// Finish the close under way and end as recorded.
+    End(Ending),
+    /// Give up on the peer with this error.
+    Abandon(Error),
+    /// The budget refused this many bytes: wait or go.
+    WaitForBudget(usize),
 }
 
 /// How `recv()` reports the end of a connection whose close is under way.
