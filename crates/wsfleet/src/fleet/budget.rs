@@ -67,12 +67,24 @@ pub struct FleetBudget {
     /// Connections waiting for memory: releases wake them only then.
     waiters: AtomicUsize,
     released: Notify,
-    /// Live connections, for the fair share and the largest holder.
-    members: Mutex<Vec<Weak<ConnBudget>>>,
+    /// Live connections, for the fair share and the largest holder (and
+    /// ended ones not yet pruned: see `member`).
+    members: Mutex<Members>,
     pauses: AtomicU64,
     paused_ns: AtomicU64,
     evictions: AtomicU64,
 }
+
+/// The fleet's connections, as weak references, pruned now and then.
+#[derive(Debug, Default)]
+struct Members {
+    list: Vec<Weak<ConnBudget>>,
+    /// Prune ended connections once the list is this long.
+    prune_at: usize,
+}
+
+/// The shortest member list worth a pruning pass.
+const MIN_PRUNE: usize = 64;
 
 /// What the fleet decided for a connection whose charge was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,7 +105,7 @@ impl FleetBudget {
             handed: AtomicUsize::new(0),
             waiters: AtomicUsize::new(0),
             released: Notify::new(),
-            members: Mutex::new(Vec::new()),
+            members: Mutex::new(Members::default()),
             pauses: AtomicU64::new(0),
             paused_ns: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
@@ -160,8 +172,14 @@ impl FleetBudget {
             pause_started: Mutex::new(None),
         });
         let mut members = self.members.lock().unwrap_or_else(|p| p.into_inner());
-        members.retain(|m| m.strong_count() > 0);
-        members.push(Arc::downgrade(&conn));
+        // Pruning ended connections costs a pass over all: done when the
+        // list has doubled since the last pass, so each connection pays
+        // O(1) on average (a pass per attempt made a 10k ramp quadratic).
+        if members.list.len() >= members.prune_at {
+            members.list.retain(|m| m.strong_count() > 0);
+            members.prune_at = (members.list.len() * 2).max(MIN_PRUNE);
+        }
+        members.list.push(Arc::downgrade(&conn));
         conn
     }
 
@@ -170,12 +188,18 @@ impl FleetBudget {
         if me.is_evicted() {
             return Verdict::Refuse;
         }
+        // The common case under a slow consumer, decided without a pass
+        // over every connection (paused connections ask again every
+        // recheck).
+        if self.handed() >= self.max / 2 {
+            return Verdict::Wait;
+        }
         let members = self.members.lock().unwrap_or_else(|p| p.into_inner());
         let mut live = 0usize;
         let mut leaving = false;
         let mut inflight_total = 0usize;
         let mut largest: Option<(usize, Arc<ConnBudget>)> = None;
-        for m in members.iter().filter_map(Weak::upgrade) {
+        for m in members.list.iter().filter_map(Weak::upgrade) {
             live += 1;
             let inflight = m.inflight();
             inflight_total += inflight;
