@@ -15,7 +15,7 @@ use super::budget::FleetBudget;
 use super::intensity::{IntensityWindow, RestartIntensity};
 use super::rate::Pacer;
 use super::stats::ConnRecord;
-use super::{Events, Fleet, Shared, SlotId, SlotShared, slot};
+use super::{Events, Fleet, Shared, SlotId, SlotShared, supervisor};
 use crate::connect::{Deadlines, Target};
 use crate::{Connection, ConnectionConfig, Keepalive};
 
@@ -340,7 +340,7 @@ impl FleetBuilder {
         let tasks = (0..shared.slots.len())
             .map(|i| {
                 let target = targets[shared.slots[i].id.0 as usize % targets.len()].clone();
-                runtime.spawn(slot::run_slot(
+                runtime.spawn(supervisor::run_slot(
                     shared.clone(),
                     i,
                     target,

@@ -24,13 +24,17 @@
 mod backoff;
 pub(crate) mod budget;
 mod builder;
+mod conn_task;
 mod counters;
+mod drain;
 mod inbox;
 mod intensity;
 mod rate;
 mod reason;
-mod slot;
+mod rotation;
+mod running;
 mod stats;
+mod supervisor;
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

@@ -1,0 +1,28 @@
+//! Shutdown of a slot: its current connection closes with a close handshake
+//! (1001), delivering what was in flight, within the close deadline plus a
+//! grace; a connection still open then is aborted.
+
+use std::time::Duration;
+
+use super::DisconnectReason;
+use super::running::Running;
+use super::stats::ConnState;
+use super::supervisor::{Outcome, Supervisor};
+
+impl Supervisor<'_> {
+    /// Drains `current` for the fleet's shutdown. Boxed by the caller: it
+    /// runs once per slot, at the end.
+    pub(super) async fn drain_for_shutdown(&self, mut current: Running) -> Outcome {
+        *self.slot.inbox.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        current.drain(DisconnectReason::Shutdown, None);
+        let limit = self.shared.settings.connection.deadlines.close + Duration::from_millis(500);
+        match tokio::time::timeout(limit, &mut current.task).await {
+            Ok(end) => Box::pin(current.report(self.shared, end)).await,
+            Err(_) => {
+                tracing::warn!(conn = %current.id, "connection did not close in time; aborted")
+            }
+        }
+        current.record.set_state(ConnState::Closed);
+        Outcome::Shutdown
+    }
+}

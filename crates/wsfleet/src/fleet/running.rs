@@ -1,0 +1,206 @@
+//! One connection of a slot from dial to end: opened (connected, its
+//! on-connect hook run) in a task of its own, started as the slot's current
+//! connection in another, and reported when that task ends.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::budget::ConnBudget;
+use super::conn_task::{ConnTask, Drain, TaskEnd};
+use super::inbox::{Inbox, Receiver};
+use super::reason::DisconnectReason;
+use super::stats::ConnRecord;
+use super::{ConnId, EventKind, Shared, SlotId, SlotShared};
+use crate::Connection;
+use crate::connect::Target;
+
+/// A task aborted when its handle is dropped, so nothing outlives its owner.
+pub(super) struct Task<T>(JoinHandle<T>);
+
+impl<T> Future for Task<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+impl<T> Drop for Task<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A connection ready to serve, with the live count of its buffer bytes.
+pub(super) struct Opened {
+    /// Boxed: an `Opened` passes through several futures (dial, rotation,
+    /// start) whose state would each reserve room for a whole connection.
+    conn: Box<Connection>,
+    protocol: Option<String>,
+    budget: Arc<ConnBudget>,
+}
+
+/// A connection task the supervisor watches.
+pub(super) struct Running {
+    pub(super) id: ConnId,
+    pub(super) slot: SlotId,
+    pub(super) record: Arc<ConnRecord>,
+    pub(super) task: Task<TaskEnd>,
+    drain: Option<oneshot::Sender<Drain>>,
+    pub(super) inbox: Arc<Inbox>,
+    pub(super) since: Instant,
+}
+
+impl Running {
+    /// Asks the task to close (once): `forward` takes the messages still
+    /// waiting in its inbox.
+    pub(super) fn drain(&mut self, reason: DisconnectReason, forward: Option<Arc<Inbox>>) {
+        if let Some(tx) = self.drain.take() {
+            let _ = tx.send(Drain { reason, forward });
+        }
+    }
+
+    /// Reports how the task ended: undelivered messages, then the
+    /// disconnect, with one log line.
+    pub(super) async fn report(
+        &self,
+        shared: &Shared,
+        end: Result<TaskEnd, tokio::task::JoinError>,
+    ) {
+        let (id, slot) = (self.id, self.slot);
+        let end = match end {
+            Ok(end) => end,
+            Err(e) if e.is_panic() => TaskEnd {
+                reason: DisconnectReason::Panicked(panic_message(e.into_panic())),
+                undelivered: Vec::new(),
+            },
+            Err(_) => TaskEnd {
+                reason: DisconnectReason::Shutdown,
+                undelivered: Vec::new(),
+            },
+        };
+        if end.reason.is_failure() {
+            tracing::warn!(conn = %id, reason = %end.reason, undelivered = end.undelivered.len(), "connection dropped");
+            self.record.set_error(end.reason.to_string());
+        } else {
+            tracing::debug!(conn = %id, reason = %end.reason, "connection closed");
+        }
+        for message in end.undelivered {
+            shared.emit(id, slot, EventKind::Undelivered(message)).await;
+        }
+        shared
+            .emit(id, slot, EventKind::Disconnected(end.reason))
+            .await;
+    }
+}
+
+/// Connects and runs the on-connect hook in a task of its own, so a panic
+/// in the hook is caught here as that connection's failure.
+pub(super) async fn open(
+    shared: &Arc<Shared>,
+    target: &Target,
+) -> Result<Opened, DisconnectReason> {
+    let mut config = shared.settings.connection.clone();
+    let budget = shared.budget.member();
+    config.budget = Some(budget.clone());
+    config.gate = Some(budget.clone());
+    let hook = shared.settings.on_connect.clone();
+    let target = target.clone();
+    let started = Instant::now();
+    let task = Task(tokio::spawn(async move {
+        let mut conn = Box::new(
+            Connection::connect_target(target, &config)
+                .await
+                .map_err(|e| DisconnectReason::from_connect(&e))?,
+        );
+        if let Some(hook) = hook {
+            let limit = config.deadlines.handshake;
+            match tokio::time::timeout(limit, hook(&mut conn)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(DisconnectReason::HookFailed(e)),
+                Err(_) => {
+                    return Err(DisconnectReason::HookFailed(format!(
+                        "did not finish within {limit:?}"
+                    )));
+                }
+            }
+        }
+        let protocol = conn.protocol().map(str::to_owned);
+        Ok(Opened {
+            conn,
+            protocol,
+            budget,
+        })
+    }));
+    let result = task.await;
+    if matches!(result, Ok(Ok(_))) {
+        shared.counters.handshake(started.elapsed());
+    }
+    match result {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => Err(DisconnectReason::Panicked(panic_message(e.into_panic()))),
+        Err(_) => Err(DisconnectReason::Shutdown),
+    }
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}
+
+/// Starts the task of a ready connection and makes it the slot's current one.
+pub(super) async fn start(
+    shared: &Arc<Shared>,
+    slot: &SlotShared,
+    id: ConnId,
+    opened: Opened,
+) -> Running {
+    let Opened {
+        conn,
+        protocol,
+        budget,
+    } = opened;
+    let record = Arc::new(ConnRecord::successor(&slot.record(), id, budget));
+    let inbox = Arc::new(Inbox::new(shared.settings.inbox_capacity));
+    let (drain_tx, drain_rx) = oneshot::channel();
+    let span = tracing::info_span!("conn", conn = %id);
+    let task = Task(tokio::spawn(
+        ConnTask {
+            shared: shared.clone(),
+            slot: slot.id,
+            id,
+            conn,
+            inbox: Receiver::new(inbox.clone()),
+            drain: drain_rx,
+            record: record.clone(),
+        }
+        .run()
+        .instrument(span),
+    ));
+    *slot.current.lock().unwrap_or_else(|p| p.into_inner()) = record.clone();
+    *slot.inbox.lock().unwrap_or_else(|p| p.into_inner()) = Some((id, inbox.clone()));
+    tracing::debug!(conn = %id, "connection ready");
+    shared
+        .emit(id, slot.id, EventKind::Connected { protocol })
+        .await;
+    Running {
+        id,
+        slot: slot.id,
+        record,
+        task,
+        drain: Some(drain_tx),
+        inbox,
+        since: Instant::now(),
+    }
+}

@@ -1,0 +1,261 @@
+//! The supervisor of one slot.
+//!
+//! A slot runs one connection at a time in its own task (two, briefly, while
+//! rotating make-before-break: see `rotation`). The supervisor awaits that
+//! task's join handle, so a panic in user code ends that connection only; it
+//! then waits out the slot's backoff and the fleet-wide restart intensity,
+//! paces its dial with the fleet's connect rate, and connects again.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::backoff::Jitter;
+use super::conn_task::TaskEnd;
+use super::intensity::Verdict;
+use super::reason::DisconnectReason;
+use super::rotation::RotationSchedule;
+use super::running::{Opened, Running, open, start};
+use super::stats::ConnState;
+use super::{ConnId, EventKind, Shared, SlotShared};
+use crate::connect::Target;
+
+/// What a slot's supervisor works with: the fleet, its slot and target, and
+/// what lives as long as the slot (the shutdown signal, the jitter).
+pub(super) struct Supervisor<'a> {
+    pub(super) shared: &'a Arc<Shared>,
+    pub(super) slot: &'a SlotShared,
+    pub(super) target: &'a Target,
+    pub(super) shutdown: watch::Receiver<bool>,
+    pub(super) jitter: Jitter,
+}
+
+/// How serving a connection ended.
+pub(super) enum Outcome {
+    Shutdown,
+    Ended { lived: Duration },
+}
+
+pub(crate) async fn run_slot(
+    shared: Arc<Shared>,
+    index: usize,
+    target: Target,
+    shutdown: watch::Receiver<bool>,
+) {
+    let slot = &shared.slots[index];
+    let span = tracing::info_span!("slot", slot = %slot.id, url = %slot.url);
+    let jitter = match shared.settings.seed {
+        Some(seed) => {
+            Jitter::seeded(seed ^ u64::from(slot.id.0).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        }
+        None => Jitter::from_os(),
+    };
+    let mut supervisor = Supervisor {
+        shared: &shared,
+        slot,
+        target: &target,
+        shutdown,
+        jitter,
+    };
+    supervisor.supervise().instrument(span).await;
+    slot.record().set_state(ConnState::Closed);
+    *slot.inbox.lock().unwrap_or_else(|p| p.into_inner()) = None;
+}
+
+impl Supervisor<'_> {
+    /// Connects, serves, backs off and connects again, until shutdown.
+    async fn supervise(&mut self) {
+        let (shared, slot) = (self.shared, self.slot);
+        let settings = &shared.settings;
+        let mut failures: u32 = 0;
+        let mut wait = Duration::ZERO;
+        let mut first = true;
+        loop {
+            if *self.shutdown.borrow() {
+                return;
+            }
+            if !wait.is_zero() {
+                slot.record().set_state(ConnState::Backoff);
+                if !sleep_or_shutdown(Instant::now() + wait, &mut self.shutdown).await {
+                    return;
+                }
+            }
+            if !first {
+                if !Box::pin(self.restart_allowed()).await {
+                    return;
+                }
+                shared.reconnects.fetch_add(1, Ordering::Relaxed);
+                slot.record().count_reconnect();
+            }
+            first = false;
+            slot.record().set_state(ConnState::Connecting);
+            let turn = shared.pacer.reserve(Instant::now());
+            if !sleep_or_shutdown(turn, &mut self.shutdown).await {
+                return;
+            }
+            let id = shared.next_conn_id();
+            let opened = tokio::select! {
+                r = Box::pin(open(shared, self.target)) => r,
+                _ = self.shutdown.changed() => return,
+            };
+            match opened {
+                Err(reason) => {
+                    tracing::warn!(conn = %id, %reason, "connect failed");
+                    slot.record().set_error(reason.to_string());
+                    let retry_after = match &reason {
+                        DisconnectReason::ConnectFailed { retry_after, .. } => *retry_after,
+                        _ => None,
+                    };
+                    shared
+                        .emit(id, slot.id, EventKind::Disconnected(reason))
+                        .await;
+                    wait = settings
+                        .backoff
+                        .delay(failures, self.jitter.unit())
+                        .max(retry_after.unwrap_or_default());
+                    failures = failures.saturating_add(1);
+                }
+                Ok(opened) => match Box::pin(self.serve(id, opened)).await {
+                    Outcome::Shutdown => return,
+                    Outcome::Ended { lived } => {
+                        if lived >= settings.healthy_after {
+                            failures = 0;
+                        }
+                        wait = settings.backoff.delay(failures, self.jitter.unit());
+                        failures = failures.saturating_add(1);
+                    }
+                },
+            }
+        }
+    }
+
+    /// Waits out a fleet-wide pause if the restart intensity is exceeded;
+    /// false if the fleet shuts down first.
+    async fn restart_allowed(&mut self) -> bool {
+        let (shared, slot) = (self.shared, self.slot);
+        loop {
+            let verdict = shared
+                .intensity
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .record(Instant::now());
+            match verdict {
+                Verdict::Allowed => return true,
+                Verdict::PausedUntil(until) => {
+                    slot.record().set_state(ConnState::Backoff);
+                    if !sleep_or_shutdown(until, &mut self.shutdown).await {
+                        return false;
+                    }
+                }
+                Verdict::Tripped(until) => {
+                    let paused_for = until.saturating_duration_since(Instant::now());
+                    tracing::warn!(
+                        ?paused_for,
+                        "restart intensity exceeded: the whole fleet pauses reconnecting"
+                    );
+                    shared
+                        .emit(
+                            ConnId(0),
+                            slot.id,
+                            EventKind::RestartIntensityTripped { paused_for },
+                        )
+                        .await;
+                    slot.record().set_state(ConnState::Backoff);
+                    if !sleep_or_shutdown(until, &mut self.shutdown).await {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Serves a ready connection until it ends or the fleet shuts down,
+    /// replacing it whenever its lifetime is up.
+    async fn serve(&mut self, id: ConnId, opened: Opened) -> Outcome {
+        let mut current = Box::pin(start(self.shared, self.slot, id, opened)).await;
+        let mut rotation = RotationSchedule::new(&self.shared.settings, &mut self.jitter);
+        loop {
+            tokio::select! {
+                end = &mut current.task => return Box::pin(self.ended(&current, end)).await,
+                _ = rotation.due() => {
+                    match Box::pin(self.rotate(&mut current, &mut rotation)).await {
+                        None => {}
+                        Some(Outcome::Shutdown) => {
+                            return Box::pin(self.drain_for_shutdown(current)).await;
+                        }
+                        Some(ended) => return ended,
+                    }
+                }
+                _ = self.shutdown.changed() => return Box::pin(self.drain_for_shutdown(current)).await,
+            }
+        }
+    }
+
+    /// The current connection's task ended: the slot has no ready
+    /// connection until the next one; reports how it ended.
+    pub(super) async fn ended(
+        &self,
+        current: &Running,
+        end: Result<TaskEnd, tokio::task::JoinError>,
+    ) -> Outcome {
+        *self.slot.inbox.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        current.record.set_state(ConnState::Backoff);
+        current.report(self.shared, end).await;
+        Outcome::Ended {
+            lived: current.since.elapsed(),
+        }
+    }
+}
+
+/// Sleeps until `at`; false if the fleet shuts down first.
+pub(super) async fn sleep_or_shutdown(at: Instant, shutdown: &mut watch::Receiver<bool>) -> bool {
+    if *shutdown.borrow() {
+        return false;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep_until(at) => true,
+        _ = shutdown.changed() => false,
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+    use crate::Connection;
+
+    #[tokio::test]
+    async fn task_futures_stay_small() {
+        let fleet = super::super::Fleet::builder("ws://127.0.0.1:9/")
+            .connections(1)
+            .spawn()
+            .unwrap();
+        let shared = fleet.shared.clone();
+        let (_tx, rx) = watch::channel(false);
+        let target = Target::parse("ws://127.0.0.1:9/").unwrap();
+        let slot_future = run_slot(shared.clone(), 0, target.clone(), rx);
+        let open_future = open(&shared, &target);
+        let connect_future =
+            Connection::connect_target(target.clone(), &shared.settings.connection);
+        let (slot_size, open_size, connect_size) = (
+            size_of_val(&slot_future),
+            size_of_val(&open_future),
+            size_of_val(&connect_future),
+        );
+        eprintln!("run_slot {slot_size} B, open {open_size} B, connect {connect_size} B");
+        // Rare paths (dialling, reporting, draining) are boxed: the future
+        // every slot holds all its life stays small.
+        assert!(slot_size <= 2048, "run_slot future is {slot_size} B");
+        // The dial runs in a task of its own (a panic in the hook is caught
+        // there): waiting for it costs less than one connection, not the
+        // whole dial's state.
+        assert!(
+            open_size < size_of::<Connection>() && open_size < connect_size,
+            "open future is {open_size} B; a connection is {} B, its dial {connect_size} B",
+            size_of::<Connection>()
+        );
+    }
+}
