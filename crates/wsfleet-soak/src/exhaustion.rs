@@ -1,6 +1,7 @@
 //! Resource exhaustion: out of descriptors, DNS failing, the budget
 //! overrun by large messages at once, the upstream refusing everything.
 
+use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -13,6 +14,9 @@ use wsfleet::{Limits, Message};
 use crate::report::{Report, kib, mib};
 use crate::sample::Sample;
 use crate::servers::Servers;
+
+/// "Too many open files": the process is out of descriptors.
+const EMFILE: i32 = 24;
 
 /// Waits until `fleet` has `n` ready, up to `limit`; how long it took.
 async fn ready_within(fleet: &Fleet, n: usize, limit: Duration) -> Option<Duration> {
@@ -54,15 +58,18 @@ fn tally(mut events: Events) -> (Arc<Tally>, tokio::task::JoinHandle<()>) {
                     let text = r.to_string();
                     match &r {
                         DisconnectReason::ConnectFailed { phase, error, .. } => {
-                            if error.contains("os error 24") {
+                            let io = error.io_error();
+                            if io.is_some_and(|e| e.raw_os_error() == Some(EMFILE)) {
                                 t2.emfile.fetch_add(1, Ordering::Relaxed);
                                 t2.first_emfile
                                     .lock()
                                     .unwrap_or_else(|p| p.into_inner())
-                                    .get_or_insert_with(|| format!("{phase:?}: {error}"));
+                                    .get_or_insert_with(|| format!("{phase:?}: {text}"));
                             } else if *phase == Phase::Dns {
                                 t2.dns.fetch_add(1, Ordering::Relaxed);
-                            } else if error.contains("refused") {
+                            } else if io
+                                .is_some_and(|e| e.kind() == io::ErrorKind::ConnectionRefused)
+                            {
                                 t2.refused.fetch_add(1, Ordering::Relaxed);
                             } else {
                                 t2.other_phase.fetch_add(1, Ordering::Relaxed);

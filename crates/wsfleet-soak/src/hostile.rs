@@ -100,11 +100,11 @@ fn expected(mode: ChaosMode) -> (&'static str, fn(&DisconnectReason) -> bool) {
         }),
         ChaosMode::StallHandshake => ("connect failed: handshake timeout", |r| {
             matches!(r, DisconnectReason::ConnectFailed { phase: Phase::Handshake, error, .. }
-                if error.contains("timed out"))
+                if error.is_timeout())
         }),
         ChaosMode::EndlessHandshake => ("connect failed: handshake response too large", |r| {
             matches!(r, DisconnectReason::ConnectFailed { phase: Phase::Handshake, error, .. }
-                if !error.contains("timed out"))
+                if !error.is_timeout())
         }),
         ChaosMode::Busy => ("connect failed: 503 with Retry-After 5 s", |r| {
             matches!(r, DisconnectReason::ConnectFailed { phase: Phase::Handshake, retry_after: Some(d), .. }
@@ -706,6 +706,7 @@ pub(crate) async fn run(connections: usize, duration: Duration, long: bool) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wsfleet::connect::{ConnectError, ConnectErrorKind};
 
     #[test]
     fn every_mode_expects_its_own_reason_only() {
@@ -713,14 +714,15 @@ mod tests {
             len: 1 << 62,
             max: 1 << 20,
         });
+        let handshake = |kind| Arc::new(ConnectError::new(Phase::Handshake, "127.0.0.1:1", kind));
         let busy = DisconnectReason::ConnectFailed {
             phase: Phase::Handshake,
-            error: "status 503".into(),
+            error: handshake(ConnectErrorKind::Other("status 503".into())),
             retry_after: Some(Duration::from_secs(5)),
         };
         let stalled = DisconnectReason::ConnectFailed {
             phase: Phase::Handshake,
-            error: "handshake with 127.0.0.1:1 timed out after 2s".into(),
+            error: handshake(ConnectErrorKind::Timeout(Duration::from_secs(2))),
             retry_after: None,
         };
         assert!((expected(ChaosMode::LyingLength).1)(&frame_too_large));

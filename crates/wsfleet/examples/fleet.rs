@@ -165,11 +165,12 @@ async fn consume(mut events: Events, live: Arc<Live>) -> Tally {
                 }
                 *tally.disconnects.entry(reason.label()).or_default() += 1;
                 if let DisconnectReason::ConnectFailed { error, .. } = &reason {
-                    if error.contains("os error 24")
+                    // 24: EMFILE, too many open files.
+                    if error.io_error().and_then(std::io::Error::raw_os_error) == Some(24)
                         && !live.out_of_fds.swap(true, Ordering::Relaxed)
                     {
                         eprintln!(
-                            "fleet: out of file descriptors ({error}); raise the limit with `ulimit -n 65536`"
+                            "fleet: out of file descriptors ({reason}); raise the limit with `ulimit -n 65536`"
                         );
                     }
                 }

@@ -71,7 +71,8 @@ async fn consume(mut events: Events, seen: Arc<Seen>) {
             }
             seen.failures.fetch_add(1, Ordering::Relaxed);
             if let DisconnectReason::ConnectFailed { error, .. } = &reason {
-                if error.contains("os error 24") || error.contains("Too many open files") {
+                // 24: EMFILE, too many open files.
+                if error.io_error().and_then(std::io::Error::raw_os_error) == Some(24) {
                     seen.out_of_fds.store(true, Ordering::Relaxed);
                 }
             }

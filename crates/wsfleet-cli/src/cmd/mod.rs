@@ -131,7 +131,11 @@ impl Transport {
             }
             match tls.build() {
                 Ok(tls) => config = config.tls(tls),
-                Err(e) => return usage_error(format!("cannot set up TLS: {e}")),
+                // `{:#}`: the error and its sources (the cause is a source).
+                Err(e) => {
+                    let e = anyhow::Error::new(e);
+                    return usage_error(format!("cannot set up TLS: {e:#}"));
+                }
             }
         }
         if let Some(origin) = &self.origin {

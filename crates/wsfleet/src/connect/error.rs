@@ -132,13 +132,13 @@ pub enum ConnectErrorKind {
 /// (`host:port`, the host for DNS, or the URL for [`Phase::Url`]) and the
 /// [`ConnectErrorKind`].
 ///
-/// The display reads as something to act on, e.g.
-/// `tcp connect to 127.0.0.1:9 failed: Connection refused (os error 111)` or
-/// `tls handshake with example.com:443 timed out after 10s`.
-///
-/// The display includes the underlying error's message, and
-/// [`source`](StdError::source) also returns it, so error reporters that walk the
-/// chain will show that message twice.
+/// The display says where it failed, as something to act on, e.g.
+/// `tcp connect to 127.0.0.1:9 failed` or
+/// `tls handshake with example.com:443 timed out after 10s`. The underlying
+/// error (`Connection refused (os error 111)`, rustls' reason, the handshake
+/// error) is not repeated in it: it is the [`source`](StdError::source), which
+/// error reporters that walk the chain print after it (`{:#}` of `anyhow`,
+/// or [`DisconnectReason`](crate::fleet::DisconnectReason)'s display).
 #[derive(Debug)]
 pub struct ConnectError {
     phase: Phase,
@@ -178,6 +178,16 @@ impl ConnectError {
         self.kind
     }
 
+    /// The socket or resolver error, if that is what failed
+    /// ([`ConnectErrorKind::Io`], [`ConnectErrorKind::Resolve`]): its kind
+    /// and OS error number say what to do (`ConnectionRefused`, EMFILE …).
+    pub fn io_error(&self) -> Option<&io::Error> {
+        match &self.kind {
+            ConnectErrorKind::Io(e) | ConnectErrorKind::Resolve(e) => Some(e),
+            _ => None,
+        }
+    }
+
     /// Whether a phase deadline expired ([`ConnectErrorKind::Timeout`]).
     pub fn is_timeout(&self) -> bool {
         matches!(self.kind, ConnectErrorKind::Timeout(_))
@@ -215,10 +225,12 @@ impl fmt::Display for ConnectError {
             ConnectErrorKind::Timeout(after) => write!(f, " timed out after {after:?}"),
             ConnectErrorKind::NoAddresses => f.write_str(" returned no addresses"),
             ConnectErrorKind::InvalidUrl(why) => write!(f, " failed: {why}"),
-            ConnectErrorKind::Resolve(e) | ConnectErrorKind::Io(e) => write!(f, " failed: {e}"),
-            ConnectErrorKind::Tls(e) => write!(f, " failed: {e}"),
-            ConnectErrorKind::Other(e) => write!(f, " failed: {e}"),
-            ConnectErrorKind::Handshake(e) => write!(f, " failed: {e}"),
+            // The cause is the source: reporters print it next.
+            ConnectErrorKind::Resolve(_)
+            | ConnectErrorKind::Io(_)
+            | ConnectErrorKind::Tls(_)
+            | ConnectErrorKind::Other(_)
+            | ConnectErrorKind::Handshake(_) => f.write_str(" failed"),
             ConnectErrorKind::Redirect {
                 status,
                 location,
@@ -256,6 +268,23 @@ impl StdError for ConnectError {
     }
 }
 
+/// Displays an error and its sources, `: `-separated (`tcp connect to
+/// 127.0.0.1:9 failed: Connection refused (os error 111)`), for the places
+/// that keep or log an error's text rather than the error.
+pub(crate) struct Chain<'a>(pub(crate) &'a (dyn StdError + 'static));
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,12 +293,12 @@ mod tests {
     fn display_reads_like_an_action() {
         let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
         let e = ConnectError::new(Phase::Tcp, "127.0.0.1:9", ConnectErrorKind::Io(refused));
-        assert!(
-            e.to_string()
-                .starts_with("tcp connect to 127.0.0.1:9 failed: "),
-            "{e}"
+        // The cause is the source, not repeated in the display.
+        assert_eq!(e.to_string(), "tcp connect to 127.0.0.1:9 failed");
+        assert_eq!(
+            Chain(&e).to_string(),
+            format!("tcp connect to 127.0.0.1:9 failed: {}", e.source().unwrap())
         );
-        assert!(e.source().is_some());
         assert!(!e.is_timeout());
 
         let e = ConnectError::new(
@@ -288,8 +317,9 @@ mod tests {
             "nosuch.invalid",
             ConnectErrorKind::Resolve(io::Error::other("no such host")),
         );
+        assert_eq!(e.to_string(), "dns lookup of nosuch.invalid failed");
         assert_eq!(
-            e.to_string(),
+            Chain(&e).to_string(),
             "dns lookup of nosuch.invalid failed: no such host"
         );
 
@@ -329,7 +359,7 @@ mod tests {
         );
         assert_eq!(
             e.to_string(),
-            "websocket handshake with example.com:443 failed: status 403"
+            "websocket handshake with example.com:443 failed"
         );
         assert_eq!(
             e.source().map(|s| s.to_string()).as_deref(),

@@ -36,6 +36,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+pub(crate) use self::error::Chain;
 pub use self::error::{ConnectError, ConnectErrorKind, Phase};
 pub use self::proxy::{Proxy, ProxyKind, ProxySetting};
 pub use self::stream::MaybeTlsStream;
@@ -344,7 +345,7 @@ mod tests {
             ),
             "{e:?}"
         );
-        assert!(e.to_string().contains("UnknownIssuer"), "{e}");
+        assert!(Chain(e).to_string().contains("UnknownIssuer"), "{e}");
     }
 
     #[test]
@@ -420,7 +421,7 @@ mod tests {
             ConnectErrorKind::Io(io) => assert_eq!(io.kind(), io::ErrorKind::ConnectionRefused),
             other => panic!("expected Io, got {other:?}"),
         }
-        let msg = e.to_string();
+        let msg = Chain(&e).to_string();
         assert!(
             msg.starts_with(&format!("tcp connect to 127.0.0.1:{port} failed: ")),
             "{msg}"
@@ -461,7 +462,8 @@ mod tests {
         let e = open(&target, Some(&webpki), &short()).await.unwrap_err();
         assert_unknown_issuer(&e);
         assert!(
-            e.to_string()
+            Chain(&e)
+                .to_string()
                 .starts_with(&format!("tls handshake with 127.0.0.1:{port} failed: ")),
             "{e}"
         );

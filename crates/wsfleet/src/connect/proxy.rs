@@ -648,10 +648,8 @@ mod tests {
             ),
         ];
         for (script, auth, expect) in cases {
-            let e = socks5_answering(script.to_vec(), auth)
-                .await
-                .unwrap_err()
-                .to_string();
+            let e = socks5_answering(script.to_vec(), auth).await.unwrap_err();
+            let e = super::super::Chain(&e).to_string();
             assert!(e.contains(expect), "{script:?}: {e}");
         }
     }

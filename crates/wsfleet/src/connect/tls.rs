@@ -267,7 +267,11 @@ pub(crate) fn default_config() -> Result<Arc<ClientConfig>, ConnectError> {
     // with the compiled-in roots it cannot fail in practice. Concurrent first callers
     // block briefly on the one that builds, instead of each building its own.
     static DEFAULT: OnceLock<Result<Arc<ClientConfig>, String>> = OnceLock::new();
-    match DEFAULT.get_or_init(|| TlsOptions::default().build().map_err(|e| e.to_string())) {
+    match DEFAULT.get_or_init(|| {
+        TlsOptions::default()
+            .build()
+            .map_err(|e| super::Chain(&e).to_string())
+    }) {
         Ok(config) => Ok(Arc::clone(config)),
         Err(why) => Err(ConnectError::new(
             Phase::Tls,

@@ -181,7 +181,7 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.phase(), Phase::Config, "{err}");
-        let text = err.to_string();
+        let text = crate::connect::Chain(&err).to_string();
         assert!(
             text.contains("read_chunk") && !text.contains("url"),
             "{text}"

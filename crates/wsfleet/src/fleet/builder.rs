@@ -1,5 +1,6 @@
 //! Configuring a fleet: a by-value builder validated once, in `spawn`.
 
+use std::error::Error;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
@@ -22,12 +23,15 @@ use crate::{Connection, ConnectionConfig, Keepalive};
 /// Per-connection initialisation (auth, subscribe), run after the handshake
 /// and before the connection counts as ready. An error or a panic is a
 /// connection failure like any other; it must finish within the handshake
-/// deadline.
+/// deadline. The error is kept whole in
+/// [`DisconnectReason::HookFailed`](super::DisconnectReason::HookFailed)
+/// (any error converts with `?`, a `String` or `&str` too).
 pub type OnConnect = Arc<
     dyn for<'a> Fn(
             &'a mut Connection,
-        ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>
-        + Send
+        ) -> Pin<
+            Box<dyn Future<Output = Result<(), Box<dyn Error + Send + Sync>>> + Send + 'a>,
+        > + Send
         + Sync,
 >;
 
@@ -180,12 +184,28 @@ impl FleetBuilder {
     }
 
     /// Per-connection initialisation; see [`OnConnect`].
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use wsfleet::fleet::Fleet;
+    /// use wsfleet::Message;
+    /// let fleet = Fleet::builder("ws://127.0.0.1:9001/")
+    ///     .on_connect(|conn| {
+    ///         Box::pin(async move {
+    ///             conn.send(Message::text(r#"{"subscribe":"trades"}"#)).await?;
+    ///             Ok(())
+    ///         })
+    ///     })
+    ///     .spawn()?;
+    /// # Ok(()) }
+    /// ```
     pub fn on_connect<F>(mut self, hook: F) -> Self
     where
         F: for<'a> Fn(
                 &'a mut Connection,
-            ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>
-            + Send
+            ) -> Pin<
+                Box<dyn Future<Output = Result<(), Box<dyn Error + Send + Sync>>> + Send + 'a>,
+            > + Send
             + Sync
             + 'static,
     {

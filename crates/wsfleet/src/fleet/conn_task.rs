@@ -130,7 +130,7 @@ impl ConnTask {
                     }
                     inbox_open = false;
                     record.set_state(ConnState::Draining);
-                    let why = if command.reason == DisconnectReason::Rotated { "rotation" } else { "shutdown" };
+                    let why = if matches!(command.reason, DisconnectReason::Rotated) { "rotation" } else { "shutdown" };
                     if let Err(e) = conn.begin_close(CloseCode::GOING_AWAY, why) {
                         break DisconnectReason::from_error(&e);
                     }

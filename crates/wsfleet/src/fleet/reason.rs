@@ -1,30 +1,46 @@
 //! Why a connection of the fleet ended: a typed, cloneable record (not an
 //! error type) carried by events and stats.
 
+use std::error::Error as StdError;
 use std::fmt;
+use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use wsfleet_proto::{CloseCode, ProtocolError};
 
 use crate::Error;
-use crate::connect::{ConnectError, ConnectErrorKind, Phase};
+use crate::connect::{Chain, ConnectError, ConnectErrorKind, Phase};
 use crate::proto::HandshakeError;
 
 /// Why a fleet connection ended (or never started).
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Cloneable (every event and the stats carry one) and typed: the errors
+/// behind a failed connect or on-connect hook are kept whole, shared behind
+/// an [`Arc`], so they can be matched on (phase, kind, status, I/O kind) or
+/// downcast, not only read. Errors are not comparable, so neither is this:
+/// match on it with `matches!`.
+///
+/// Its display is the whole story on one line, the errors' sources
+/// included: `tcp connect to 127.0.0.1:9 failed: Connection refused (os
+/// error 111)`.
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum DisconnectReason {
     /// Opening failed in `phase`; `retry_after` if the server asked for it.
     ConnectFailed {
-        /// Where it failed.
+        /// Where it failed (the error's [`ConnectError::phase`], here to
+        /// match on).
         phase: Phase,
-        /// What happened, as the error displays it.
-        error: String,
+        /// What happened.
+        error: Arc<ConnectError>,
         /// A `Retry-After` from a 429 or 503 answer.
         retry_after: Option<Duration>,
     },
-    /// The on-connect hook returned an error.
-    HookFailed(String),
+    /// The on-connect hook returned this error, or did not finish within the
+    /// handshake deadline (an [`io::Error`] of kind
+    /// [`TimedOut`](io::ErrorKind::TimedOut)).
+    HookFailed(Arc<dyn StdError + Send + Sync>),
     /// The peer closed the connection with a close frame.
     ClosedByPeer {
         /// The code, if the frame had one.
@@ -52,7 +68,12 @@ pub enum DisconnectReason {
         mid_message: bool,
     },
     /// A socket error.
-    Io(String),
+    Io {
+        /// Its kind (`ConnectionReset`, `BrokenPipe`, …).
+        kind: io::ErrorKind,
+        /// The error's text (with the OS error number, where there is one).
+        message: String,
+    },
     /// The close handshake did not finish in time.
     CloseTimeout,
     /// Replaced after its lifetime (make-before-break).
@@ -78,7 +99,7 @@ impl DisconnectReason {
             Self::SlowConsumer => "slow_consumer",
             Self::PingFlood => "ping_flood",
             Self::Abnormal { .. } => "abnormal",
-            Self::Io(_) => "io",
+            Self::Io { .. } => "io",
             Self::CloseTimeout => "close_timeout",
             Self::Rotated => "rotated",
             Self::Shutdown => "shutdown",
@@ -103,7 +124,7 @@ impl DisconnectReason {
         }
     }
 
-    pub(crate) fn from_connect(e: &ConnectError) -> Self {
+    pub(crate) fn from_connect(e: ConnectError) -> Self {
         let retry_after = match e.kind() {
             ConnectErrorKind::Handshake(HandshakeError::Status {
                 retry_after: Some(r),
@@ -113,7 +134,7 @@ impl DisconnectReason {
         };
         Self::ConnectFailed {
             phase: e.phase(),
-            error: e.to_string(),
+            error: Arc::new(e),
             retry_after,
         }
     }
@@ -121,7 +142,10 @@ impl DisconnectReason {
     pub(crate) fn from_error(e: &Error) -> Self {
         match e {
             Error::Protocol(p) => Self::Protocol(p.clone()),
-            Error::Io(io) => Self::Io(io.to_string()),
+            Error::Io(io) => Self::Io {
+                kind: io.kind(),
+                message: io.to_string(),
+            },
             Error::PongTimeout(_) => Self::PongTimeout,
             Error::MessageStalled { .. } => Self::MessageStalled,
             Error::WriteStalled(_) => Self::WriteStalled,
@@ -130,7 +154,12 @@ impl DisconnectReason {
             Error::AbnormalClosure { mid_message } => Self::Abnormal {
                 mid_message: *mid_message,
             },
-            other => Self::Io(other.to_string()),
+            // A refused send or close code never ends a fleet connection;
+            // should one, it is reported as what it is, not lost.
+            other => Self::Io {
+                kind: io::ErrorKind::Other,
+                message: other.to_string(),
+            },
         }
     }
 }
@@ -138,8 +167,8 @@ impl DisconnectReason {
 impl fmt::Display for DisconnectReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::ConnectFailed { error, .. } => f.write_str(error),
-            Self::HookFailed(e) => write!(f, "on-connect hook failed: {e}"),
+            Self::ConnectFailed { error, .. } => write!(f, "{}", Chain(&**error)),
+            Self::HookFailed(e) => write!(f, "on-connect hook failed: {}", Chain(&**e)),
             Self::ClosedByPeer {
                 code: Some(code),
                 reason,
@@ -164,11 +193,52 @@ impl fmt::Display for DisconnectReason {
                 f.write_str("TCP ended without a close frame, mid-message")
             }
             Self::Abnormal { mid_message: false } => f.write_str("TCP ended without a close frame"),
-            Self::Io(e) => write!(f, "socket error: {e}"),
+            Self::Io { message, .. } => write!(f, "socket error: {message}"),
             Self::CloseTimeout => f.write_str("close handshake timed out"),
             Self::Rotated => f.write_str("rotated after its lifetime"),
             Self::Shutdown => f.write_str("fleet shut down"),
             Self::Panicked(what) => write!(f, "user code panicked: {what}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_connect_keeps_its_error_and_says_its_cause_once() {
+        let refused = io::Error::new(io::ErrorKind::ConnectionRefused, "connection refused");
+        let e = ConnectError::new(Phase::Tcp, "127.0.0.1:9", ConnectErrorKind::Io(refused));
+        let reason = DisconnectReason::from_connect(e);
+        let DisconnectReason::ConnectFailed { phase, error, .. } = reason.clone() else {
+            panic!("{reason:?}");
+        };
+        assert_eq!(phase, Phase::Tcp);
+        assert!(
+            matches!(error.kind(), ConnectErrorKind::Io(e) if e.kind() == io::ErrorKind::ConnectionRefused),
+            "{error:?}"
+        );
+        assert_eq!(
+            reason.to_string(),
+            "tcp connect to 127.0.0.1:9 failed: connection refused"
+        );
+    }
+
+    #[test]
+    fn a_socket_error_keeps_its_kind() {
+        let reset = io::Error::new(io::ErrorKind::ConnectionReset, "reset by peer");
+        let reason = DisconnectReason::from_error(&Error::Io(reset));
+        assert!(
+            matches!(
+                reason,
+                DisconnectReason::Io {
+                    kind: io::ErrorKind::ConnectionReset,
+                    ..
+                }
+            ),
+            "{reason:?}"
+        );
+        assert_eq!(reason.to_string(), "socket error: reset by peer");
     }
 }

@@ -3,6 +3,7 @@
 //! connection in another, and reported when that task ends.
 
 use std::future::Future;
+use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -117,17 +118,19 @@ pub(super) async fn open(
         let mut conn = Box::new(
             Connection::connect_target(target, &config)
                 .await
-                .map_err(|e| DisconnectReason::from_connect(&e))?,
+                .map_err(DisconnectReason::from_connect)?,
         );
         if let Some(hook) = hook {
             let limit = config.deadlines.handshake;
             match tokio::time::timeout(limit, hook(&mut conn)).await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(DisconnectReason::HookFailed(e)),
+                Ok(Err(e)) => return Err(DisconnectReason::HookFailed(Arc::from(e))),
                 Err(_) => {
-                    return Err(DisconnectReason::HookFailed(format!(
-                        "did not finish within {limit:?}"
-                    )));
+                    let late = io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("did not finish within {limit:?}"),
+                    );
+                    return Err(DisconnectReason::HookFailed(Arc::new(late)));
                 }
             }
         }

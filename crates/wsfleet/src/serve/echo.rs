@@ -8,7 +8,7 @@ use tokio::net::{TcpListener, ToSocketAddrs};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
-use crate::connect::MaybeTlsStream;
+use crate::connect::{Chain, MaybeTlsStream};
 use crate::{CloseCode, Connection, ConnectionConfig};
 
 /// Most connections an echo server serves at once; further clients wait in
@@ -138,7 +138,7 @@ async fn accept_loop(
                     // (and its connection permit) forever.
                     let _ = tokio::time::timeout(config.deadlines.close, conn.flush()).await;
                 }
-                Err(e) => tracing::debug!(error = %e, "echo server: handshake failed"),
+                Err(e) => tracing::debug!(error = %Chain(&e), "echo server: handshake failed"),
             }
         });
     }

@@ -148,9 +148,8 @@ async fn a_panicking_hook_ends_only_its_connection() {
                 if call == 3 {
                     panic!("hook bug on call 3");
                 }
-                conn.send(Message::text("subscribe"))
-                    .await
-                    .map_err(|e| e.to_string())
+                conn.send(Message::text("subscribe")).await?;
+                Ok(())
             })
         })
         .spawn()
@@ -178,6 +177,75 @@ async fn a_panicking_hook_ends_only_its_connection() {
     .await;
     assert_eq!(panicked, 1);
     assert_eq!(calls.load(Ordering::SeqCst), 11);
+    fleet.shutdown().await;
+}
+
+/// The hook's own error type, to find again in the disconnect reason.
+#[derive(Debug)]
+struct Denied(std::io::Error);
+
+impl std::fmt::Display for Denied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("subscription denied")
+    }
+}
+
+impl std::error::Error for Denied {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+#[tokio::test]
+async fn a_failing_hook_reports_its_own_error_and_a_late_one_times_out() {
+    let server = echo_server().await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let hook_calls = calls.clone();
+    let deadlines =
+        wsfleet::connect::Deadlines::default().with_handshake(Duration::from_millis(300));
+    let mut fleet = Fleet::builder(server.url())
+        .deadlines(deadlines)
+        .backoff(Backoff::new(Duration::from_millis(10), Duration::from_millis(20)).unwrap())
+        .on_connect(move |_conn| {
+            let call = hook_calls.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move {
+                match call {
+                    0 => Err(Denied(std::io::Error::other("token expired")).into()),
+                    1 => std::future::pending().await,
+                    _ => Ok(()),
+                }
+            })
+        })
+        .spawn()
+        .expect("spawn");
+    let mut events = fleet.events().expect("events");
+    let mut reasons = Vec::new();
+    bounded("two hook failures, then ready", async {
+        loop {
+            match events.recv().await.expect("event").kind {
+                EventKind::Disconnected(reason) => reasons.push(reason),
+                EventKind::Connected { .. } => break,
+                _ => {}
+            }
+        }
+    })
+    .await;
+    let [
+        DisconnectReason::HookFailed(denied),
+        DisconnectReason::HookFailed(late),
+    ] = &reasons[..]
+    else {
+        panic!("expected two hook failures, got {reasons:?}");
+    };
+    // Kept whole: the hook's type, its source in the text.
+    assert!(denied.downcast_ref::<Denied>().is_some(), "{denied:?}");
+    assert_eq!(
+        reasons[0].to_string(),
+        "on-connect hook failed: subscription denied: token expired"
+    );
+    let late = late.downcast_ref::<std::io::Error>().expect("an io::Error");
+    assert_eq!(late.kind(), std::io::ErrorKind::TimedOut, "{late}");
+    assert_eq!(reasons[0].label(), "hook_failed");
     fleet.shutdown().await;
 }
 

@@ -280,7 +280,7 @@ async fn busy_server_status_and_retry_after_are_reported() {
         }
         other => panic!("expected a 503 status, got {other:?}"),
     }
-    assert!(err.to_string().contains("503"), "{err}");
+    assert!(crate::report(&err).contains("503"), "{err}");
 }
 
 #[tokio::test]

@@ -32,6 +32,19 @@ pub(crate) fn config() -> ConnectionConfig {
     )
 }
 
+/// An error and its sources, `: `-separated, as a reporter prints it (a
+/// `ConnectError` names where it failed; the cause is its source).
+pub(crate) fn report(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// Keepalive that notices a silent peer within about a second.
 pub(crate) fn fast_keepalive() -> Keepalive {
     Keepalive::default()

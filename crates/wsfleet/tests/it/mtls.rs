@@ -48,7 +48,7 @@ async fn rustls_server_refuses_a_client_without_certificate() {
         "{err}"
     );
     assert!(
-        err.to_string().to_lowercase().contains("certificate"),
+        crate::report(&err).to_lowercase().contains("certificate"),
         "the error should say a certificate was required: {err}"
     );
 }

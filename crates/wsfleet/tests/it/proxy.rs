@@ -58,7 +58,7 @@ async fn wss_through_http_connect_with_basic_auth() {
         .unwrap_err();
     assert_eq!(err.phase(), Phase::Proxy, "{err}");
     assert!(
-        err.to_string().contains("proxy authentication failed"),
+        crate::report(&err).contains("proxy authentication failed"),
         "{err}"
     );
 }
