@@ -5,37 +5,34 @@ use std::cell::RefCell;
 
 use wsfleet_proto::MaskKeys;
 
+use crate::rng::SmallRng;
+
 /// Bytes drawn from the OS per refill: 256 masking keys per `getrandom` call.
 const POOL: usize = 1024;
 
 struct Pool {
     bytes: [u8; POOL],
     used: usize,
-    /// Mixed in if the OS generator ever fails, so keys still vary.
-    fallback: u64,
+    /// Used if the OS generator ever fails, so keys still vary: seeded from
+    /// the clock on first use.
+    fallback: Option<SmallRng>,
 }
 
 thread_local! {
-    static RNG: RefCell<Pool> = const { RefCell::new(Pool { bytes: [0; POOL], used: POOL, fallback: 0 }) };
+    static RNG: RefCell<Pool> = const { RefCell::new(Pool { bytes: [0; POOL], used: POOL, fallback: None }) };
 }
 
 fn take<const N: usize>() -> [u8; N] {
     RNG.with(|pool| {
         let mut pool = pool.borrow_mut();
+        let pool = &mut *pool;
         if pool.used + N > POOL {
             if let Err(e) = getrandom::fill(&mut pool.bytes) {
                 // Never observed on Linux; do not take the process down for it.
                 tracing::warn!(error = %e, "OS random generator failed; masking keys fall back to a weaker generator");
-                let mut x = pool.fallback ^ 0x9E37_79B9_7F4A_7C15;
-                for chunk in pool.bytes.chunks_mut(8) {
-                    // splitmix64
-                    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-                    let mut z = x;
-                    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-                    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-                    chunk.copy_from_slice(&(z ^ (z >> 31)).to_le_bytes()[..chunk.len()]);
-                }
-                pool.fallback = x;
+                pool.fallback
+                    .get_or_insert_with(SmallRng::from_clock)
+                    .fill(&mut pool.bytes);
             }
             pool.used = 0;
         }

@@ -16,6 +16,8 @@ pub mod connect;
 mod connection;
 pub mod fleet;
 mod keys;
+mod listen;
+mod rng;
 pub mod serve;
 
 pub use connection::{Connection, ConnectionConfig, ConnectionStats, Error, Keepalive, Progress};

@@ -7,6 +7,7 @@ mod metrics;
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -14,9 +15,11 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, ToSocketAddrs};
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use crate::fleet::FleetMonitor;
+use crate::listen::accept_loop;
 
 /// Most admin requests served at once; more wait in the backlog.
 const MAX_CONNECTIONS: usize = 64;
@@ -67,22 +70,10 @@ impl Drop for AdminServer {
 }
 
 async fn serve(listener: TcpListener, monitor: FleetMonitor, healthy_share: f64) {
-    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let tcp = match listener.accept().await {
-            Ok((tcp, _)) => tcp,
-            Err(e) => {
-                tracing::warn!(error = %e, "admin: accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    accept_loop(listener, permits, "admin", move |tcp, _| {
         let monitor = monitor.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
+        async move {
             let service = hyper::service::service_fn(move |req| {
                 let monitor = monitor.clone();
                 async move { Ok::<_, Infallible>(route(&req, &monitor, healthy_share)) }
@@ -91,8 +82,9 @@ async fn serve(listener: TcpListener, monitor: FleetMonitor, healthy_share: f64)
                 .max_buf_size(16 * 1024)
                 .serve_connection(TokioIo::new(tcp), service);
             let _ = tokio::time::timeout(IDLE, conn).await;
-        });
-    }
+        }
+    })
+    .await;
 }
 
 fn route(

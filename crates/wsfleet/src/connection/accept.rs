@@ -1,10 +1,10 @@
 //! The server end: accept a WebSocket on an accepted stream.
 
-use bytes::{BufMut, Bytes};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use wsfleet_proto::Protocol;
 use wsfleet_proto::handshake::{accept_response, parse_request, reject_response};
 
+use super::handshake::{HeadError, read_head};
 use super::{Connection, ConnectionConfig};
 use crate::connect::{ConnectError, ConnectErrorKind, MaybeTlsStream, Phase};
 
@@ -25,39 +25,31 @@ impl Connection {
         let fail = |kind| ConnectError::new(Phase::Handshake, peer.clone(), kind);
         let max = config.limits.max_handshake_bytes;
         let exchange = async {
-            let mut buf: Vec<u8> = Vec::with_capacity(1024.min(max));
-            loop {
-                let room = max.saturating_sub(buf.len()).max(1);
-                let n = stream
-                    .read_buf(&mut (&mut buf).limit(room))
-                    .await
-                    .map_err(|e| fail(ConnectErrorKind::Io(e)))?;
-                if n == 0 {
+            let parse = |buf: &[u8]| parse_request(buf, &config.limits);
+            let (request, leftover) = match read_head(&mut stream, max, parse).await {
+                Ok(found) => found,
+                Err(HeadError::Invalid(e)) => {
+                    let _ = stream.write_all(&reject_response(400, "Bad Request")).await;
+                    return Err(fail(ConnectErrorKind::Handshake(e)));
+                }
+                Err(HeadError::Io(e)) => return Err(fail(ConnectErrorKind::Io(e))),
+                Err(HeadError::Eof(_)) => {
                     return Err(fail(ConnectErrorKind::Io(
                         std::io::ErrorKind::UnexpectedEof.into(),
                     )));
                 }
-                match parse_request(&buf, &config.limits) {
-                    Ok(None) => {}
-                    Ok(Some((request, used))) => {
-                        let protocol = request
-                            .protocols
-                            .iter()
-                            .find(|p| config.protocols.contains(p))
-                            .cloned();
-                        let answer = accept_response(&request, protocol.as_deref());
-                        stream
-                            .write_all(&answer)
-                            .await
-                            .map_err(|e| fail(ConnectErrorKind::Io(e)))?;
-                        return Ok((protocol, Bytes::copy_from_slice(&buf[used..])));
-                    }
-                    Err(e) => {
-                        let _ = stream.write_all(&reject_response(400, "Bad Request")).await;
-                        return Err(fail(ConnectErrorKind::Handshake(e)));
-                    }
-                }
-            }
+            };
+            let protocol = request
+                .protocols
+                .iter()
+                .find(|p| config.protocols.contains(p))
+                .cloned();
+            let answer = accept_response(&request, protocol.as_deref());
+            stream
+                .write_all(&answer)
+                .await
+                .map_err(|e| fail(ConnectErrorKind::Io(e)))?;
+            Ok((protocol, leftover))
         };
         let (protocol, leftover) =
             match tokio::time::timeout(config.deadlines.handshake, exchange).await {

@@ -1,7 +1,10 @@
-//! The opening handshake over an open stream, bounded in bytes and time.
+//! The opening handshake over an open stream, bounded in bytes and time;
+//! the bounded read of a handshake head, for both ends.
+
+use std::io;
 
 use bytes::{BufMut, Bytes};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use wsfleet_proto::handshake::{ClientHandshake, HandshakeRequest, HandshakeResponse};
 
 use super::ConnectionConfig;
@@ -54,35 +57,64 @@ pub(crate) async fn client_handshake(
             .flush()
             .await
             .map_err(|e| fail(ConnectErrorKind::Io(e)))?;
-        let mut buf: Vec<u8> = Vec::with_capacity(1024.min(max));
-        loop {
-            // Never read past the limit: parse_response reports TooLarge once full.
-            let room = max.saturating_sub(buf.len()).max(1);
-            let n = stream
-                .read_buf(&mut (&mut buf).limit(room))
-                .await
-                .map_err(|e| fail(ConnectErrorKind::Io(e)))?;
-            if n == 0 {
-                return Err(fail(ConnectErrorKind::Io(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
+        read_head(stream, max, |buf| expect.parse_response(buf))
+            .await
+            .map_err(|e| match e {
+                HeadError::Io(e) => fail(ConnectErrorKind::Io(e)),
+                HeadError::Eof(read) => fail(ConnectErrorKind::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
                     format!(
-                        "server closed the connection after {} bytes of handshake response",
-                        buf.len()
+                        "server closed the connection after {read} bytes of handshake response"
                     ),
-                ))));
-            }
-            match expect.parse_response(&buf) {
-                Ok(None) => {}
-                Ok(Some((response, used))) => {
-                    let leftover = Bytes::copy_from_slice(&buf[used..]);
-                    return Ok((response, leftover));
-                }
-                Err(e) => return Err(fail(ConnectErrorKind::Handshake(e))),
-            }
-        }
+                ))),
+                HeadError::Invalid(e) => fail(ConnectErrorKind::Handshake(e)),
+            })
     };
     match tokio::time::timeout(config.deadlines.handshake, exchange).await {
         Ok(result) => result,
         Err(_) => Err(fail(ConnectErrorKind::Timeout(config.deadlines.handshake))),
+    }
+}
+
+/// The first allocation for a handshake head: most heads fit.
+const HEAD_START: usize = 1024;
+
+/// Why reading a handshake head stopped short.
+pub(crate) enum HeadError<E> {
+    /// The socket failed.
+    Io(io::Error),
+    /// The peer ended TCP after this many bytes, before the head was whole.
+    Eof(usize),
+    /// The head is malformed or over its limits, as `parse` says.
+    Invalid(E),
+}
+
+/// Reads an HTTP head (a handshake request or response) from `stream` until
+/// `parse` finds it whole: what `parse` made of it, and the bytes that came
+/// after it. Holds at most `max` bytes and one more: `parse` reports a head
+/// over its byte limit once they are in, so no peer makes this grow.
+pub(crate) async fn read_head<S, T, E>(
+    stream: &mut S,
+    max: usize,
+    parse: impl Fn(&[u8]) -> Result<Option<(T, usize)>, E>,
+) -> Result<(T, Bytes), HeadError<E>>
+where
+    S: AsyncRead + Unpin,
+{
+    let mut buf: Vec<u8> = Vec::with_capacity(HEAD_START.min(max));
+    loop {
+        let room = max.saturating_sub(buf.len()).max(1);
+        let n = stream
+            .read_buf(&mut (&mut buf).limit(room))
+            .await
+            .map_err(HeadError::Io)?;
+        if n == 0 {
+            return Err(HeadError::Eof(buf.len()));
+        }
+        match parse(&buf) {
+            Ok(None) => {}
+            Ok(Some((head, used))) => return Ok((head, Bytes::copy_from_slice(&buf[used..]))),
+            Err(e) => return Err(HeadError::Invalid(e)),
+        }
     }
 }

@@ -29,6 +29,7 @@ use wsfleet_proto::{
 
 pub use config::ConnectionConfig;
 pub use error::Error;
+pub(crate) use handshake::{HeadError, read_head};
 pub use keepalive::Keepalive;
 pub use progress::Progress;
 

@@ -1,8 +1,7 @@
 //! Per-slot exponential backoff with full jitter: plain data, driven by the
 //! supervisor, testable without a clock.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use wsfleet_proto::ConfigError;
 
@@ -82,65 +81,10 @@ impl Backoff {
     }
 }
 
-/// A small, seedable generator (SplitMix64) for jitter. Not for secrets.
-#[derive(Debug, Clone)]
-pub(crate) struct Jitter(u64);
-
-impl Jitter {
-    pub(crate) fn seeded(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    /// Seeded by the OS generator (see [`Jitter::from_source`]).
-    pub(crate) fn from_os() -> Self {
-        Self::from_source(getrandom::fill)
-    }
-
-    /// Seeded by `fill`. If it fails (never seen on Linux), says so once
-    /// and seeds from what still differs between calls and processes: the
-    /// clock, a call counter and the address of a local (ASLR). Each slot
-    /// keeps its own seed, so the fleet's reconnects stay spread out.
-    fn from_source(fill: impl FnOnce(&mut [u8]) -> Result<(), getrandom::Error>) -> Self {
-        let mut seed = [0u8; 8];
-        match fill(&mut seed) {
-            Ok(()) => Self(u64::from_le_bytes(seed)),
-            Err(error) => {
-                static WARNED: std::sync::Once = std::sync::Once::new();
-                WARNED.call_once(|| {
-                    tracing::warn!(%error, "OS random generator failed; backoff jitter is seeded from the clock instead");
-                });
-                Self(fallback_seed())
-            }
-        }
-    }
-
-    /// Uniform in `[0, 1)`.
-    pub(crate) fn unit(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        (z >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
-/// A seed that differs on every call (a counter) and between processes
-/// (the clock, the address of a local), for when the OS generator fails.
-fn fallback_seed() -> u64 {
-    static CALLS: AtomicU64 = AtomicU64::new(0);
-    let call = CALLS.fetch_add(1, Ordering::Relaxed);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    let local = 0u8;
-    let address = std::ptr::addr_of!(local) as usize as u64;
-    nanos ^ call.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ address.rotate_left(32)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rng::SmallRng;
     use proptest::prelude::*;
 
     proptest! {
@@ -149,7 +93,7 @@ mod tests {
             base_ms in 1u64..5_000, extra_ms in 0u64..120_000, seed: u64,
         ) {
             let b = Backoff::new(Duration::from_millis(base_ms), Duration::from_millis(base_ms + extra_ms)).unwrap();
-            let mut jitter = Jitter::seeded(seed);
+            let mut jitter = SmallRng::seeded(seed);
             let mut previous = Duration::ZERO;
             for failures in 0..64 {
                 let ceiling = b.ceiling(failures);
@@ -160,30 +104,5 @@ mod tests {
                 previous = ceiling;
             }
         }
-    }
-
-    #[test]
-    fn a_failing_os_generator_still_gives_each_slot_its_own_seed() {
-        let failing = |_: &mut [u8]| Err(getrandom::Error::UNSUPPORTED);
-        let mut firsts: Vec<u64> = (0..64)
-            .map(|_| Jitter::from_source(failing).unit().to_bits())
-            .collect();
-        firsts.sort_unstable();
-        firsts.dedup();
-        assert_eq!(firsts.len(), 64, "slots share seeds");
-        let fixed = |buf: &mut [u8]| {
-            buf.fill(7);
-            Ok(())
-        };
-        assert_eq!(Jitter::from_source(fixed).0, u64::from_le_bytes([7; 8]));
-    }
-
-    #[test]
-    fn jitter_is_uniform_enough() {
-        let mut j = Jitter::seeded(7);
-        let draws: Vec<f64> = (0..10_000).map(|_| j.unit()).collect();
-        assert!(draws.iter().all(|u| (0.0..1.0).contains(u)));
-        let mean = draws.iter().sum::<f64>() / draws.len() as f64;
-        assert!((mean - 0.5).abs() < 0.02, "mean {mean}");
     }
 }

@@ -4,26 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// Labels of [`super::DisconnectReason::label`], in a fixed order.
-pub(crate) const REASONS: [&str; 17] = [
-    "connect_failed",
-    "hook_failed",
-    "closed_by_peer",
-    "budget_exhausted",
-    "protocol",
-    "pong_timeout",
-    "message_stalled",
-    "write_stalled",
-    "slow_consumer",
-    "ping_flood",
-    "abnormal",
-    "io",
-    "close_timeout",
-    "rotated",
-    "shutdown",
-    "panicked",
-    "other",
-];
+use super::reason::{DisconnectReason, Label};
 
 /// Upper bounds of the handshake latency buckets, in milliseconds.
 pub const HANDSHAKE_BUCKETS_MS: [u64; 11] =
@@ -36,18 +17,15 @@ pub(crate) struct Counters {
     pub(crate) msgs_in: AtomicU64,
     pub(crate) msgs_out: AtomicU64,
     pub(crate) rotations: AtomicU64,
-    disconnects: [AtomicU64; REASONS.len()],
+    /// By [`Label`], at its index.
+    disconnects: [AtomicU64; Label::COUNT],
     buckets: [AtomicU64; HANDSHAKE_BUCKETS_MS.len() + 1],
     handshake_sum_us: AtomicU64,
 }
 
 impl Counters {
-    pub(crate) fn disconnect(&self, label: &str) {
-        let i = REASONS
-            .iter()
-            .position(|r| *r == label)
-            .unwrap_or(REASONS.len() - 1);
-        self.disconnects[i].fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn disconnect(&self, kind: Label) {
+        self.disconnects[kind as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn handshake(&self, took: Duration) {
@@ -69,10 +47,10 @@ impl Counters {
             msgs_in: load(&self.msgs_in),
             msgs_out: load(&self.msgs_out),
             rotations: load(&self.rotations),
-            disconnects: REASONS
-                .iter()
+            disconnects: DisconnectReason::LABELS
+                .into_iter()
                 .zip(&self.disconnects)
-                .map(|(r, c)| (*r, load(c)))
+                .map(|(label, n)| (label, load(n)))
                 .collect(),
             handshake_buckets: self.buckets.iter().map(load).collect(),
             handshake_sum: Duration::from_micros(load(&self.handshake_sum_us)),
@@ -94,7 +72,8 @@ pub struct Totals {
     pub msgs_out: u64,
     /// Connections replaced after their lifetime (make-before-break).
     pub rotations: u64,
-    /// Ended connections and failed attempts, by [`super::DisconnectReason::label`].
+    /// Ended connections and failed attempts, by
+    /// [`DisconnectReason::label`], in the order of [`DisconnectReason::LABELS`].
     pub disconnects: Vec<(&'static str, u64)>,
     /// Handshakes per latency bucket: bucket `i` counts those at most
     /// [`HANDSHAKE_BUCKETS_MS`]`[i]` ms (not cumulative); the last, the rest.

@@ -342,7 +342,7 @@ impl Shared {
 
     pub(crate) async fn emit(&self, conn: ConnId, slot: SlotId, kind: EventKind) {
         if let EventKind::Disconnected(reason) = &kind {
-            self.counters.disconnect(reason.label());
+            self.counters.disconnect(reason.kind());
         }
         // Fails only once the fleet handle (and its receiver) is gone.
         let _ = self.events.send(Event { conn, slot, kind }).await;

@@ -84,26 +84,90 @@ pub enum DisconnectReason {
     Panicked(String),
 }
 
+/// Declares [`Label`] from one list: each kind with its metric label, in
+/// the order the metrics list them.
+macro_rules! labels {
+    ($($kind:ident => $text:literal,)*) => {
+        /// The kinds of disconnect reason that metrics count; a kind's
+        /// index (`as usize`) is its counter's.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub(crate) enum Label {
+            $($kind,)*
+        }
+
+        impl Label {
+            /// Every kind, in declaration order: `ALL[k as usize] == k`.
+            const ALL: &'static [Label] = &[$(Label::$kind,)*];
+
+            /// How many kinds there are.
+            pub(crate) const COUNT: usize = Self::ALL.len();
+
+            /// The metric label.
+            pub(crate) const fn as_str(self) -> &'static str {
+                match self {
+                    $(Label::$kind => $text,)*
+                }
+            }
+        }
+    };
+}
+
+labels! {
+    ConnectFailed => "connect_failed",
+    HookFailed => "hook_failed",
+    ClosedByPeer => "closed_by_peer",
+    BudgetExhausted => "budget_exhausted",
+    Protocol => "protocol",
+    PongTimeout => "pong_timeout",
+    MessageStalled => "message_stalled",
+    WriteStalled => "write_stalled",
+    SlowConsumer => "slow_consumer",
+    PingFlood => "ping_flood",
+    Abnormal => "abnormal",
+    Io => "io",
+    CloseTimeout => "close_timeout",
+    Rotated => "rotated",
+    Shutdown => "shutdown",
+    Panicked => "panicked",
+}
+
 impl DisconnectReason {
+    /// Every [`label`](Self::label), in the order
+    /// [`Totals::disconnects`](super::Totals::disconnects) lists them.
+    pub const LABELS: [&'static str; Label::COUNT] = {
+        let mut labels = [""; Label::COUNT];
+        let mut i = 0;
+        while i < Label::COUNT {
+            labels[i] = Label::ALL[i].as_str();
+            i += 1;
+        }
+        labels
+    };
+
     /// Short lowercase label for metrics (`connect_failed`, `protocol`, …).
     pub fn label(&self) -> &'static str {
+        self.kind().as_str()
+    }
+
+    /// What kind of end it is, for counting.
+    pub(crate) fn kind(&self) -> Label {
         match self {
-            Self::ConnectFailed { .. } => "connect_failed",
-            Self::HookFailed(_) => "hook_failed",
-            Self::ClosedByPeer { .. } => "closed_by_peer",
-            Self::Protocol(ProtocolError::BudgetExhausted { .. }) => "budget_exhausted",
-            Self::Protocol(_) => "protocol",
-            Self::PongTimeout => "pong_timeout",
-            Self::MessageStalled => "message_stalled",
-            Self::WriteStalled => "write_stalled",
-            Self::SlowConsumer => "slow_consumer",
-            Self::PingFlood => "ping_flood",
-            Self::Abnormal { .. } => "abnormal",
-            Self::Io { .. } => "io",
-            Self::CloseTimeout => "close_timeout",
-            Self::Rotated => "rotated",
-            Self::Shutdown => "shutdown",
-            Self::Panicked(_) => "panicked",
+            Self::ConnectFailed { .. } => Label::ConnectFailed,
+            Self::HookFailed(_) => Label::HookFailed,
+            Self::ClosedByPeer { .. } => Label::ClosedByPeer,
+            Self::Protocol(ProtocolError::BudgetExhausted { .. }) => Label::BudgetExhausted,
+            Self::Protocol(_) => Label::Protocol,
+            Self::PongTimeout => Label::PongTimeout,
+            Self::MessageStalled => Label::MessageStalled,
+            Self::WriteStalled => Label::WriteStalled,
+            Self::SlowConsumer => Label::SlowConsumer,
+            Self::PingFlood => Label::PingFlood,
+            Self::Abnormal { .. } => Label::Abnormal,
+            Self::Io { .. } => Label::Io,
+            Self::CloseTimeout => Label::CloseTimeout,
+            Self::Rotated => Label::Rotated,
+            Self::Shutdown => Label::Shutdown,
+            Self::Panicked(_) => Label::Panicked,
         }
     }
 
@@ -205,6 +269,28 @@ impl fmt::Display for DisconnectReason {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_kind_counts_under_its_own_label() {
+        for (i, kind) in Label::ALL.iter().enumerate() {
+            assert_eq!(*kind as usize, i, "{kind:?}");
+            assert_eq!(DisconnectReason::LABELS[i], kind.as_str());
+        }
+        let mut unique = DisconnectReason::LABELS.to_vec();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), Label::COUNT, "a label used twice");
+        let budget = DisconnectReason::Protocol(ProtocolError::BudgetExhausted {
+            requested: 1,
+            held: 2,
+        });
+        assert_eq!(budget.label(), "budget_exhausted");
+        assert_eq!(
+            DisconnectReason::LABELS[budget.kind() as usize],
+            "budget_exhausted"
+        );
+        assert_eq!(DisconnectReason::Rotated.label(), "rotated");
+    }
 
     #[test]
     fn a_failed_connect_keeps_its_error_and_says_its_cause_once() {

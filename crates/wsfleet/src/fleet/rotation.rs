@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::backoff::Jitter;
 use super::builder::Settings;
 use super::conn_task::TaskEnd;
 use super::reason::DisconnectReason;
@@ -16,6 +15,7 @@ use super::running::{Opened, Running, open, start};
 use super::stats::ConnState;
 use super::supervisor::{Outcome, Supervisor};
 use super::{EventKind, Shared};
+use crate::rng::SmallRng;
 
 /// When the current connection is next replaced, and how many replacements
 /// in a row failed to open.
@@ -26,7 +26,7 @@ pub(super) struct RotationSchedule {
 
 impl RotationSchedule {
     /// The first rotation of a new connection (never without a lifetime).
-    pub(super) fn new(settings: &Settings, jitter: &mut Jitter) -> Self {
+    pub(super) fn new(settings: &Settings, jitter: &mut SmallRng) -> Self {
         Self {
             at: next_rotation(settings.max_lifetime, settings.lifetime_jitter, jitter),
             failures: 0,
@@ -142,7 +142,7 @@ fn retire(shared: &Arc<Shared>, mut old: Running, successor: Arc<super::inbox::I
     tasks.push(watcher);
 }
 
-fn next_rotation(lifetime: Option<Duration>, share: f64, jitter: &mut Jitter) -> Option<Instant> {
+fn next_rotation(lifetime: Option<Duration>, share: f64, jitter: &mut SmallRng) -> Option<Instant> {
     lifetime.map(|l| {
         // Uniform in [l·(1 − share), l·(1 + share)].
         let factor = 1.0 + share * (2.0 * jitter.unit() - 1.0);

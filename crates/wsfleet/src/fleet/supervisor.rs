@@ -14,7 +14,6 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::backoff::Jitter;
 use super::conn_task::TaskEnd;
 use super::intensity::Verdict;
 use super::reason::DisconnectReason;
@@ -23,6 +22,7 @@ use super::running::{Opened, Running, open, start};
 use super::stats::ConnState;
 use super::{ConnId, EventKind, Shared, SlotShared};
 use crate::connect::Target;
+use crate::rng::{GAMMA, SmallRng};
 
 /// What a slot's supervisor works with: the fleet, its slot and target, and
 /// what lives as long as the slot (the shutdown signal, the jitter).
@@ -31,7 +31,8 @@ pub(super) struct Supervisor<'a> {
     pub(super) slot: &'a SlotShared,
     pub(super) target: &'a Target,
     pub(super) shutdown: watch::Receiver<bool>,
-    pub(super) jitter: Jitter,
+    /// Backoff and lifetime jitter.
+    pub(super) jitter: SmallRng,
 }
 
 /// How serving a connection ended.
@@ -49,10 +50,8 @@ pub(crate) async fn run_slot(
     let slot = &shared.slots[index];
     let span = tracing::info_span!("slot", slot = %slot.id, url = %slot.url);
     let jitter = match shared.settings.seed {
-        Some(seed) => {
-            Jitter::seeded(seed ^ u64::from(slot.id.0).wrapping_mul(0x9E37_79B9_7F4A_7C15))
-        }
-        None => Jitter::from_os(),
+        Some(seed) => SmallRng::seeded(seed ^ u64::from(slot.id.0).wrapping_mul(GAMMA)),
+        None => SmallRng::from_os(),
     };
     let mut supervisor = Supervisor {
         shared: &shared,

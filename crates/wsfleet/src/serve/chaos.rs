@@ -20,6 +20,9 @@ use wsfleet_proto::handshake::{accept_response, parse_request};
 use wsfleet_proto::mask::apply_mask;
 use wsfleet_proto::{ConfigError, Limits};
 
+use crate::connection::{HeadError, read_head};
+use crate::listen::accept_loop;
+
 /// Longest a hostile connection is kept: every flood and stall ends by then.
 const MAX_CONNECTION_LIFE: Duration = Duration::from_secs(300);
 /// Most hostile connections served at once.
@@ -393,7 +396,7 @@ impl ChaosServer {
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let listener = TcpListener::bind(addr).await?;
         let local_addr = listener.local_addr()?;
-        let task = tokio::spawn(accept_loop(listener, Arc::new(Plan::new(mode, settings))));
+        let task = tokio::spawn(serve(listener, Arc::new(Plan::new(mode, settings))));
         Ok(Self { local_addr, task })
     }
 
@@ -414,26 +417,16 @@ impl Drop for ChaosServer {
     }
 }
 
-async fn accept_loop(listener: TcpListener, plan: Arc<Plan>) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let tcp = match listener.accept().await {
-            Ok((tcp, _)) => tcp,
-            Err(e) => {
-                tracing::warn!(error = %e, "chaos server: accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+/// Misbehaves on every connection, each for at most [`MAX_CONNECTION_LIFE`].
+async fn serve(listener: TcpListener, plan: Arc<Plan>) {
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    accept_loop(listener, permits, "chaos server", move |tcp, _| {
         let plan = Arc::clone(&plan);
-        tokio::spawn(async move {
-            let _permit = permit;
+        async move {
             let _ = tokio::time::timeout(MAX_CONNECTION_LIFE, misbehave(tcp, &plan)).await;
-        });
-    }
+        }
+    })
+    .await;
 }
 
 fn frame(fin: bool, opcode: OpCode, payload: &[u8]) -> Vec<u8> {
@@ -461,19 +454,11 @@ async fn read_request(
     tcp: &mut TcpStream,
 ) -> io::Result<Option<wsfleet_proto::handshake::ServerRequest>> {
     let limits = Limits::default();
-    let mut buf = Vec::new();
-    loop {
-        let mut chunk = [0u8; 2048];
-        let n = tcp.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(None);
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        match parse_request(&buf, &limits) {
-            Ok(Some((request, _))) => return Ok(Some(request)),
-            Ok(None) => {}
-            Err(_) => return Ok(None),
-        }
+    let parse = |buf: &[u8]| parse_request(buf, &limits);
+    match read_head(tcp, limits.max_handshake_bytes, parse).await {
+        Ok((request, _)) => Ok(Some(request)),
+        Err(HeadError::Io(e)) => Err(e),
+        Err(HeadError::Eof(_) | HeadError::Invalid(_)) => Ok(None),
     }
 }
 

@@ -9,6 +9,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
 use crate::connect::{Chain, MaybeTlsStream};
+use crate::listen::accept_loop;
 use crate::{CloseCode, Connection, ConnectionConfig};
 
 /// Most connections an echo server serves at once; further clients wait in
@@ -48,7 +49,7 @@ impl EchoServer {
         let local_addr = listener.local_addr()?;
         let (stop, stopped) = watch::channel(false);
         let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-        let task = tokio::spawn(accept_loop(
+        let task = tokio::spawn(serve(
             listener,
             Arc::new(config),
             connections.clone(),
@@ -89,30 +90,18 @@ impl Drop for EchoServer {
     }
 }
 
-async fn accept_loop(
+/// Echoes on every connection until the client closes or the server stops.
+async fn serve(
     listener: TcpListener,
     config: Arc<ConnectionConfig>,
-    slots: Arc<Semaphore>,
+    permits: Arc<Semaphore>,
     stopped: watch::Receiver<bool>,
 ) {
-    loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let (tcp, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                // EMFILE and friends: say so, wait a little, keep serving.
-                tracing::warn!(error = %e, "echo server: accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    accept_loop(listener, permits, "echo server", move |tcp, peer| {
         let _ = tcp.set_nodelay(true);
         let config = config.clone();
         let mut stopped = stopped.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
+        async move {
             match Connection::accept(MaybeTlsStream::Plain(tcp), peer.to_string(), &config).await {
                 Ok(mut conn) => {
                     let mut closing = false;
@@ -140,6 +129,7 @@ async fn accept_loop(
                 }
                 Err(e) => tracing::debug!(error = %Chain(&e), "echo server: handshake failed"),
             }
-        });
-    }
+        }
+    })
+    .await;
 }
