@@ -2,14 +2,21 @@
 //! supervised, observable.
 //!
 //! The protocol lives in [`wsfleet_proto`] (sans-I/O); this crate moves its
-//! bytes: [`connect`] opens the transport (DNS, TCP, TLS) with a deadline
-//! per phase, [`Connection`] runs one WebSocket on it.
+//! bytes: [`connect`] opens the transport (DNS, TCP, TLS, proxies) with a
+//! deadline per phase, [`Connection`] runs one WebSocket on it, [`fleet`]
+//! keeps many of them ready under one memory budget, [`admin`] serves their
+//! metrics and state over HTTP, and [`serve`] has the echo and hostile
+//! servers that tests and demos talk to.
 //!
 //! Dependencies, and what each saves us from writing: `tokio` (runtime,
 //! sockets, timers), `tokio-util` (reading into uninitialised buffer space
 //! without `unsafe` here), `rustls` + `tokio-rustls` + `webpki-roots` /
-//! `rustls-native-certs` (TLS and its trust roots), `url` (URL parsing),
-//! `getrandom` (OS CSPRNG for masking keys), `tracing` (structured logs).
+//! `rustls-native-certs` (TLS and its trust roots), `url` and
+//! `percent-encoding` (URL parsing, proxy userinfo), `httparse` + `base64`
+//! (the HTTP CONNECT proxy's answer and basic auth), `getrandom` (the OS
+//! CSPRNG: masking keys, nonces, jitter seeds), `hyper` (the admin HTTP
+//! server), `serde` + `serde_json` (`/connections`), `tracing` (structured
+//! logs).
 
 pub mod admin;
 pub mod connect;

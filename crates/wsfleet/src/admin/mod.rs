@@ -25,6 +25,9 @@ use crate::listen::accept_loop;
 const MAX_CONNECTIONS: usize = 64;
 /// An admin connection idle this long is closed.
 const IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+/// Most bytes of a request hyper buffers for an admin connection: a GET
+/// needs far less.
+const MAX_REQUEST_BUFFER: usize = 16 << 10;
 
 /// The admin HTTP server of a fleet. Stops when dropped.
 ///
@@ -79,7 +82,7 @@ async fn serve(listener: TcpListener, monitor: FleetMonitor, healthy_share: f64)
                 async move { Ok::<_, Infallible>(route(&req, &monitor, healthy_share)) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
-                .max_buf_size(16 * 1024)
+                .max_buf_size(MAX_REQUEST_BUFFER)
                 .serve_connection(TokioIo::new(tcp), service);
             let _ = tokio::time::timeout(IDLE, conn).await;
         }

@@ -13,7 +13,10 @@ use tokio::net::TcpStream;
 use super::{ConnectError, ConnectErrorKind, Phase, Scheme, Target};
 
 /// Largest proxy CONNECT response head we read.
-const MAX_PROXY_RESPONSE: usize = 16 * 1024;
+const MAX_PROXY_RESPONSE: usize = 16 << 10;
+
+/// Most header lines a proxy's CONNECT answer may carry.
+const MAX_PROXY_HEADERS: usize = 64;
 
 /// The version byte that starts every SOCKS5 message but the auth exchange.
 const SOCKS5: u8 = 0x05;
@@ -314,7 +317,7 @@ pub(crate) async fn tunnel(
                 let byte = tcp.read_u8().await.map_err(io)?;
                 head.push(byte);
             }
-            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut headers = [httparse::EMPTY_HEADER; MAX_PROXY_HEADERS];
             let mut response = httparse::Response::new(&mut headers);
             response
                 .parse(&head)

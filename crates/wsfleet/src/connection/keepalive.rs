@@ -94,6 +94,10 @@ pub(crate) struct KeepaliveState {
 /// The window [`Keepalive::peer_ping_limit`] counts over.
 const PEER_PING_WINDOW: Duration = Duration::from_secs(1);
 
+/// The wait of a timer with nothing to wait for: a day, far enough to never
+/// fire in practice, near enough to stay a valid `Instant`.
+pub(crate) const NOTHING_DUE: Duration = Duration::from_secs(86_400);
+
 impl KeepaliveState {
     pub(crate) fn new(config: Keepalive, now: Instant) -> Self {
         Self {
@@ -159,7 +163,7 @@ impl KeepaliveState {
     /// The timer fired at `now`.
     pub(crate) fn on_timer(&mut self, now: Instant) -> Action {
         let Some(interval) = self.config.interval else {
-            return Action::Wait(now + Duration::from_secs(86_400));
+            return Action::Wait(now + NOTHING_DUE);
         };
         if let Some(sent) = self.ping_sent {
             if self.last_rx >= sent {

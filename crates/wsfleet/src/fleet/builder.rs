@@ -35,6 +35,10 @@ pub type OnConnect = Arc<
         + Sync,
 >;
 
+/// The shortest [`FleetBuilder::max_lifetime`] accepted: shorter, a fleet
+/// would spend its time rotating.
+const MIN_LIFETIME: Duration = Duration::from_millis(100);
+
 /// Everything a fleet runs with, after validation.
 #[derive(Clone)]
 pub(crate) struct Settings {
@@ -282,11 +286,7 @@ impl FleetBuilder {
                 "must be in [0, 1)",
             );
         }
-        if self
-            .settings
-            .max_lifetime
-            .is_some_and(|l| l < Duration::from_millis(100))
-        {
+        if self.settings.max_lifetime.is_some_and(|l| l < MIN_LIFETIME) {
             return bad(
                 "max_lifetime",
                 format!("{:?}", self.settings.max_lifetime),

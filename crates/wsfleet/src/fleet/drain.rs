@@ -9,13 +9,17 @@ use super::running::Running;
 use super::stats::ConnState;
 use super::supervisor::{Outcome, Supervisor};
 
+/// Beyond the close deadline, what a draining connection's task gets to
+/// report its end before it is aborted.
+pub(super) const DRAIN_GRACE: Duration = Duration::from_millis(500);
+
 impl Supervisor<'_> {
     /// Drains `current` for the fleet's shutdown. Boxed by the caller: it
     /// runs once per slot, at the end.
     pub(super) async fn drain_for_shutdown(&self, mut current: Running) -> Outcome {
         *self.slot.inbox.lock().unwrap_or_else(|p| p.into_inner()) = None;
         current.drain(DisconnectReason::Shutdown, None);
-        let limit = self.shared.settings.connection.deadlines.close + Duration::from_millis(500);
+        let limit = self.shared.settings.connection.deadlines.close + DRAIN_GRACE;
         match tokio::time::timeout(limit, &mut current.task).await {
             Ok(end) => Box::pin(current.report(self.shared, end)).await,
             Err(_) => {

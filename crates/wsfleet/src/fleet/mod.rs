@@ -56,6 +56,12 @@ pub use stats::{ConnState, ConnectionInfo, FleetStats};
 use inbox::{Inbox, TrySendError};
 use stats::ConnRecord;
 
+/// Beyond the close deadline, how long [`Fleet::shutdown`] waits for the
+/// slots before aborting them: longer than a slot's own [`drain::DRAIN_GRACE`],
+/// so each slot reports its connection's end (or its abort) first.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+const _: () = assert!(SHUTDOWN_GRACE.as_millis() > drain::DRAIN_GRACE.as_millis());
+
 /// A connection's id, unique within a fleet (a slot's successive
 /// connections get new ids).
 #[derive(
@@ -489,7 +495,7 @@ impl Fleet {
     /// still running then are aborted.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
-        let limit = self.shared.settings.connection.deadlines.close + Duration::from_secs(1);
+        let limit = self.shared.settings.connection.deadlines.close + SHUTDOWN_GRACE;
         let mut tasks = std::mem::take(&mut self.tasks);
         tasks.extend(std::mem::take(
             &mut *self

@@ -17,6 +17,10 @@ use super::supervisor::{Outcome, Supervisor};
 use super::{EventKind, Shared};
 use crate::rng::SmallRng;
 
+/// The least wait before trying again to open a replacement: full jitter
+/// may make the backoff's delay zero, and the old connection serves anyway.
+const MIN_REPLACEMENT_RETRY: Duration = Duration::from_millis(10);
+
 /// When the current connection is next replaced, and how many replacements
 /// in a row failed to open.
 pub(super) struct RotationSchedule {
@@ -103,7 +107,7 @@ impl Supervisor<'_> {
                 let wait = settings
                     .backoff
                     .delay(schedule.failures, self.jitter.unit())
-                    .max(Duration::from_millis(10));
+                    .max(MIN_REPLACEMENT_RETRY);
                 schedule.failures = schedule.failures.saturating_add(1);
                 schedule.at = Some(Instant::now() + wait);
             }

@@ -39,6 +39,13 @@ const SEQ_LEN: usize = 8;
 /// Control frames (pongs, the close reply) the `stream` reader may hand its
 /// writer before it drops pongs: a client's ping flood costs no memory.
 const CONTROL_QUEUE: usize = 4;
+/// Pause between the pieces of a handshake or a message that never ends.
+const DRIP: Duration = Duration::from_millis(1);
+/// `lying-length`: pause between the 64-byte pieces of its payload.
+const LYING_TRICKLE: Duration = Duration::from_millis(100);
+/// How long a connection stays open after its bad frame, for the client to
+/// close first.
+const AFTER_BAD_FRAME: Duration = Duration::from_secs(10);
 
 /// How the chaos server misbehaves after (or instead of) the handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -485,7 +492,7 @@ async fn misbehave(mut tcp: TcpStream, plan: &Plan) -> io::Result<()> {
             let line = format!("X-Chaos: {}\r\n", "z".repeat(100));
             loop {
                 tcp.write_all(line.as_bytes()).await?;
-                tokio::time::sleep(Duration::from_millis(1)).await;
+                tokio::time::sleep(DRIP).await;
             }
         }
         _ => tcp.write_all(&accept_response(&request, None)).await?,
@@ -496,7 +503,7 @@ async fn misbehave(mut tcp: TcpStream, plan: &Plan) -> io::Result<()> {
                 .await?;
             loop {
                 tcp.write_all(&[0u8; 64]).await?;
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::time::sleep(LYING_TRICKLE).await;
             }
         }
         ChaosMode::EndlessFragments => {
@@ -505,7 +512,7 @@ async fn misbehave(mut tcp: TcpStream, plan: &Plan) -> io::Result<()> {
             let piece = frame(false, OpCode::Continuation, &[b'x'; 1024]);
             loop {
                 tcp.write_all(&piece).await?;
-                tokio::time::sleep(Duration::from_millis(1)).await;
+                tokio::time::sleep(DRIP).await;
             }
         }
         ChaosMode::PartialThenSilence => {
@@ -520,7 +527,7 @@ async fn misbehave(mut tcp: TcpStream, plan: &Plan) -> io::Result<()> {
                 .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 | 0x0C)
                 .collect();
             tcp.write_all(&junk).await?;
-            tokio::time::sleep(Duration::from_secs(10)).await;
+            tokio::time::sleep(AFTER_BAD_FRAME).await;
         }
         ChaosMode::PingFlood => {
             let batch: Vec<u8> = (0..256)
@@ -529,10 +536,7 @@ async fn misbehave(mut tcp: TcpStream, plan: &Plan) -> io::Result<()> {
             // Drain what the client sends (pongs) so only the client's
             // handling is tested, not TCP backpressure.
             let (mut read, mut write) = tcp.split();
-            let drain = async {
-                let mut sink = vec![0u8; 64 << 10];
-                while read.read(&mut sink).await.unwrap_or(0) > 0 {}
-            };
+            let drain = async { tokio::io::copy(&mut read, &mut tokio::io::sink()).await };
             let flood = async {
                 loop {
                     if write.write_all(&batch).await.is_err() {
@@ -546,7 +550,7 @@ async fn misbehave(mut tcp: TcpStream, plan: &Plan) -> io::Result<()> {
         ChaosMode::InvalidUtf8 => {
             tcp.write_all(&frame(true, OpCode::Text, &[b'o', b'k', 0xED, 0xA0, 0x80]))
                 .await?;
-            tokio::time::sleep(Duration::from_secs(10)).await;
+            tokio::time::sleep(AFTER_BAD_FRAME).await;
         }
         ChaosMode::Stream => stream(tcp, plan).await,
         ChaosMode::Pin => pin(tcp, plan).await,
@@ -738,10 +742,7 @@ async fn pin(mut tcp: TcpStream, plan: &Plan) {
     let (mut read, mut write) = tcp.split();
     // Drain pings and the close (unanswerable mid-frame) so the client's
     // writes never block; its EOF ends the connection.
-    let drain = async {
-        let mut sink = vec![0u8; 16 << 10];
-        while read.read(&mut sink).await.unwrap_or(0) > 0 {}
-    };
+    let drain = async { tokio::io::copy(&mut read, &mut tokio::io::sink()).await };
     let hold = async {
         let declared = settings.pin_frame as u64;
         write
@@ -760,7 +761,7 @@ async fn pin(mut tcp: TcpStream, plan: &Plan) {
         io::Result::Ok(())
     };
     tokio::select! {
-        () = drain => {}
+        _ = drain => {}
         _ = hold => {}
     }
 }
