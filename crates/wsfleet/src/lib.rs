@@ -30,3 +30,19 @@ pub mod serve;
 pub use connection::{Connection, ConnectionConfig, ConnectionStats, Error, Keepalive, Progress};
 pub use keys::OsRngKeys;
 pub use wsfleet_proto::{self as proto, CloseCode, CloseFrame, Limits, Message, Role, Utf8Bytes};
+
+// What users move into tasks or share between them is `Send`, and `Sync`
+// where it can be; checked when the crate compiles. `Connection` is `Send`
+// only (its masking-key source is): one task drives it, by `&mut self`.
+const _: () = {
+    const fn send<T: Send + 'static>() {}
+    const fn send_sync<T: Send + Sync + 'static>() {}
+    send::<Connection>();
+    send_sync::<fleet::Fleet>();
+    send_sync::<fleet::FleetMonitor>();
+    send_sync::<fleet::Events>();
+    send_sync::<fleet::Event>();
+    send_sync::<Error>();
+    send_sync::<fleet::DisconnectReason>();
+    send_sync::<connect::ConnectError>();
+};

@@ -46,6 +46,7 @@ pub struct AdminServer {
 impl AdminServer {
     /// Serves `monitor` on `addr`. `/healthz` answers 200 while at least
     /// `healthy_share` (0.0–1.0) of the target connections are ready.
+    /// Cancel-safe: dropped before it returns, it leaves nothing listening.
     ///
     /// # Errors
     /// The bind error.

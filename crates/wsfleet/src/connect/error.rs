@@ -382,10 +382,4 @@ mod tests {
             assert_eq!(phase.to_string(), name);
         }
     }
-
-    #[test]
-    fn connect_error_is_send_sync_static() {
-        fn check<T: Send + Sync + 'static>() {}
-        check::<ConnectError>();
-    }
 }

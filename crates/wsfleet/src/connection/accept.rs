@@ -14,6 +14,9 @@ impl Connection {
     /// the first subprotocol the client offers that is in `config.protocols`.
     /// A bad request is answered with `400 Bad Request`.
     ///
+    /// Cancel-safe: dropping the future abandons the handshake and closes
+    /// `stream`.
+    ///
     /// # Errors
     /// A [`ConnectError`] in [`Phase::Handshake`] naming `peer`.
     pub async fn accept(

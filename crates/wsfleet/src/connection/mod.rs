@@ -6,7 +6,7 @@
 //! silent peer); send from the same task, for example with
 //! `tokio::select!` over `recv()` and your own channel — `recv` is
 //! cancel-safe, because all state lives in the protocol machine, not in the
-//! future.
+//! future. Each async method says what dropping its future does.
 
 mod accept;
 mod config;
@@ -59,6 +59,17 @@ pub struct ConnectionStats {
 
 /// One WebSocket client connection.
 ///
+/// `Send`, not `Sync`: one task drives it (every I/O method takes
+/// `&mut self`), and it can move between tasks and threads.
+///
+/// Dropping it closes the socket at once, without a close frame: the peer
+/// sees the connection end abnormally (1006), and messages still queued are
+/// lost. Its budget charges are released; messages already received keep
+/// theirs until they are dropped. To end it cleanly, await
+/// [`close`](Self::close) (or [`begin_close`](Self::begin_close) and
+/// [`recv`](Self::recv) until `None`) first. Connections of a fleet belong to
+/// it, which closes them cleanly on [`Fleet::shutdown`](crate::fleet::Fleet::shutdown).
+///
 /// ```no_run
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// use wsfleet::{Connection, ConnectionConfig, Message};
@@ -107,6 +118,9 @@ impl Connection {
     /// Opens `url` (`ws://` or `wss://`): DNS, TCP, TLS and the handshake,
     /// each within its deadline.
     ///
+    /// Cancel-safe: dropping the future abandons the attempt and closes its
+    /// socket (a DNS lookup under way finishes in the background).
+    ///
     /// # Errors
     /// A [`ConnectError`] naming the phase that failed and the target.
     pub async fn connect(url: &str, config: &ConnectionConfig) -> Result<Self, ConnectError> {
@@ -114,7 +128,8 @@ impl Connection {
         Self::connect_target(target, config).await
     }
 
-    /// As [`connect`](Self::connect), for an already parsed target.
+    /// As [`connect`](Self::connect), for an already parsed target
+    /// (cancel-safe as it is).
     ///
     /// # Errors
     /// A [`ConnectError`] naming the phase that failed and the target.
@@ -514,6 +529,14 @@ impl Connection {
     /// waiting. When the outbound queue is full, waits for it to drain
     /// first (backpressure).
     ///
+    /// Cancel-safe once the message is queued, not before: dropping the
+    /// future while it waits for room drops the message with it (it was
+    /// never queued). Once queued, it stays queued and any later call
+    /// (`recv`, `flush`, `send`) writes it; bytes half written are never
+    /// lost or repeated. A caller that must not lose a message to
+    /// cancellation checks [`has_room`](Self::has_room) and uses
+    /// [`try_send`](Self::try_send), which hands it back.
+    ///
     /// # Errors
     /// [`Error::Send`] hands the message back if the connection is closing
     /// or the budget refused it; an I/O error if the socket failed.
@@ -555,6 +578,9 @@ impl Connection {
 
     /// Sends a ping (payload cut to 125 bytes).
     ///
+    /// Cancel-safe: it does not wait; the ping is queued on the first poll
+    /// (or not at all, if the future is dropped unpolled).
+    ///
     /// # Errors
     /// As [`send`](Self::send).
     pub async fn ping(&mut self, payload: Bytes) -> Result<(), Error> {
@@ -563,6 +589,9 @@ impl Connection {
     }
 
     /// Waits until everything queued is written.
+    ///
+    /// Cancel-safe: dropping the future loses nothing; what was written
+    /// stays written, the rest stays queued for the next call.
     ///
     /// # Errors
     /// An I/O error if the socket failed.
@@ -587,6 +616,11 @@ impl Connection {
     /// Closes cleanly: sends a close frame with `code` and `reason`, waits
     /// (within the close deadline) for the peer's close frame and for the
     /// server to end TCP. Messages that arrive meanwhile are dropped.
+    ///
+    /// Cancel-safe: the close frame is queued once, on the first poll.
+    /// Dropped meanwhile, the close resumes in the next `close` (whose code
+    /// and reason are then ignored) or `recv`, within the deadline counted
+    /// from when it began.
     ///
     /// # Errors
     /// [`Error::InvalidCloseCode`] for a code that may not be sent;

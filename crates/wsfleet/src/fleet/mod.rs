@@ -213,6 +213,8 @@ pub struct Events {
 impl Events {
     /// The next event; `None` once the fleet has shut down (or was dropped)
     /// and every event was taken — even while a [`FleetMonitor`] is alive.
+    ///
+    /// Cancel-safe: dropping the future loses no event.
     pub async fn recv(&mut self) -> Option<Event> {
         loop {
             if *self.finished.borrow() {
@@ -404,6 +406,11 @@ impl Fleet {
     /// inbox has room; if every ready inbox is full, waits on the next one in
     /// round-robin order (backpressure).
     ///
+    /// Cancel-safe only while it does not wait: with room somewhere it
+    /// queues the message on its first poll. Dropped while waiting for room,
+    /// the message is dropped with the future, never queued. Once queued, a
+    /// message is written or comes back as [`EventKind::Undelivered`].
+    ///
     /// # Errors
     /// [`FleetSendError::NoReadyConnection`] with the message when none is ready.
     pub async fn send(&self, message: Message) -> Result<ConnId, FleetSendError> {
@@ -434,7 +441,10 @@ impl Fleet {
         }
     }
 
-    /// Sends to one connection.
+    /// Sends to one connection, waiting while its inbox is full.
+    ///
+    /// Cancel-safe as [`send`](Self::send): dropped while waiting for room,
+    /// the message is dropped with the future, never queued.
     ///
     /// # Errors
     /// [`FleetSendError::UnknownConnection`] if it is not ready.
@@ -454,7 +464,11 @@ impl Fleet {
     }
 
     /// Sends a copy to every ready connection (payloads are shared, not
-    /// copied). Returns how many took it.
+    /// copied), waiting on each full inbox in turn. Returns how many took it.
+    ///
+    /// Not cancel-safe: dropped midway (while waiting on a full inbox), the
+    /// connections before that one have the message and the rest do not,
+    /// and the count is lost.
     pub async fn broadcast(&self, message: Message) -> usize {
         // Charged once: every inbox shares the one payload.
         let message = self.shared.charge_outbound(message);
@@ -493,6 +507,11 @@ impl Fleet {
     /// Closes every connection with a close handshake (1001), delivering
     /// what was in flight, within the close deadline plus one second; tasks
     /// still running then are aborted.
+    ///
+    /// Cancel-safe in effect: once polled, dropping the future does not stop
+    /// the close handshakes it started; each slot still ends its connection
+    /// within the close deadline and a grace, with no one waiting for it.
+    /// (Dropped unpolled, it is dropping the `Fleet`: every task aborted.)
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         let limit = self.shared.settings.connection.deadlines.close + SHUTDOWN_GRACE;

@@ -379,7 +379,8 @@ pub struct ChaosServer {
 }
 
 impl ChaosServer {
-    /// Listens on `addr`, with [`ChaosSettings::default`].
+    /// Listens on `addr`, with [`ChaosSettings::default`]. Cancel-safe:
+    /// dropped before it returns, it leaves nothing listening.
     ///
     /// # Errors
     /// The bind error.
@@ -387,7 +388,8 @@ impl ChaosServer {
         Self::bind_with(addr, mode, ChaosSettings::default()).await
     }
 
-    /// Listens on `addr`, with `settings` for the modes that read them.
+    /// Listens on `addr`, with `settings` for the modes that read them
+    /// (cancel-safe as [`bind`](Self::bind)).
     ///
     /// # Errors
     /// [`io::ErrorKind::InvalidInput`] wrapping the [`ConfigError`] that

@@ -41,6 +41,7 @@ pub struct EchoServer {
 impl EchoServer {
     /// Listens on `addr` and serves each connection with `config` (limits,
     /// handshake deadline, keepalive, subprotocols it accepts).
+    /// Cancel-safe: dropped before it returns, it leaves nothing listening.
     ///
     /// # Errors
     /// The bind error.
@@ -74,7 +75,9 @@ impl EchoServer {
     }
 
     /// Stops accepting and closes every connection with 1001 (going away),
-    /// waiting at most `within` for the close handshakes.
+    /// waiting at most `within` for the close handshakes. Cancel-safe:
+    /// dropping the future only stops the wait; the connections, told to
+    /// close on its first poll, still close.
     pub async fn shutdown(self, within: Duration) {
         let _ = self.stop.send(true);
         self.task.abort();
