@@ -97,8 +97,8 @@ pub struct Connection {
     stats: ConnectionStats,
     /// The fleet's budget decisions for this connection, if in a fleet.
     gate: Option<Arc<ConnBudget>>,
-    /// Since when reading has been paused for memory.
-    paused_since: Option<Instant>,
+    /// Reading is paused for memory (the gate times the pause).
+    paused: bool,
     /// Progress deadlines in force, and the message under way's progress.
     progress_limits: Progress,
     progress: MessageProgress,
@@ -228,7 +228,7 @@ impl Connection {
             need_flush: false,
             stats: ConnectionStats::default(),
             gate: config.gate.clone(),
-            paused_since: None,
+            paused: false,
             progress_limits: config.progress,
             progress: MessageProgress::default(),
         }
@@ -310,6 +310,8 @@ impl Connection {
         };
         if !matches!(result, Some(Ok(_))) {
             self.finished = true;
+            // An ended connection waits for nothing: its pause is over.
+            self.end_pause();
         }
         result
     }
@@ -414,10 +416,9 @@ impl Connection {
         let Some(gate) = self.gate.clone() else {
             return Err(self.fail_for_budget(wanted));
         };
-        let now = Instant::now();
-        if self.paused_since.is_none() {
-            self.paused_since = Some(now);
-            gate.set_paused(true, Duration::ZERO);
+        if !self.paused {
+            self.paused = true;
+            gate.set_paused(true);
             tracing::debug!(peer = %self.peer, wanted, "memory budget spent: pausing reads");
         }
         // Pongs and replies already queued still go out.
@@ -440,10 +441,10 @@ impl Connection {
     /// keepalive starts its quiet interval afresh (we did not read, so the
     /// peer's silence meant nothing).
     fn end_pause(&mut self) {
-        if let Some(since) = self.paused_since.take() {
+        if std::mem::take(&mut self.paused) {
             let now = Instant::now();
             if let Some(gate) = &self.gate {
-                gate.set_paused(false, now - since);
+                gate.set_paused(false);
             }
             self.keepalive.on_resume(now);
         }
