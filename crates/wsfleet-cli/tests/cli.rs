@@ -1,79 +1,20 @@
 //! End-to-end tests of the `wsfleet` binary, on loopback only. Every child
 //! process is bounded by a timeout and killed if a test fails.
 
-use std::io::{BufRead, BufReader, Read as _, Write as _};
-use std::net::TcpStream;
+mod common;
+
 use std::path::PathBuf;
-use std::process::{Child, Command as StdCommand, ExitStatus, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use assert_cmd::Command;
+use common::{BIN, Running, free_port, http_until, listening_url};
 use predicates::prelude::*;
 use wsfleet::serve::ChaosMode;
-
-const BIN: &str = env!("CARGO_BIN_EXE_wsfleet");
 
 fn wsfleet() -> Command {
     let mut cmd = Command::new(BIN);
     cmd.env_remove("RUST_LOG").timeout(Duration::from_secs(30));
     cmd
-}
-
-/// Kills the child when dropped (a failing test leaves nothing running).
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Running {
-    /// Starts `wsfleet ARGS` with stdout piped; returns it and a channel of
-    /// its stdout lines.
-    fn start(args: &[&str]) -> (Self, mpsc::Receiver<String>) {
-        let mut child = StdCommand::new(BIN)
-            .args(args)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn wsfleet");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        (Self(child), rx)
-    }
-
-    fn signal(&self, name: &str) {
-        let status = StdCommand::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.0.id().to_string())
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{name} failed");
-    }
-
-    fn wait_exit(&mut self, within: Duration) -> ExitStatus {
-        let t0 = Instant::now();
-        loop {
-            if let Some(status) = self.0.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(t0.elapsed() < within, "did not exit within {within:?}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
 }
 
 /// Reads `sent=N received=N connections=N`.
@@ -167,13 +108,7 @@ fn run_stops_gracefully_on_sigint() {
 #[test]
 fn serve_echoes_to_connect_and_stops_on_sigterm() {
     let (mut serve, lines) = Running::start(&["serve", "--listen", "127.0.0.1:0"]);
-    let first = lines
-        .recv_timeout(Duration::from_secs(15))
-        .expect("serve prints its address");
-    let url = first
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
-        .to_owned();
+    let url = listening_url(&lines);
     assert!(
         url.starts_with("ws://127.0.0.1:") && url.ends_with('/'),
         "{url}"
@@ -201,13 +136,7 @@ fn serve_echoes_to_connect_and_stops_on_sigterm() {
 #[test]
 fn a_peers_control_characters_reach_the_terminal_escaped_unless_raw() {
     let (mut serve, lines) = Running::start(&["serve", "--listen", "127.0.0.1:0"]);
-    let first = lines
-        .recv_timeout(Duration::from_secs(15))
-        .expect("serve prints its address");
-    let url = first
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
-        .to_owned();
+    let url = listening_url(&lines);
     // The echo server sends back what would retitle the window, ring the
     // bell and clear the screen (CSI as C1).
     let hostile = "a\x1b]0;pwned\x07b\u{9b}2J\tc\\n\n";
@@ -281,53 +210,6 @@ fn bad_size_and_header_are_usage_errors() {
         .assert()
         .code(2)
         .stderr(predicate::str::contains("Name: value"));
-}
-
-/// A port nothing listens on now (bound, then released).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
-}
-
-/// `GET path` over plain HTTP/1.1; the status code and the body.
-fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
-    let mut tcp = TcpStream::connect(addr)?;
-    tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        tcp,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = String::new();
-    tcp.read_to_string(&mut response)?;
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
-}
-
-/// Polls `GET path` until `done` says yes to the answer (at most 15 s).
-fn http_until(addr: &str, path: &str, done: impl Fn(u16, &str) -> bool) -> (u16, String) {
-    let t0 = Instant::now();
-    loop {
-        if let Ok((status, body)) = http_get(addr, path) {
-            if done(status, &body) {
-                return (status, body);
-            }
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(15),
-            "GET {path} never answered as expected"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// A config file in a fresh temporary folder, removed when dropped.
@@ -677,13 +559,7 @@ fn connect_to_a_lying_length_server_fails_with_a_protocol_error() {
         "--chaos",
         "lying-length",
     ]);
-    let first = lines
-        .recv_timeout(Duration::from_secs(15))
-        .expect("serve prints its address");
-    let url = first
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
-        .to_owned();
+    let url = listening_url(&lines);
     wsfleet()
         .args(["connect", &url])
         .write_stdin("")

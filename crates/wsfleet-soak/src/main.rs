@@ -9,10 +9,15 @@
 //!   (a counting allocator) and the fd count must not grow.
 //! - `exhaustion`: EMFILE, DNS failure, the budget overrun at once, the
 //!   upstream refusing every connection.
+//! - `stalled`: a consumer that stops taking events: the fleet pauses
+//!   reading within its budget, drops nothing, loses no sequence number.
+//! - `pinning`: connections pinning 12 MiB frames next to healthy busy
+//!   ones under one budget: the pinning ones go, the healthy ones stay.
 //!
 //! The peers run in a child process (this executable with `--serve`). Run
 //! it through `scripts/soak` (see `--help`); exit status 1 on any violation.
 
+mod budget;
 mod exhaustion;
 mod hostile;
 mod report;
@@ -35,6 +40,8 @@ enum Scenario {
     Soak,
     Rotation,
     Exhaustion,
+    Stalled,
+    Pinning,
 }
 
 /// Hostile-server soak, rotation leak check and resource exhaustion for
@@ -120,6 +127,14 @@ async fn run(args: Args) -> ExitCode {
     if matches!(which, Scenario::All | Scenario::Exhaustion) {
         eprintln!("wsfleet-soak: exhaustion");
         reports.push(exhaustion::run(long).await);
+    }
+    if matches!(which, Scenario::All | Scenario::Stalled) {
+        eprintln!("wsfleet-soak: stalled consumer");
+        reports.push(budget::stalled(long).await);
+    }
+    if matches!(which, Scenario::All | Scenario::Pinning) {
+        eprintln!("wsfleet-soak: pinning next to healthy");
+        reports.push(budget::pinning(long).await);
     }
     for r in &reports {
         r.print();

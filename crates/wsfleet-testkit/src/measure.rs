@@ -104,6 +104,17 @@ fn parse_statm_rss(statm: &str) -> Option<u64> {
 /// `"VmHWM:"`), in bytes.
 pub fn proc_status_bytes(key: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    parse_status_bytes(&status, key)
+}
+
+/// As [`proc_status_bytes`], of another process (`/proc/PID/status`): the
+/// peak (`VmHWM:`) and current (`VmRSS:`) RSS of a child under test.
+pub fn proc_status_bytes_of(pid: u32, key: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_status_bytes(&status, key)
+}
+
+fn parse_status_bytes(status: &str, key: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with(key))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     kib.checked_mul(1024)
@@ -148,6 +159,8 @@ mod tests {
         if cfg!(target_os = "linux") {
             assert!(rss_bytes().is_some_and(|b| b > 0));
             assert!(proc_status_bytes("VmRSS:").is_some_and(|b| b > 0));
+            assert!(proc_status_bytes_of(std::process::id(), "VmHWM:").is_some_and(|b| b > 0));
+            assert_eq!(proc_status_bytes_of(u32::MAX, "VmHWM:"), None);
             let before = open_fds().expect("fd count");
             let file = std::fs::File::open("/proc/self/statm").expect("open");
             assert_eq!(open_fds(), Some(before + 1));

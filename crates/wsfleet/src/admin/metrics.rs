@@ -34,6 +34,7 @@ pub(super) fn render(s: &FleetStats) -> String {
     for state in [
         ConnState::Connecting,
         ConnState::Ready,
+        ConnState::Paused,
         ConnState::Draining,
         ConnState::Backoff,
         ConnState::Closed,

@@ -24,7 +24,7 @@ use crate::connect::MaybeTlsStream;
 const IDLE_RELEASE: Duration = Duration::from_millis(200);
 
 /// Bytes read into the stack at a message boundary (see `poll_step`).
-const STACK_READ: usize = 4096;
+pub(super) const STACK_READ: usize = 4096;
 
 /// What one step achieved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

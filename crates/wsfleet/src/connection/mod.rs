@@ -323,6 +323,8 @@ impl Connection {
         };
         if !matches!(result, Some(Ok(_))) {
             self.finished = true;
+            // An ended connection waits for nothing: its pause is over.
+            self.end_pause();
         }
         result
     }
@@ -390,8 +392,13 @@ impl Connection {
                     if self.leftover.is_empty() {
                         return Input::Read;
                     }
-                    if let Err(e) = self.feed_leftover() {
-                        return Input::Rare(Rare::End(Ending::Failed(Error::Protocol(e))));
+                    match self.feed_leftover() {
+                        Ok(None) => {}
+                        // The budget is spent: wait as for a socket read.
+                        Ok(Some(wanted)) => return Input::Rare(Rare::WaitForBudget(wanted)),
+                        Err(e) => {
+                            return Input::Rare(Rare::End(Ending::Failed(Error::Protocol(e))));
+                        }
                     }
                 }
                 Err(e) => {
@@ -516,13 +523,22 @@ impl Connection {
         }
     }
 
-    fn feed_leftover(&mut self) -> Result<(), wsfleet_proto::ProtocolError> {
-        let room = {
-            let buf = self.proto.read_buf()?;
-            bytes::BufMut::remaining_mut(&buf)
+    /// Feeds bytes that came with the handshake response to the protocol,
+    /// as many as its read buffer takes. `Ok(Some(wanted))`, nothing fed,
+    /// when the budget refused the buffer: the caller waits for memory as
+    /// it would before a socket read (a connection opened while consumers
+    /// hold the budget pauses; it is not dropped).
+    fn feed_leftover(&mut self) -> Result<Option<usize>, wsfleet_proto::ProtocolError> {
+        let room = match self.proto.try_read_buf()? {
+            Some(buf) => bytes::BufMut::remaining_mut(&buf),
+            None => {
+                return Ok(Some(
+                    self.proto.budget_blocked().unwrap_or(driver::STACK_READ),
+                ));
+            }
         };
         let piece = self.leftover.split_to(room.min(self.leftover.len()));
-        self.proto.feed(&piece)
+        self.proto.feed(&piece).map(|()| None)
     }
 
     /// Queues `message` and writes as much as the socket takes without

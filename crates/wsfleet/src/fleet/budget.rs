@@ -31,6 +31,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::sync::Notify;
+use tokio::time::Instant;
 use wsfleet_proto::MemoryBudget;
 
 /// How long a paused connection sleeps at most before looking at the budget
@@ -139,9 +140,18 @@ impl FleetBudget {
     }
 
     /// Total time connections spent paused for memory (summed over
-    /// connections: two paused for a second each count two seconds).
+    /// connections: two paused for a second each count two seconds),
+    /// pauses still under way included.
     pub fn paused_time(&self) -> Duration {
-        Duration::from_nanos(self.paused_ns.load(Ordering::Relaxed))
+        let members = self.members.lock().unwrap_or_else(|p| p.into_inner());
+        let ongoing: Duration = members
+            .list
+            .iter()
+            .filter_map(Weak::upgrade)
+            .map(|m| m.pause_so_far())
+            .sum();
+        drop(members);
+        Duration::from_nanos(self.paused_ns.load(Ordering::Relaxed)) + ongoing
     }
 
     /// Connections closed because another one needed the memory they held.
@@ -169,7 +179,7 @@ impl FleetBudget {
             evict: Notify::new(),
             paused: AtomicBool::new(false),
             paused_ns: AtomicU64::new(0),
-            pause_started: Mutex::new(None),
+            paused_since: Mutex::new(None),
         });
         let mut members = self.members.lock().unwrap_or_else(|p| p.into_inner());
         // Pruning ended connections costs a pass over all: done when the
@@ -311,9 +321,10 @@ pub(crate) struct ConnBudget {
     evicted: AtomicBool,
     evict: Notify,
     paused: AtomicBool,
+    /// Time spent in pauses that ended.
     paused_ns: AtomicU64,
     /// When the pause under way began.
-    pause_started: Mutex<Option<tokio::time::Instant>>,
+    paused_since: Mutex<Option<Instant>>,
 }
 
 impl ConnBudget {
@@ -345,39 +356,59 @@ impl ConnBudget {
         self.paused.load(Ordering::Relaxed)
     }
 
-    /// Total time this connection spent paused for memory.
+    /// Total time this connection spent paused for memory, the pause
+    /// under way included (a connection paused for good still counts).
     pub(crate) fn paused_time(&self) -> Duration {
-        Duration::from_nanos(self.paused_ns.load(Ordering::Relaxed))
+        let since = self.paused_since.lock().unwrap_or_else(|p| p.into_inner());
+        let ongoing = since.map_or(Duration::ZERO, |t| t.elapsed());
+        Duration::from_nanos(self.paused_ns.load(Ordering::Relaxed)) + ongoing
     }
 
-    /// The connection stops reading for memory; true if it was reading.
-    pub(crate) fn begin_pause(&self) -> bool {
-        if self.paused.swap(true, Ordering::Relaxed) {
-            return false;
-        }
-        *self.pause_started.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some(tokio::time::Instant::now());
-        self.fleet.pauses.fetch_add(1, Ordering::Relaxed);
-        true
+    /// How long the pause under way has lasted (zero when not paused).
+    fn pause_so_far(&self) -> Duration {
+        let since = self.paused_since.lock().unwrap_or_else(|p| p.into_inner());
+        since.map_or(Duration::ZERO, |t| t.elapsed())
     }
 
-    /// The connection reads again; true if it was paused (the pause's
-    /// length is added to the connection's and the fleet's paused time).
-    pub(crate) fn end_pause(&self) -> bool {
-        if !self.paused.swap(false, Ordering::Relaxed) {
-            return false;
+    /// Marks the start (true) or end (false) of a pause; an ended pause's
+    /// length is added to this connection's and the fleet's totals.
+    pub(crate) fn set_paused(&self, paused: bool) {
+        let mut since = self.paused_since.lock().unwrap_or_else(|p| p.into_inner());
+        let was = self.paused.swap(paused, Ordering::Relaxed);
+        if paused && !was {
+            *since = Some(Instant::now());
+            self.fleet.pauses.fetch_add(1, Ordering::Relaxed);
         }
-        let started = self
-            .pause_started
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(started) = started {
-            let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        if !paused && was {
+            let elapsed = since.take().map_or(Duration::ZERO, |t| t.elapsed());
+            let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
             self.paused_ns.fetch_add(ns, Ordering::Relaxed);
             self.fleet.paused_ns.fetch_add(ns, Ordering::Relaxed);
         }
-        true
+    }
+}
+
+impl ConnBudget {
+    /// The connection stops reading for memory; true if it was reading.
+    pub(crate) fn begin_pause(&self) -> bool {
+        let was = self.is_paused();
+        self.set_paused(true);
+        !was
+    }
+
+    /// The connection reads again; true if it was paused.
+    pub(crate) fn end_pause(&self) -> bool {
+        let was = self.is_paused();
+        self.set_paused(false);
+        was
+    }
+}
+
+impl Drop for ConnBudget {
+    /// A connection that ends while paused (evicted, shut down) ends its
+    /// pause: the fleet's total keeps it.
+    fn drop(&mut self) {
+        self.set_paused(false);
     }
 }
 
@@ -489,7 +520,7 @@ mod tests {
         let waiter = tokio::spawn({
             let fleet = fleet.clone();
             async move {
-                let start = tokio::time::Instant::now();
+                let start = Instant::now();
                 fleet.room_for(50).await;
                 start.elapsed()
             }
@@ -498,5 +529,27 @@ mod tests {
         fleet.release(60);
         let waited = waiter.await.unwrap();
         assert!(waited < RECHECK, "woken by the release after {waited:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_under_way_counts_before_it_ends() {
+        let fleet = budget(100);
+        let stuck = fleet.member();
+        let done = fleet.member();
+        stuck.set_paused(true);
+        done.set_paused(true);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        done.set_paused(false);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        // A consumer stalled for good: its connection is paused for good,
+        // and the stats say so while it lasts.
+        assert_eq!(stuck.paused_time(), Duration::from_secs(5));
+        assert_eq!(done.paused_time(), Duration::from_secs(2));
+        assert_eq!(fleet.paused_time(), Duration::from_secs(7));
+        assert_eq!(fleet.pauses(), 2);
+        // A connection that goes while paused keeps its time in the total.
+        drop(stuck);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(fleet.paused_time(), Duration::from_secs(7));
     }
 }

@@ -709,3 +709,73 @@ async fn sent_messages_are_charged_until_written_or_handed_back() {
     .await;
     fleet.shutdown().await;
 }
+
+/// A connection opened while the budget is spent pauses until it has room;
+/// it is not dropped. The peer sends its first frame in the same write as
+/// the handshake response, so the client holds bytes past the response
+/// before it has ever read: feeding them waits for memory like a read does.
+#[tokio::test]
+async fn a_connection_opened_while_the_budget_is_spent_waits_for_it() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use wsfleet::proto::MemoryBudget;
+    use wsfleet::proto::handshake::{accept_response, parse_request};
+    let server = crate::script::ScriptServer::start(false, |mut tcp| async move {
+        let mut request = Vec::new();
+        let response = loop {
+            let mut chunk = [0u8; 1024];
+            let n = tcp.read(&mut chunk).await.expect("read request");
+            assert!(n > 0, "client closed during handshake");
+            request.extend_from_slice(&chunk[..n]);
+            if let Some((r, _)) = parse_request(&request, &Limits::default()).expect("valid") {
+                break accept_response(&r, None);
+            }
+        };
+        let first = crate::script::frame(true, wsfleet::proto::OpCode::Text, b"first");
+        tcp.write_all(&[response, first].concat())
+            .await
+            .expect("write");
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    })
+    .await;
+    let budget = 64 << 10;
+    let mut fleet = Fleet::builder(server.url())
+        .connections(1)
+        .memory_budget(budget)
+        .keepalive(wsfleet::Keepalive::default().with_interval(None))
+        // The scripted peer never answers our close.
+        .deadlines(wsfleet::connect::Deadlines::default().with_close(Duration::from_millis(200)))
+        .spawn()
+        .expect("spawn");
+    let mut events = fleet.events().expect("events");
+    // The application holds the whole budget before the connection runs
+    // (the test runtime is single-threaded: nothing ran yet).
+    assert!(fleet.budget().try_reserve(budget), "take the whole budget");
+    bounded("the connection pauses", async {
+        while fleet.budget().pauses() == 0 {
+            if let Some(event) = events.try_recv() {
+                assert!(
+                    !matches!(event.kind, EventKind::Disconnected(_)),
+                    "dropped while the budget was spent: {:?}",
+                    event.kind
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    fleet.budget().release(budget);
+    let first = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            match events.recv().await.expect("event").kind {
+                EventKind::Message(m) => return m,
+                EventKind::Disconnected(reason) => panic!("dropped: {reason}"),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the first message arrives once the budget frees");
+    assert_eq!(first, Message::text("first"));
+    assert_eq!(fleet.stats().reconnects, 0);
+    fleet.shutdown().await;
+}
