@@ -67,7 +67,7 @@ pub enum StreamPolicy {
 }
 
 /// How to reach the bus and how much to hold.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SinkConfig {
     /// Server and subject template.
     pub url: BusUrl,

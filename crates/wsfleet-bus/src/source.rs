@@ -159,7 +159,7 @@ pub enum SourceMode {
 }
 
 /// Where outbound messages come from.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceConfig {
     /// Server and subject.
     pub url: BusUrl,

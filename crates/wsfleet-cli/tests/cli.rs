@@ -317,10 +317,10 @@ fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
 fn http_until(addr: &str, path: &str, done: impl Fn(u16, &str) -> bool) -> (u16, String) {
     let t0 = Instant::now();
     loop {
-        if let Ok((status, body)) = http_get(addr, path) {
-            if done(status, &body) {
-                return (status, body);
-            }
+        if let Ok((status, body)) = http_get(addr, path)
+            && done(status, &body)
+        {
+            return (status, body);
         }
         assert!(
             t0.elapsed() < Duration::from_secs(15),
