@@ -21,7 +21,7 @@ use anyhow::Context as _;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use wsfleet::admin::AdminServer;
-use wsfleet::fleet::{Fleet, FleetBuilder, FleetMonitor};
+use wsfleet::fleet::{Fleet, FleetBuilder, FleetMonitor, SlowConsumer};
 use wsfleet::serve::EchoServer;
 use wsfleet::{ConnectionConfig, Message};
 use wsfleet_bus::{NatsSink, NatsSource, Source as _};
@@ -100,6 +100,15 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("--sink {url}"))?;
             tracing::info!(sink = %url, instance = sink.instance(), "publishing received messages to NATS");
+            if plan.slow_consumer != SlowConsumer::Backpressure {
+                // The fleet, not the sink, drops then: the sink's "nothing
+                // lost" holds from the events on, not from the socket.
+                tracing::warn!(
+                    policy = ?plan.slow_consumer,
+                    "--sink with a --slow-consumer other than backpressure: messages the \
+                     fleet drops while NATS is slow or down never reach the sink"
+                );
+            }
             Some(sink)
         }
         None => None,
