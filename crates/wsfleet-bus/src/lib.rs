@@ -25,8 +25,8 @@
 
 pub mod headers;
 mod nats_url;
-mod sink;
-mod source;
+pub mod sink;
+pub mod source;
 mod subject;
 
 use std::fmt;
