@@ -215,6 +215,51 @@ pub(crate) struct RunArgs {
     /// --message-deadline of waiting [default: 4KiB].
     #[arg(long, value_name = "SIZE", value_parser = units::parse_size)]
     pub(crate) message_min_rate: Option<u64>,
+    /// Publish every received message to NATS, nats://HOST:PORT/SUBJECT
+    /// (tls:// for TLS). The subject may hold {slot}, {conn} and {host}
+    /// (e.g. feeds.{slot}). By default to JetStream, each message held
+    /// until stored (acknowledged); when NATS is slow or down the fleet
+    /// stops reading instead of growing. Besides --output, not instead.
+    #[arg(long, value_name = "URL", value_parser = parse_bus_url)]
+    pub(crate) sink: Option<wsfleet_bus::BusUrl>,
+    /// JetStream stream of --sink, created if missing (subjects: the sink's
+    /// subject with * for each placeholder) [default: WSFLEET].
+    #[arg(long, value_name = "NAME")]
+    pub(crate) sink_stream: Option<String>,
+    /// --sink-stream must exist already: do not create it.
+    #[arg(long)]
+    pub(crate) sink_existing_stream: bool,
+    /// --sink publishes with core NATS: at most once, no acknowledgement, no
+    /// retry (lost if NATS is down or nobody listens).
+    #[arg(long)]
+    pub(crate) sink_core: bool,
+    /// Send what arrives on NATS, nats://HOST:PORT/SUBJECT, through the
+    /// fleet: headers Wsfleet-Conn, Wsfleet-Slot or Wsfleet-Target (any,
+    /// all) choose the connection, Wsfleet-Kind (text, binary) the kind. By
+    /// default a durable JetStream consumer; a message is acknowledged once
+    /// the fleet took it, and one that cannot be delivered is answered with
+    /// the reason.
+    #[arg(long, value_name = "URL", value_parser = parse_bus_url)]
+    pub(crate) source: Option<wsfleet_bus::BusUrl>,
+    /// JetStream stream of --source, created if missing [default:
+    /// WSFLEET_OUT].
+    #[arg(long, value_name = "NAME")]
+    pub(crate) source_stream: Option<String>,
+    /// --source subscribes with core NATS: at most once, nothing kept while
+    /// the fleet is not running.
+    #[arg(long)]
+    pub(crate) source_core: bool,
+    /// Subject where undeliverable --source messages are answered when they
+    /// have no reply subject (Wsfleet-Reply header, or a core request's)
+    /// [default: none: logged as errors].
+    #[arg(long, value_name = "SUBJECT")]
+    pub(crate) source_dead_letter: Option<String>,
+}
+
+/// Reads `nats://HOST:PORT/SUBJECT`.
+pub(crate) fn parse_bus_url(url: &str) -> Result<wsfleet_bus::BusUrl, String> {
+    url.parse()
+        .map_err(|e: wsfleet_bus::BusUrlError| e.to_string())
 }
 
 /// TLS identity, Origin, compression, proxy and redirect flags, shared by

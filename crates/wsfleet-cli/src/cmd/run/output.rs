@@ -9,7 +9,7 @@
 
 use std::borrow::Cow;
 use std::io;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use wsfleet::Message;
 use wsfleet::fleet::{ConnId, Event, EventKind, Events, SlotId};
+use wsfleet_bus::{NatsSink, Received, Sink as _, SinkMetrics};
 
 use crate::cli::OutputFormat;
 use crate::cmd::escape::escape;
@@ -45,14 +46,29 @@ pub(crate) struct Tally {
     pub(crate) messages: u64,
     /// Messages accepted by `send` that never reached a socket.
     pub(crate) undelivered: u64,
+    /// The sink's counters at the end, with `--sink`.
+    pub(crate) sink: Option<SinkMetrics>,
+    /// Received messages never handed to the sink: the run was stopping
+    /// and the sink had no room for [`SINK_GRACE`].
+    pub(crate) not_published: u64,
 }
+
+/// How long a stopping run waits for the sink: to take what the fleet
+/// emitted last, then to have it all acknowledged.
+pub(crate) const SINK_GRACE: Duration = Duration::from_secs(10);
 
 /// Drains `events` until `finish` is cancelled (then takes what is left)
 /// or the stream ends. If stdout goes away (a closed pipe), output stops
 /// and `stdout_gone` is cancelled, so the run can stop too.
+///
+/// With a `sink`, every received message is also published to it (after
+/// its `--output` line, if any); the consumer waits while the sink has no
+/// room, which pauses the fleet. Once `finish` is cancelled the sink gets
+/// [`SINK_GRACE`] to take the rest and have it acknowledged.
 pub(crate) fn spawn(
     events: Events,
     output: Output,
+    sink: Option<NatsSink>,
     finish: CancellationToken,
     stdout_gone: CancellationToken,
 ) -> JoinHandle<Tally> {
@@ -62,8 +78,11 @@ pub(crate) fn spawn(
             out: BufWriter::new(tokio::io::stdout()),
             tally: Tally::default(),
             stdout_gone,
+            sink,
+            finish: finish.clone(),
         };
         consumer.run(events, finish).await;
+        consumer.finish_sink().await;
         consumer.tally
     })
 }
@@ -73,6 +92,8 @@ struct Consumer<W> {
     out: BufWriter<W>,
     tally: Tally,
     stdout_gone: CancellationToken,
+    sink: Option<NatsSink>,
+    finish: CancellationToken,
 }
 
 impl<W: AsyncWrite + Unpin> Consumer<W> {
@@ -101,30 +122,79 @@ impl<W: AsyncWrite + Unpin> Consumer<W> {
     }
 
     async fn handle(&mut self, event: Event) {
-        match &event.kind {
+        match event.kind {
             EventKind::Message(message) => {
                 self.tally.messages += 1;
                 if self.output.format != OutputFormat::None {
                     let ts = unix_ms();
-                    for piece in line_pieces(self.output, event.conn, event.slot, message, ts) {
+                    for piece in line_pieces(self.output, event.conn, event.slot, &message, ts) {
                         if let Err(e) = self.out.write_all(piece.as_bytes()).await {
                             self.stdout_failed(&e);
                             break;
                         }
                     }
                 }
+                self.publish(event.conn, event.slot, message).await;
+            }
+            EventKind::Disconnected(_) => {
+                if let Some(sink) = &mut self.sink {
+                    sink.connection_ended(event.conn);
+                }
             }
             EventKind::Undelivered(_) => self.tally.undelivered += 1,
-            // Drops and restart pauses are logged by the fleet itself.
+            // Restart pauses are logged by the fleet itself.
             _ => {}
         }
     }
 
-    async fn flush(&mut self) {
-        if self.output.format != OutputFormat::None {
-            if let Err(e) = self.out.flush().await {
-                self.stdout_failed(&e);
+    /// Hands one received message to the sink (the message itself: its
+    /// budget charge goes along until the sink has it acknowledged).
+    async fn publish(&mut self, conn: ConnId, slot: SlotId, message: Message) {
+        let Some(sink) = &mut self.sink else { return };
+        let received = Received {
+            conn,
+            slot,
+            message,
+            received_at: SystemTime::now(),
+        };
+        let finish = self.finish.clone();
+        let give_up = async {
+            finish.cancelled().await;
+            tokio::time::sleep(SINK_GRACE).await;
+        };
+        tokio::select! {
+            result = sink.publish(received) => {
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "--sink stopped: received messages are no longer published");
+                    self.sink = None;
+                    self.tally.not_published += 1;
+                }
             }
+            () = give_up => self.tally.not_published += 1,
+        }
+    }
+
+    /// Waits (bounded) until the sink has everything acknowledged, and
+    /// keeps its counters for the summary.
+    async fn finish_sink(&mut self) {
+        let Some(sink) = &mut self.sink else { return };
+        if let Err(e) = sink.flush(SINK_GRACE).await {
+            tracing::error!(error = %e, "--sink: stopping with messages unacknowledged");
+        }
+        self.tally.sink = Some(sink.metrics());
+        if self.tally.not_published > 0 {
+            tracing::error!(
+                messages = self.tally.not_published,
+                "--sink: received messages never published (the sink had no room while stopping)"
+            );
+        }
+    }
+
+    async fn flush(&mut self) {
+        if self.output.format != OutputFormat::None
+            && let Err(e) = self.out.flush().await
+        {
+            self.stdout_failed(&e);
         }
     }
 
