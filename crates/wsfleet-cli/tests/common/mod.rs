@@ -145,10 +145,10 @@ pub(crate) fn http_until(
 ) -> (u16, String) {
     let t0 = Instant::now();
     loop {
-        if let Ok((status, body)) = http_get(addr, path) {
-            if done(status, &body) {
-                return (status, body);
-            }
+        if let Ok((status, body)) = http_get(addr, path)
+            && done(status, &body)
+        {
+            return (status, body);
         }
         assert!(
             t0.elapsed() < Duration::from_secs(15),
