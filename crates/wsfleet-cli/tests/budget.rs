@@ -460,6 +460,7 @@ impl Stalled<'_> {
         std::thread::sleep(self.read);
         let flowing = run.metrics();
         let hwm = peak_rss(run.pid());
+        let rss_end = rss(run.pid());
         let conns = run.connections();
         let log = run.log.text();
         drop(run);
@@ -476,6 +477,7 @@ impl Stalled<'_> {
             ),
         );
         figure(scenario, "peak RSS over the whole run", mib(hwm));
+        figure(scenario, "RSS at the end, reading", mib(rss_end));
         figure(scenario, "sequence errors", format!("{:?}", s.errors));
         assert!(s.errors.is_empty(), "{scenario}: {:?}", s.errors);
         assert_eq!(
@@ -616,6 +618,7 @@ fn pinning_connections_go_and_healthy_ones_stay() {
     let metrics = run.metrics();
     let conns = run.connections();
     let hwm = peak_rss(run.pid());
+    let rss_end = rss(run.pid());
     let log = run.log.text();
     drop(run);
     let (healthy, pinning): (Vec<_>, Vec<_>) =
@@ -627,6 +630,7 @@ fn pinning_connections_go_and_healthy_ones_stay() {
     };
     let healthy_drops: u64 = per(&healthy, "reconnects").iter().sum();
     figure(scenario, "peak RSS", mib(hwm));
+    figure(scenario, "RSS at the end", mib(rss_end));
     figure(scenario, "healthy drops (reconnects)", healthy_drops);
     figure(
         scenario,
@@ -669,9 +673,14 @@ fn pinning_connections_go_and_healthy_ones_stay() {
         "healthy connections keep receiving: {:?}\n{log}",
         per(&healthy, "msgs_in")
     );
+    // A pinning connection paused with nothing held (its peer's frame
+    // waits in the socket) harms no one and is not closed: as many closes
+    // as pinning connections, not one each, is the bound.
+    let pin_reconnects: u64 = per(&pinning, "reconnects").iter().sum();
     assert!(
-        per(&pinning, "reconnects").iter().all(|n| *n >= 1),
-        "every pinning connection is closed and reconnects\n{log}"
+        pin_reconnects >= 10,
+        "pinning connections are closed and reconnect: {:?}\n{log}",
+        per(&pinning, "reconnects")
     );
     let drops = metrics.drops();
     let for_memory = drops.get("budget_exhausted").copied().unwrap_or(0)
