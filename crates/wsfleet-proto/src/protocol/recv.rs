@@ -251,7 +251,7 @@ impl Protocol {
             self.discard_input();
             return Err(e);
         }
-        if self.close_received {
+        if self.close.received() {
             self.discard_input();
             return Ok(None);
         }
@@ -571,11 +571,9 @@ impl Protocol {
             OpCode::Pong => Event::Pong(payload),
             OpCode::Close => {
                 let frame = parse_close_payload(payload)?;
-                self.close_received = true;
-                if !self.close_sent() {
-                    // Echo the peer's code, as RFC 6455 §5.5.1 suggests.
-                    self.pending_close = Some(frame.as_ref().map(|f| CloseFrame::new(f.code, "")));
-                }
+                // Our reply echoes the peer's code, as RFC 6455 §5.5.1
+                // suggests (unless our own close is already due or queued).
+                self.close.receive(frame.as_ref());
                 self.discard_input();
                 Event::Close(frame)
             }

@@ -23,7 +23,7 @@ impl Protocol {
     /// close frame was queued or the connection failed, `BudgetExhausted`
     /// when the budget refuses the bytes.
     pub fn send(&mut self, message: Message) -> Result<(), SendError> {
-        if self.error.is_some() || self.close_sent() {
+        if self.close.started() {
             return Err(SendError::Closed(message));
         }
         let (opcode, payload) = match &message {
@@ -71,7 +71,7 @@ impl Protocol {
     /// with the payload handed back as a binary message.
     pub fn ping(&mut self, payload: Bytes) -> Result<(), SendError> {
         let payload = payload.slice(..payload.len().min(MAX_CONTROL_PAYLOAD));
-        if self.error.is_some() || self.close_sent() {
+        if self.close.started() {
             return Err(SendError::Closed(Message::Binary(payload)));
         }
         let pending = self.pending_out();
@@ -102,9 +102,7 @@ impl Protocol {
                 problem: "may not be sent in a close frame",
             });
         }
-        if !self.close_sent() {
-            self.pending_close = Some(Some(CloseFrame::new(code, reason)));
-        }
+        self.close.start(CloseFrame::new(code, reason));
         Ok(())
     }
 
@@ -112,7 +110,7 @@ impl Protocol {
     /// control replies are appended here: the close frame first, which also
     /// cancels a pending pong; else the newest pong.
     pub fn poll_transmit(&mut self) -> &[u8] {
-        if let Some(close) = self.pending_close.take() {
+        if let Some(close) = self.close.take_due() {
             self.pending_pong = None;
             let mut payload = [0u8; MAX_CONTROL_PAYLOAD];
             let n = match &close {
@@ -126,9 +124,8 @@ impl Protocol {
             // Forced: the close must go out even when the budget is spent.
             let _ = self.reserve_out(MAX_HEADER_LEN + n, true);
             self.write_frame(OpCode::Close, &payload[..n]);
-            self.close_sent = true;
         } else if let Some(pong) = self.pending_pong.take() {
-            if !self.close_sent {
+            if !self.close.started() {
                 let _ = self.reserve_out(MAX_HEADER_LEN + pong.len(), true);
                 self.write_frame(OpCode::Pong, &pong);
             }
@@ -157,7 +154,7 @@ impl Protocol {
     /// only the newest waits, in one slot: a ping flood against a peer that
     /// does not read costs at most 125 bytes more.
     pub(super) fn answer_ping(&mut self, payload: Bytes) {
-        if self.close_sent() {
+        if self.close.started() {
             return;
         }
         let frame_len = MAX_HEADER_LEN + payload.len();
@@ -178,8 +175,8 @@ impl Protocol {
     /// True when there are bytes to write or a control reply is due.
     pub fn has_transmit(&self) -> bool {
         self.pending_out() > 0
-            || self.pending_close.is_some()
-            || (self.pending_pong.is_some() && !self.close_sent)
+            || self.close.is_due()
+            || (self.pending_pong.is_some() && !self.close.started())
     }
 
     /// Makes room for `n` more bytes in the write buffer, compacting written

@@ -471,6 +471,34 @@ fn close_handshake_completes_both_ways() {
 }
 
 #[test]
+fn a_failure_closes_once_with_the_first_close_that_was_due() {
+    let bad = frame(true, OpCode::Binary, b"x", Some([1, 2, 3, 4])); // masked to a client
+    // Open: the error's own close frame, and nothing more may be sent.
+    let mut c = client();
+    let (_, err) = drive(&mut c, &bad, &[]);
+    assert_eq!(err, Some(ProtocolError::MaskedFrame));
+    assert!(c.close_sent() && !c.close_received());
+    assert!(matches!(
+        c.send(Message::text("late")),
+        Err(SendError::Closed(_))
+    ));
+    assert!(matches!(c.ping(Bytes::new()), Err(SendError::Closed(_))));
+    let out = c.poll_transmit().to_vec();
+    assert_eq!(sent_close_code(&out), 1002);
+    c.advance_transmit(out.len());
+    assert!(!c.is_closed(), "the peer's close never came");
+    assert_eq!(c.poll_event(), Err(ProtocolError::MaskedFrame), "sticky");
+    assert!(c.poll_transmit().is_empty(), "no second close");
+
+    // Our close was due already: it goes out as it was, not the error's.
+    let mut c = client();
+    c.close(CloseCode::NORMAL, "done").unwrap();
+    let (_, err) = drive(&mut c, &bad, &[]);
+    assert_eq!(err, Some(ProtocolError::MaskedFrame));
+    assert_eq!(sent_close_code(c.poll_transmit()), 1000);
+}
+
+#[test]
 fn reserved_close_codes_cannot_be_sent() {
     for code in [1005, 1006, 1015, 999, 5000] {
         assert!(client().close(CloseCode::from(code), "").is_err(), "{code}");
