@@ -47,6 +47,17 @@ pub enum ProtocolError {
         /// The limit.
         max: usize,
     },
+    /// The read buffer would pass its hard cap, one whole frame and one read
+    /// chunk of the next (`max_frame_payload` + the largest header +
+    /// `read_chunk`): more than any frame can need, so more bytes were handed
+    /// in than `poll_event` was given the chance to parse (not drained between
+    /// reads, or one huge [`feed`](crate::Protocol::feed)).
+    ReadBufferFull {
+        /// Bytes the buffer held unparsed.
+        len: usize,
+        /// The cap.
+        max: usize,
+    },
     /// A message was split into more than `max_fragments` frames.
     TooManyFragments {
         /// The limit.
@@ -89,6 +100,7 @@ impl ProtocolError {
             Self::TooManyFragments { .. } => CloseCode::POLICY_VIOLATION,
             Self::FrameTooLarge { .. }
             | Self::MessageTooLarge { .. }
+            | Self::ReadBufferFull { .. }
             | Self::BudgetExhausted { .. } => CloseCode::MESSAGE_TOO_BIG,
         }
     }
@@ -107,6 +119,7 @@ impl ProtocolError {
             Self::ExpectedContinuation => "new message inside a fragmented message",
             Self::FrameTooLarge { .. } => "frame too large",
             Self::MessageTooLarge { .. } => "message too large",
+            Self::ReadBufferFull { .. } => "read buffer full",
             Self::TooManyFragments { .. } => "too many fragments",
             Self::InvalidUtf8 => "invalid UTF-8",
             Self::InvalidCompressedData => "invalid compressed data",
@@ -139,6 +152,11 @@ impl fmt::Display for ProtocolError {
                     "message of at least {len} bytes exceeds max_message ({max} bytes)"
                 )
             }
+            Self::ReadBufferFull { len, max } => write!(
+                f,
+                "read buffer holds {len} unparsed bytes and may not grow past {max} \
+                 (one max_frame_payload frame, its header and one read_chunk)"
+            ),
             Self::TooManyFragments { max } => {
                 write!(
                     f,

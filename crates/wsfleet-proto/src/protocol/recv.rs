@@ -56,6 +56,8 @@ impl Protocol {
     /// [`ProtocolError::BudgetExhausted`] when the budget refuses the growth
     /// (the error is sticky, as any other). A runtime that would rather
     /// wait for memory uses [`try_read_buf`](Self::try_read_buf).
+    /// [`ProtocolError::ReadBufferFull`] when the buffer already holds one
+    /// whole frame and a chunk of the next (`poll_event` was not drained).
     pub fn read_buf(&mut self) -> Result<Limit<&mut BytesMut>, ProtocolError> {
         if !self.ensure_spare()? {
             return Err(self.fail_for_budget(None));
@@ -71,7 +73,7 @@ impl Protocol {
     /// with [`fail_for_budget`](Self::fail_for_budget)).
     ///
     /// # Errors
-    /// A hard limit (the buffer would pass one frame plus a chunk).
+    /// [`ProtocolError::ReadBufferFull`], as for [`read_buf`](Self::read_buf).
     pub fn try_read_buf(&mut self) -> Result<Option<Limit<&mut BytesMut>>, ProtocolError> {
         if !self.ensure_spare()? {
             return Ok(None);
@@ -111,7 +113,8 @@ impl Protocol {
     /// while the budget is spent.
     ///
     /// # Errors
-    /// A hard limit, as for [`read_buf`](Self::read_buf).
+    /// [`ProtocolError::ReadBufferFull`] when the bytes would take the buffer
+    /// past one frame and a chunk, as for [`read_buf`](Self::read_buf).
     pub fn feed(&mut self, mut bytes: &[u8]) -> Result<(), ProtocolError> {
         self.rewind_empty_rbuf();
         while !bytes.is_empty() {
@@ -173,10 +176,7 @@ impl Protocol {
         let hard_cap = self.limits.max_frame_payload + MAX_HEADER_LEN + chunk;
         let grow = grow.min(hard_cap.saturating_sub(len));
         if grow == 0 {
-            return Err(ProtocolError::MessageTooLarge {
-                len: len as u64,
-                max: hard_cap,
-            });
+            return Err(ProtocolError::ReadBufferFull { len, max: hard_cap });
         }
         if self.rbuf.try_reclaim(grow) {
             self.sync_rbuf_charge();

@@ -269,6 +269,49 @@ fn claimed_length_is_not_reserved_while_payload_trickles() {
 }
 
 #[test]
+fn an_undrained_read_buffer_stops_at_its_own_cap_not_max_message() {
+    let limits = Limits::default()
+        .with_max_frame_payload(1024)
+        .with_max_message(1 << 20)
+        .with_read_chunk(64);
+    let cap = 1024 + MAX_HEADER_LEN + 64;
+    let pings: Vec<u8> = (0..200)
+        .flat_map(|_| frame(true, OpCode::Ping, b"0123456789", None))
+        .collect();
+    assert!(pings.len() > cap);
+
+    // One feed of more than a frame and a chunk, with no poll_event between.
+    let mut c = Protocol::client(limits, Box::new(FixedKey([9, 8, 7, 6])));
+    let err = c.feed(&pings).unwrap_err();
+    assert_eq!(err, ProtocolError::ReadBufferFull { len: cap, max: cap });
+    assert_eq!(err.close_code(), CloseCode::MESSAGE_TOO_BIG);
+    let text = err.to_string();
+    assert!(
+        text.contains("read_chunk") && !text.contains("max_message"),
+        "{text}"
+    );
+    assert_eq!(c.poll_event(), Err(err), "sticky");
+
+    // The same through the lent buffer.
+    let mut c = Protocol::client(limits, Box::new(FixedKey([9, 8, 7, 6])));
+    let mut fed = 0;
+    let err = loop {
+        match c.read_buf() {
+            Ok(mut buf) => {
+                let n = buf.remaining_mut().min(pings.len() - fed);
+                buf.put_slice(&pings[fed..fed + n]);
+                fed += n;
+            }
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        matches!(err, ProtocolError::ReadBufferFull { len, max } if max == cap && len >= cap),
+        "{err:?}"
+    );
+}
+
+#[test]
 fn endless_one_byte_fragments_stop_at_max_message() {
     let limits = Limits::default()
         .with_max_message(4096)
