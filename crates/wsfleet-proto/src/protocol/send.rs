@@ -3,7 +3,9 @@
 use bytes::Bytes;
 
 use super::{Protocol, Role};
-use crate::deflate::{deflate_context_bytes, deflate_message, new_deflater};
+use crate::deflate::{
+    MIN_DEFLATE_WINDOW_BITS, deflate_context_bytes, deflate_message, new_deflater,
+};
 use crate::error::{ConfigError, SendError};
 use crate::frame::{
     CloseCode, CloseFrame, FrameHeader, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN, OpCode, encode_header,
@@ -219,7 +221,7 @@ impl Protocol {
             return Ok(None);
         };
         let p = state.params;
-        if payload.len() < p.threshold || p.client_max_window_bits < 9 {
+        if payload.len() < p.threshold || p.client_max_window_bits < MIN_DEFLATE_WINDOW_BITS {
             return Ok(None);
         }
         let cost = deflate_context_bytes(p.client_max_window_bits);

@@ -38,7 +38,7 @@ use tokio_rustls::TlsConnector;
 
 pub(crate) use self::error::Chain;
 pub use self::error::{ConnectError, ConnectErrorKind, Phase};
-pub use self::proxy::{Proxy, ProxyKind, ProxySetting};
+pub use self::proxy::{Proxy, ProxyError, ProxyKind, ProxySetting};
 pub use self::stream::MaybeTlsStream;
 pub use self::tls::{ClientIdentity, Roots, TlsOptions};
 pub use self::url::{Scheme, Target};
