@@ -441,17 +441,27 @@ pub(crate) enum InflateError {
     Corrupt,
 }
 
+/// Free output space [`deflate_message`] keeps before each call, so zlib
+/// always has room for a block header and the sync-flush marker.
+const DEFLATE_HEADROOM: usize = 64;
+/// The least [`deflate_message`] grows its output by when it runs short.
+const DEFLATE_MIN_GROWTH: usize = 1024;
+
 /// Compresses one message into `out` (sync flush, trailer stripped).
+///
+/// `Err(())` when zlib reports an error, which a context made by
+/// [`new_deflater`] does not do for any input; `out` is then incomplete.
 pub(crate) fn deflate_message(
     ctx: &mut Compress,
     input: &[u8],
     out: &mut Vec<u8>,
 ) -> Result<(), ()> {
-    out.reserve(input.len() / 2 + 64);
+    // Typical text compresses to less than half; the loop grows it if not.
+    out.reserve(input.len() / 2 + DEFLATE_HEADROOM);
     let mut rest = input;
     loop {
-        if out.capacity() - out.len() < 64 {
-            out.reserve(out.capacity().max(1024));
+        if out.capacity() - out.len() < DEFLATE_HEADROOM {
+            out.reserve(out.capacity().max(DEFLATE_MIN_GROWTH));
         }
         let before = ctx.total_in();
         ctx.compress_vec(rest, out, FlushCompress::Sync)

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::frame::CloseCode;
+use crate::frame::{CloseCode, MAX_CONTROL_PAYLOAD};
 use crate::message::Message;
 
 /// A violation of RFC 6455 or of a [`crate::Limits`] bound by the peer (or a
@@ -22,7 +22,8 @@ pub enum ProtocolError {
     UnmaskedFrame,
     /// A client received a masked frame from a server.
     MaskedFrame,
-    /// A control frame with more than 125 bytes of payload.
+    /// A control frame with more than [`MAX_CONTROL_PAYLOAD`] (125) bytes of
+    /// payload.
     ControlFrameTooLarge {
         /// Declared length.
         len: u64,
@@ -105,7 +106,8 @@ impl ProtocolError {
         }
     }
 
-    /// A short reason for the close frame (fits 123 bytes).
+    /// A short reason for the close frame (fits
+    /// [`MAX_CLOSE_REASON`](crate::frame::MAX_CLOSE_REASON)).
     pub const fn as_str(&self) -> &'static str {
         match self {
             Self::ReservedBits(_) => "reserved bits set",
@@ -138,7 +140,10 @@ impl fmt::Display for ProtocolError {
             }
             Self::UnknownOpcode(op) => write!(f, "reserved opcode {op:#x}"),
             Self::ControlFrameTooLarge { len } => {
-                write!(f, "control frame of {len} bytes (at most 125 allowed)")
+                write!(
+                    f,
+                    "control frame of {len} bytes (at most {MAX_CONTROL_PAYLOAD} allowed)"
+                )
             }
             Self::FrameTooLarge { len, max } => {
                 write!(

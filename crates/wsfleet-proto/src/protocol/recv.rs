@@ -11,7 +11,8 @@ use crate::deflate::{
 use crate::error::ProtocolError;
 use crate::event::Event;
 use crate::frame::{
-    CloseCode, CloseFrame, FrameHeader, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN, OpCode, parse_header,
+    CLOSE_CODE_LEN, CloseCode, CloseFrame, FrameHeader, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN,
+    OpCode, parse_header,
 };
 use crate::mask::apply_mask;
 use crate::message::{Message, Utf8Bytes};
@@ -676,13 +677,13 @@ impl Protocol {
 fn parse_close_payload(payload: Bytes) -> Result<Option<CloseFrame>, ProtocolError> {
     match payload.len() {
         0 => Ok(None),
-        1 => Err(ProtocolError::InvalidClosePayload),
+        n if n < CLOSE_CODE_LEN => Err(ProtocolError::InvalidClosePayload),
         _ => {
             let code = CloseCode::from(u16::from_be_bytes([payload[0], payload[1]]));
             if !code.is_valid_on_wire() {
                 return Err(ProtocolError::InvalidCloseCode(code.as_u16()));
             }
-            let reason = payload.slice(2..);
+            let reason = payload.slice(CLOSE_CODE_LEN..);
             utf8::validate(&reason).map_err(|_| ProtocolError::InvalidUtf8)?;
             Ok(Some(CloseFrame {
                 code,

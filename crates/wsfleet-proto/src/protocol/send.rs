@@ -8,7 +8,8 @@ use crate::deflate::{
 };
 use crate::error::{ConfigError, SendError};
 use crate::frame::{
-    CloseCode, CloseFrame, FrameHeader, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN, OpCode, encode_header,
+    CLOSE_CODE_LEN, CloseCode, CloseFrame, FrameHeader, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN,
+    OpCode, encode_header,
 };
 use crate::mask::mask_into_uninit;
 use crate::message::Message;
@@ -65,8 +66,9 @@ impl Protocol {
         Ok(())
     }
 
-    /// Queues a ping. A control frame carries at most 125 bytes (RFC 6455
-    /// §5.5), so a longer `payload` is cut to its first 125 bytes.
+    /// Queues a ping. A control frame carries at most
+    /// [`MAX_CONTROL_PAYLOAD`] (125) bytes (RFC 6455 §5.5), so a longer
+    /// `payload` is cut to its first 125 bytes.
     ///
     /// # Errors
     /// `Full`, `Closed` or `BudgetExhausted` as for [`send`](Self::send),
@@ -89,7 +91,7 @@ impl Protocol {
     }
 
     /// Starts the close handshake: a close frame with `code` and `reason`
-    /// (cut to 123 bytes at a character boundary) goes out after what is
+    /// (cut to [`MAX_CLOSE_REASON`](crate::frame::MAX_CLOSE_REASON) (123) bytes at a character boundary) goes out after what is
     /// already queued. Later sends are refused. Calling it again, or after
     /// the peer's close was answered, does nothing.
     ///
@@ -118,9 +120,10 @@ impl Protocol {
             let n = match &close {
                 None => 0,
                 Some(f) => {
-                    payload[..2].copy_from_slice(&f.code.as_u16().to_be_bytes());
-                    payload[2..2 + f.reason.len()].copy_from_slice(f.reason.as_bytes());
-                    2 + f.reason.len()
+                    let (code, reason) = payload.split_at_mut(CLOSE_CODE_LEN);
+                    code.copy_from_slice(&f.code.as_u16().to_be_bytes());
+                    reason[..f.reason.len()].copy_from_slice(f.reason.as_bytes());
+                    CLOSE_CODE_LEN + f.reason.len()
                 }
             };
             // Forced: the close must go out even when the budget is spent.
@@ -216,6 +219,10 @@ impl Protocol {
     /// is worth it (at least the threshold; and never with a window of 8,
     /// which zlib cannot honour: such messages go uncompressed, as RFC 7692
     /// allows per message). The compressor is charged while it lives.
+    ///
+    /// `Ok(None)`: send `payload` as it is. `Err(())`: the budget refused
+    /// the compressor (or zlib failed, which it does not for a valid
+    /// context); the caller hands the message back.
     fn compress(&mut self, payload: &[u8]) -> Result<Option<Vec<u8>>, ()> {
         let Some(state) = self.deflate.as_mut() else {
             return Ok(None);
