@@ -11,8 +11,7 @@ use std::hint::black_box;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_main};
 use wsfleet_proto::deflate::DeflateConfig;
 use wsfleet_proto::frame::{FrameHeader, MAX_HEADER_LEN, OpCode, encode_header, parse_header};
-use wsfleet_proto::mask::{apply_mask, mask_into_uninit};
-use wsfleet_proto::utf8::{Utf8Validator, validate};
+use wsfleet_proto::internals::{Utf8Validator, apply_mask, mask_into_uninit, validate};
 use wsfleet_proto::{FixedKey, Limits, Message, Protocol, ProtocolError};
 
 const KIB: usize = 1024;

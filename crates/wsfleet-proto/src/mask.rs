@@ -20,7 +20,7 @@ const BLOCK: usize = 64;
 /// masking it whole. Masking twice with the same key and offset restores the input.
 ///
 /// ```
-/// use wsfleet_proto::mask::apply_mask;
+/// use wsfleet_proto::internals::apply_mask;
 ///
 /// let key = [0x37, 0xfa, 0x21, 0x3d];
 /// let mut whole = *b"Hello, world";
@@ -55,7 +55,7 @@ pub fn apply_mask(buf: &mut [u8], key: [u8; 4], offset: usize) {
 /// bytes are written.
 ///
 /// ```
-/// use wsfleet_proto::mask::{apply_mask, mask_into_uninit};
+/// use wsfleet_proto::internals::{apply_mask, mask_into_uninit};
 ///
 /// let key = [1, 2, 3, 4];
 /// let mut out = Vec::with_capacity(5);
