@@ -711,6 +711,88 @@ mod deflate {
         );
     }
 
+    /// `Limits::max_buffered` bounds a connection without compression; its
+    /// docs list what permessage-deflate adds (the inflate context, and the
+    /// inflated output: `max_message` plus one step). Fuzz finding F1 was
+    /// that the bound alone does not hold with deflate (one 7-byte "hello"
+    /// peaks at 2.4 times it); this checks the documented sum does, for
+    /// F1's input and for the largest messages the limits let through.
+    #[test]
+    fn receiving_compressed_stays_within_the_documented_max_buffered() {
+        use crate::deflate::{INFLATE_CHUNK, INFLATE_CONTEXT_BYTES};
+        let limits = Limits::default()
+            .with_max_frame_payload(4096)
+            .with_max_message(16384)
+            .with_max_outbound_bytes(256);
+        let bound =
+            limits.max_buffered() + INFLATE_CONTEXT_BYTES + limits.max_message + INFLATE_CHUNK;
+        let machine =
+            || Protocol::client(limits, Box::new(FixedKey([0; 4]))).with_deflate(negotiated());
+
+        // F1's input: "hello" as one compressed text frame.
+        let mut p = machine();
+        p.feed(&[0xc1, 0x07, 0xca, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00])
+            .unwrap();
+        assert_eq!(
+            p.poll_event().unwrap(),
+            Some(Event::Message(Message::text("hello")))
+        );
+        assert!(p.peak_buffered_bytes() <= bound);
+
+        // Incompressible data just under max_message (compressed, it still
+        // fits), compressible data at max_message, and a bomb: each sent in
+        // frames of max_frame_payload, read in chunks as the runtime does.
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let noise: Vec<u8> = (0..16_000)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect();
+        for (data, fits) in [
+            (noise, true),
+            (vec![b'a'; 16384], true),
+            (vec![0u8; 1 << 20], false),
+        ] {
+            let mut c = crate::deflate::new_deflater(9, 15);
+            let mut body = Vec::new();
+            crate::deflate::deflate_message(&mut c, &data, &mut body).unwrap();
+            assert!(body.len() <= limits.max_message);
+            let pieces: Vec<&[u8]> = body.chunks(limits.max_frame_payload).collect();
+            let mut wire = Vec::new();
+            for (i, piece) in pieces.iter().enumerate() {
+                let opcode = if i == 0 {
+                    OpCode::Binary
+                } else {
+                    OpCode::Continuation
+                };
+                let start = wire.len();
+                wire.extend(frame(i + 1 == pieces.len(), opcode, piece, None));
+                if i == 0 {
+                    wire[start] |= 0x40;
+                }
+            }
+            let mut p = machine();
+            let (events, err) = drive(&mut p, &wire, &[1, 100, 4000, 9000]);
+            if fits {
+                assert_eq!(err, None);
+                assert_eq!(events, vec![Event::Message(Message::binary(data))]);
+            } else {
+                assert!(
+                    matches!(err, Some(ProtocolError::MessageTooLarge { .. })),
+                    "{err:?}"
+                );
+            }
+            assert!(
+                p.peak_buffered_bytes() <= bound,
+                "peak {} > documented bound {bound}",
+                p.peak_buffered_bytes()
+            );
+        }
+    }
+
     #[test]
     fn rsv1_without_negotiation_is_refused() {
         let mut p = client();
