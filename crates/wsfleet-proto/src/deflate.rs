@@ -25,7 +25,30 @@
 //! 4 GiB is stopped after at most `max_message + INFLATE_CHUNK` bytes of
 //! output, having consumed only as much input as produced that.
 
+use std::fmt;
+
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
+
+/// The extension's name in `Sec-WebSocket-Extensions`.
+const PERMESSAGE_DEFLATE: &str = "permessage-deflate";
+/// RFC 7692 §7.1.1.1: the server resets its compressor after each message.
+const SERVER_NO_CONTEXT_TAKEOVER: &str = "server_no_context_takeover";
+/// RFC 7692 §7.1.1.2: the client resets its compressor after each message.
+const CLIENT_NO_CONTEXT_TAKEOVER: &str = "client_no_context_takeover";
+/// RFC 7692 §7.1.2.1: the largest window the server compresses with.
+const SERVER_MAX_WINDOW_BITS: &str = "server_max_window_bits";
+/// RFC 7692 §7.1.2.2: the largest window the client compresses with.
+const CLIENT_MAX_WINDOW_BITS: &str = "client_max_window_bits";
+/// Window sizes RFC 7692 §7.1.2 allows, as log2 of bytes (256 B to 32 KiB).
+const MIN_WINDOW_BITS: u8 = 8;
+/// The largest window (32 KiB), and the one assumed when none is named.
+const MAX_WINDOW_BITS: u8 = 15;
+/// The smallest window zlib can compress with: a window of 8 is offered and
+/// accepted, but messages are then sent uncompressed (RFC 7692 §7.1.2.2
+/// lets any message go uncompressed).
+pub(crate) const MIN_DEFLATE_WINDOW_BITS: u8 = 9;
+/// The highest zlib compression level.
+const MAX_LEVEL: u32 = 9;
 
 /// Bytes charged for a live inflate context (32 KiB window + state; zlib-rs
 /// holds 46.6 KiB, measured by `tests/context_cost.rs`).
@@ -108,20 +131,25 @@ impl DeflateConfig {
 
     /// The `Sec-WebSocket-Extensions` value to send.
     pub fn offer(&self) -> String {
-        let mut out = String::from("permessage-deflate");
+        let mut out = String::from(PERMESSAGE_DEFLATE);
+        let mut param = |name: &str, value: Option<u8>| {
+            out.push_str("; ");
+            out.push_str(name);
+            if let Some(v) = value {
+                out.push_str(&format!("={v}"));
+            }
+        };
         if self.client_no_context_takeover {
-            out.push_str("; client_no_context_takeover");
+            param(CLIENT_NO_CONTEXT_TAKEOVER, None);
         }
         if self.server_no_context_takeover {
-            out.push_str("; server_no_context_takeover");
+            param(SERVER_NO_CONTEXT_TAKEOVER, None);
         }
-        match self.client_max_window_bits {
-            Some(Some(bits)) => out.push_str(&format!("; client_max_window_bits={bits}")),
-            Some(None) => out.push_str("; client_max_window_bits"),
-            None => {}
+        if let Some(bits) = self.client_max_window_bits {
+            param(CLIENT_MAX_WINDOW_BITS, bits);
         }
         if let Some(bits) = self.server_max_window_bits {
-            out.push_str(&format!("; server_max_window_bits={bits}"));
+            param(SERVER_MAX_WINDOW_BITS, Some(bits));
         }
         out
     }
@@ -130,27 +158,29 @@ impl DeflateConfig {
     /// `Sec-WebSocket-Extensions`) against this offer.
     ///
     /// # Errors
-    /// A message naming what is wrong: another extension, an unknown,
-    /// duplicate or out-of-range parameter, or a parameter we did not offer.
-    pub fn accept(&self, response: &str) -> Result<DeflateParams, String> {
+    /// A [`DeflateError`] naming what is wrong: another extension, an
+    /// unknown, duplicate or out-of-range parameter (with its value), or a
+    /// parameter we did not offer.
+    pub fn accept(&self, response: &str) -> Result<DeflateParams, DeflateError> {
         let mut extensions = response.split(',').map(str::trim).filter(|e| !e.is_empty());
         let Some(ext) = extensions.next() else {
-            return Err("empty extension list".into());
+            return Err(DeflateError::Empty);
         };
         if let Some(other) = extensions.next() {
-            return Err(format!("more than one extension accepted ({other:?})"));
+            return Err(DeflateError::SecondExtension(other.to_owned()));
         }
         let mut parts = ext.split(';').map(str::trim);
-        if parts.next() != Some("permessage-deflate") {
-            return Err(format!("extension {ext:?} was not offered"));
+        let name = parts.next().unwrap_or_default();
+        if name != PERMESSAGE_DEFLATE {
+            return Err(DeflateError::OtherExtension(name.to_owned()));
         }
         let mut params = DeflateParams {
             client_no_context_takeover: self.client_no_context_takeover,
             server_no_context_takeover: false,
-            client_max_window_bits: 15,
-            server_max_window_bits: 15,
+            client_max_window_bits: MAX_WINDOW_BITS,
+            server_max_window_bits: MAX_WINDOW_BITS,
             threshold: self.threshold,
-            level: self.level.min(9),
+            level: self.level.min(MAX_LEVEL),
         };
         let mut seen = Vec::new();
         for part in parts.filter(|p| !p.is_empty()) {
@@ -159,45 +189,146 @@ impl DeflateConfig {
                 None => (part, None),
             };
             if seen.contains(&key) {
-                return Err(format!("duplicate parameter {key}"));
+                return Err(DeflateError::DuplicateParameter(key.to_owned()));
             }
             seen.push(key);
-            let bits = |v: Option<&str>| -> Result<u8, String> {
-                v.and_then(|v| v.parse::<u8>().ok())
-                    .filter(|b| (8..=15).contains(b))
-                    .ok_or_else(|| format!("{key} needs a value from 8 to 15, got {v:?}"))
-            };
             match (key, value) {
-                ("server_no_context_takeover", None) => params.server_no_context_takeover = true,
-                ("client_no_context_takeover", None) => params.client_no_context_takeover = true,
-                ("server_max_window_bits", v) => {
-                    let b = bits(v)?;
+                (SERVER_NO_CONTEXT_TAKEOVER, None) => params.server_no_context_takeover = true,
+                (CLIENT_NO_CONTEXT_TAKEOVER, None) => params.client_no_context_takeover = true,
+                (SERVER_MAX_WINDOW_BITS, v) => {
+                    let b = window_bits(SERVER_MAX_WINDOW_BITS, v)?;
                     if let Some(offered) = self.server_max_window_bits.filter(|&o| b > o) {
-                        return Err(format!(
-                            "server_max_window_bits={b} is above the {offered} offered"
-                        ));
+                        return Err(DeflateError::AboveOffer {
+                            parameter: SERVER_MAX_WINDOW_BITS,
+                            value: b,
+                            offered,
+                        });
                     }
                     params.server_max_window_bits = b;
                 }
-                ("client_max_window_bits", v) => {
+                (CLIENT_MAX_WINDOW_BITS, v) => {
                     let Some(offered) = self.client_max_window_bits else {
-                        return Err("client_max_window_bits was not offered".into());
+                        return Err(DeflateError::NotOffered(CLIENT_MAX_WINDOW_BITS));
                     };
-                    let b = bits(v)?;
-                    if offered.is_some_and(|o| b > o) {
-                        return Err(format!("client_max_window_bits={b} is above the offer"));
+                    let b = window_bits(CLIENT_MAX_WINDOW_BITS, v)?;
+                    if let Some(offered) = offered.filter(|&o| b > o) {
+                        return Err(DeflateError::AboveOffer {
+                            parameter: CLIENT_MAX_WINDOW_BITS,
+                            value: b,
+                            offered,
+                        });
                     }
                     params.client_max_window_bits = b;
                 }
-                (key, _) => return Err(format!("unknown or malformed parameter {key:?}")),
+                (key, value) => {
+                    return Err(DeflateError::UnknownParameter {
+                        name: key.to_owned(),
+                        value: value.map(str::to_owned),
+                    });
+                }
             }
         }
         if self.server_no_context_takeover && !params.server_no_context_takeover {
-            return Err("server_no_context_takeover was asked for but not accepted".into());
+            return Err(DeflateError::NotAccepted(SERVER_NO_CONTEXT_TAKEOVER));
         }
         Ok(params)
     }
 }
+
+/// The value of a `*_max_window_bits` parameter: a number from
+/// [`MIN_WINDOW_BITS`] to [`MAX_WINDOW_BITS`].
+fn window_bits(parameter: &'static str, value: Option<&str>) -> Result<u8, DeflateError> {
+    value
+        .and_then(|v| v.parse::<u8>().ok())
+        .filter(|b| (MIN_WINDOW_BITS..=MAX_WINDOW_BITS).contains(b))
+        .ok_or_else(|| DeflateError::InvalidWindowBits {
+            parameter,
+            value: value.map(str::to_owned),
+        })
+}
+
+/// Why a server's permessage-deflate answer was refused (it breaks RFC 7692
+/// §7 or our offer): the parameter at fault and the value it came with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DeflateError {
+    /// The `Sec-WebSocket-Extensions` answer names no extension.
+    Empty,
+    /// More than one extension accepted; the second one.
+    SecondExtension(String),
+    /// An extension other than `permessage-deflate`, which we did not offer.
+    OtherExtension(String),
+    /// A parameter given twice.
+    DuplicateParameter(String),
+    /// A parameter RFC 7692 does not define, or a flag given a value.
+    UnknownParameter {
+        /// The parameter's name.
+        name: String,
+        /// Its value, if it had one.
+        value: Option<String>,
+    },
+    /// A window-bits parameter without a value from 8 to 15.
+    InvalidWindowBits {
+        /// `server_max_window_bits` or `client_max_window_bits`.
+        parameter: &'static str,
+        /// The value given, if any.
+        value: Option<String>,
+    },
+    /// A window larger than the one we offered.
+    AboveOffer {
+        /// `server_max_window_bits` or `client_max_window_bits`.
+        parameter: &'static str,
+        /// The server's value.
+        value: u8,
+        /// Ours.
+        offered: u8,
+    },
+    /// A parameter in the answer that we did not offer.
+    NotOffered(&'static str),
+    /// A parameter we asked for that the answer leaves out.
+    NotAccepted(&'static str),
+}
+
+impl fmt::Display for DeflateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Empty => f.write_str("empty extension list"),
+            Self::SecondExtension(e) => write!(f, "more than one extension accepted ({e:?})"),
+            Self::OtherExtension(e) => write!(f, "extension {e:?} was not offered"),
+            Self::DuplicateParameter(p) => write!(f, "duplicate parameter {p}"),
+            Self::UnknownParameter { name, value: None } => {
+                write!(f, "unknown parameter {name:?}")
+            }
+            Self::UnknownParameter {
+                name,
+                value: Some(v),
+            } => write!(f, "unknown or malformed parameter {name:?}={v:?}"),
+            Self::InvalidWindowBits {
+                parameter,
+                value: None,
+            } => write!(
+                f,
+                "{parameter} needs a value from {MIN_WINDOW_BITS} to {MAX_WINDOW_BITS}, got none"
+            ),
+            Self::InvalidWindowBits {
+                parameter,
+                value: Some(v),
+            } => write!(
+                f,
+                "{parameter} needs a value from {MIN_WINDOW_BITS} to {MAX_WINDOW_BITS}, got {v:?}"
+            ),
+            Self::AboveOffer {
+                parameter,
+                value,
+                offered,
+            } => write!(f, "{parameter}={value} is above the {offered} offered"),
+            Self::NotOffered(p) => write!(f, "{p} was not offered"),
+            Self::NotAccepted(p) => write!(f, "{p} was asked for but not accepted"),
+        }
+    }
+}
+
+impl std::error::Error for DeflateError {}
 
 /// What was negotiated, from the client's point of view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -310,17 +441,27 @@ pub(crate) enum InflateError {
     Corrupt,
 }
 
+/// Free output space [`deflate_message`] keeps before each call, so zlib
+/// always has room for a block header and the sync-flush marker.
+const DEFLATE_HEADROOM: usize = 64;
+/// The least [`deflate_message`] grows its output by when it runs short.
+const DEFLATE_MIN_GROWTH: usize = 1024;
+
 /// Compresses one message into `out` (sync flush, trailer stripped).
+///
+/// `Err(())` when zlib reports an error, which a context made by
+/// [`new_deflater`] does not do for any input; `out` is then incomplete.
 pub(crate) fn deflate_message(
     ctx: &mut Compress,
     input: &[u8],
     out: &mut Vec<u8>,
 ) -> Result<(), ()> {
-    out.reserve(input.len() / 2 + 64);
+    // Typical text compresses to less than half; the loop grows it if not.
+    out.reserve(input.len() / 2 + DEFLATE_HEADROOM);
     let mut rest = input;
     loop {
-        if out.capacity() - out.len() < 64 {
-            out.reserve(out.capacity().max(1024));
+        if out.capacity() - out.len() < DEFLATE_HEADROOM {
+            out.reserve(out.capacity().max(DEFLATE_MIN_GROWTH));
         }
         let before = ctx.total_in();
         ctx.compress_vec(rest, out, FlushCompress::Sync)
@@ -341,14 +482,18 @@ pub(crate) fn new_inflater() -> Decompress {
 
 /// A fresh compressor for `bits` (9–15; 8 is never used, see `Protocol`).
 pub(crate) fn new_deflater(level: u32, bits: u8) -> Compress {
-    Compress::new_with_window_bits(Compression::new(level), false, bits.clamp(9, 15))
+    Compress::new_with_window_bits(
+        Compression::new(level),
+        false,
+        bits.clamp(MIN_DEFLATE_WINDOW_BITS, MAX_WINDOW_BITS),
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn params(s: &str) -> Result<DeflateParams, String> {
+    fn params(s: &str) -> Result<DeflateParams, DeflateError> {
         DeflateConfig::default().accept(s)
     }
 
@@ -371,37 +516,103 @@ mod tests {
     }
 
     #[test]
-    fn refuses_what_was_not_offered_or_is_out_of_range() {
-        for bad in [
-            "x-webkit-deflate-frame",
-            "permessage-deflate; server_no_context_takeover, permessage-deflate",
-            "permessage-deflate; server_no_context_takeover; server_max_window_bits=16",
-            "permessage-deflate; server_no_context_takeover; server_max_window_bits",
-            "permessage-deflate; server_no_context_takeover; client_max_window_bits=7",
-            "permessage-deflate; server_no_context_takeover; server_no_context_takeover",
-            "permessage-deflate; server_no_context_takeover; mystery=1",
-            "permessage-deflate",
+    fn refuses_what_was_not_offered_or_is_out_of_range_naming_it() {
+        use DeflateError as E;
+        let owned = |s: &str| Some(s.to_owned());
+        for (bad, why) in [
+            ("", E::Empty),
+            (
+                "x-webkit-deflate-frame",
+                E::OtherExtension("x-webkit-deflate-frame".into()),
+            ),
+            (
+                "permessage-deflate; server_no_context_takeover, permessage-deflate",
+                E::SecondExtension("permessage-deflate".into()),
+            ),
+            (
+                "permessage-deflate; server_no_context_takeover; server_max_window_bits=16",
+                E::InvalidWindowBits {
+                    parameter: "server_max_window_bits",
+                    value: owned("16"),
+                },
+            ),
+            (
+                "permessage-deflate; server_no_context_takeover; server_max_window_bits",
+                E::InvalidWindowBits {
+                    parameter: "server_max_window_bits",
+                    value: None,
+                },
+            ),
+            (
+                "permessage-deflate; server_no_context_takeover; client_max_window_bits=7",
+                E::InvalidWindowBits {
+                    parameter: "client_max_window_bits",
+                    value: owned("7"),
+                },
+            ),
+            (
+                "permessage-deflate; server_no_context_takeover; server_no_context_takeover",
+                E::DuplicateParameter("server_no_context_takeover".into()),
+            ),
+            (
+                "permessage-deflate; server_no_context_takeover; mystery=1",
+                E::UnknownParameter {
+                    name: "mystery".into(),
+                    value: owned("1"),
+                },
+            ),
+            (
+                "permessage-deflate; server_no_context_takeover=1",
+                E::UnknownParameter {
+                    name: "server_no_context_takeover".into(),
+                    value: owned("1"),
+                },
+            ),
+            (
+                "permessage-deflate",
+                E::NotAccepted("server_no_context_takeover"),
+            ),
         ] {
-            assert!(params(bad).is_err(), "{bad}");
+            assert_eq!(params(bad), Err(why), "{bad}");
         }
         let no_client_bits = DeflateConfig {
             client_max_window_bits: None,
             ..DeflateConfig::default()
         };
-        assert!(
+        assert_eq!(
             no_client_bits
-                .accept("permessage-deflate; server_no_context_takeover; client_max_window_bits=9")
-                .is_err()
+                .accept("permessage-deflate; server_no_context_takeover; client_max_window_bits=9"),
+            Err(E::NotOffered("client_max_window_bits"))
         );
-        let small_server_window = DeflateConfig {
+        let small_windows = DeflateConfig {
             server_max_window_bits: Some(10),
+            client_max_window_bits: Some(Some(11)),
             ..DeflateConfig::default()
         };
+        let e = small_windows
+            .accept("permessage-deflate; server_no_context_takeover; server_max_window_bits=12")
+            .unwrap_err();
         assert_eq!(
-            small_server_window.accept(
-                "permessage-deflate; server_no_context_takeover; server_max_window_bits=12"
+            e,
+            E::AboveOffer {
+                parameter: "server_max_window_bits",
+                value: 12,
+                offered: 10
+            }
+        );
+        assert_eq!(
+            e.to_string(),
+            "server_max_window_bits=12 is above the 10 offered"
+        );
+        assert_eq!(
+            small_windows.accept(
+                "permessage-deflate; server_no_context_takeover; client_max_window_bits=13"
             ),
-            Err("server_max_window_bits=12 is above the 10 offered".to_owned())
+            Err(E::AboveOffer {
+                parameter: "client_max_window_bits",
+                value: 13,
+                offered: 11
+            })
         );
     }
 

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::frame::CloseCode;
+use crate::frame::{CloseCode, MAX_CONTROL_PAYLOAD};
 use crate::message::Message;
 
 /// A violation of RFC 6455 or of a [`crate::Limits`] bound by the peer (or a
@@ -22,7 +22,8 @@ pub enum ProtocolError {
     UnmaskedFrame,
     /// A client received a masked frame from a server.
     MaskedFrame,
-    /// A control frame with more than 125 bytes of payload.
+    /// A control frame with more than [`MAX_CONTROL_PAYLOAD`] (125) bytes of
+    /// payload.
     ControlFrameTooLarge {
         /// Declared length.
         len: u64,
@@ -45,6 +46,17 @@ pub enum ProtocolError {
         /// Size the message would reach.
         len: u64,
         /// The limit.
+        max: usize,
+    },
+    /// The read buffer would pass its hard cap, one whole frame and one read
+    /// chunk of the next (`max_frame_payload` + the largest header +
+    /// `read_chunk`): more than any frame can need, so more bytes were handed
+    /// in than `poll_event` was given the chance to parse (not drained between
+    /// reads, or one huge [`feed`](crate::Protocol::feed)).
+    ReadBufferFull {
+        /// Bytes the buffer held unparsed.
+        len: usize,
+        /// The cap.
         max: usize,
     },
     /// A message was split into more than `max_fragments` frames.
@@ -89,11 +101,13 @@ impl ProtocolError {
             Self::TooManyFragments { .. } => CloseCode::POLICY_VIOLATION,
             Self::FrameTooLarge { .. }
             | Self::MessageTooLarge { .. }
+            | Self::ReadBufferFull { .. }
             | Self::BudgetExhausted { .. } => CloseCode::MESSAGE_TOO_BIG,
         }
     }
 
-    /// A short reason for the close frame (fits 123 bytes).
+    /// A short reason for the close frame (fits
+    /// [`MAX_CLOSE_REASON`](crate::frame::MAX_CLOSE_REASON)).
     pub const fn as_str(&self) -> &'static str {
         match self {
             Self::ReservedBits(_) => "reserved bits set",
@@ -107,6 +121,7 @@ impl ProtocolError {
             Self::ExpectedContinuation => "new message inside a fragmented message",
             Self::FrameTooLarge { .. } => "frame too large",
             Self::MessageTooLarge { .. } => "message too large",
+            Self::ReadBufferFull { .. } => "read buffer full",
             Self::TooManyFragments { .. } => "too many fragments",
             Self::InvalidUtf8 => "invalid UTF-8",
             Self::InvalidCompressedData => "invalid compressed data",
@@ -125,7 +140,10 @@ impl fmt::Display for ProtocolError {
             }
             Self::UnknownOpcode(op) => write!(f, "reserved opcode {op:#x}"),
             Self::ControlFrameTooLarge { len } => {
-                write!(f, "control frame of {len} bytes (at most 125 allowed)")
+                write!(
+                    f,
+                    "control frame of {len} bytes (at most {MAX_CONTROL_PAYLOAD} allowed)"
+                )
             }
             Self::FrameTooLarge { len, max } => {
                 write!(
@@ -139,6 +157,11 @@ impl fmt::Display for ProtocolError {
                     "message of at least {len} bytes exceeds max_message ({max} bytes)"
                 )
             }
+            Self::ReadBufferFull { len, max } => write!(
+                f,
+                "read buffer holds {len} unparsed bytes and may not grow past {max} \
+                 (one max_frame_payload frame, its header and one read_chunk)"
+            ),
             Self::TooManyFragments { max } => {
                 write!(
                     f,

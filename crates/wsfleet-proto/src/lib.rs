@@ -28,18 +28,29 @@
 //!   optional shared [`MemoryBudget`]; a refused charge fails that one
 //!   connection with close 1009.
 
-pub mod budget;
+//!
+//! # Public surface
+//!
+//! The machine and its vocabulary are at the crate root. Three modules hold
+//! what a user of a part needs on its own: [`frame`] (header codec, close
+//! codes and the RFC's constants), [`handshake`] (the opening handshake,
+//! both roles) and [`deflate`] (permessage-deflate offer, answer and the
+//! context costs for sizing a budget). Masking and UTF-8 validation are
+//! internals: not API, and free to change.
+
 pub mod deflate;
-pub mod error;
-pub mod event;
 pub mod frame;
 pub mod handshake;
-pub mod keys;
-pub mod limits;
-pub mod mask;
-pub mod message;
-pub mod protocol;
-pub mod utf8;
+
+mod budget;
+mod error;
+mod event;
+mod keys;
+mod limits;
+mod mask;
+mod message;
+mod protocol;
+mod utf8;
 
 pub use budget::MemoryBudget;
 pub use error::{ConfigError, ProtocolError, SendError};
@@ -50,5 +61,15 @@ pub use keys::{FixedKey, MaskKeys};
 pub use limits::Limits;
 pub use message::{Message, Utf8Bytes};
 pub use protocol::{Protocol, Role};
+pub use utf8::InvalidUtf8;
 
 pub use bytes::Bytes;
+
+/// Not API: the helpers `wsfleet`'s own test servers and this crate's
+/// benchmarks use (masking, UTF-8 validation). They may change or go in any
+/// release; nothing outside this workspace should name them.
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::mask::{apply_mask, mask_into_uninit};
+    pub use crate::utf8::{Utf8Validator, validate};
+}

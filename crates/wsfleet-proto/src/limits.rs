@@ -5,9 +5,28 @@
 //! payload) are `const`s in [`crate::frame`], not settings.
 
 use crate::error::ConfigError;
+use crate::frame::MAX_CONTROL_PAYLOAD;
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * 1024;
+
+/// The smallest `max_message`: a message must be able to hold what a
+/// control frame can (a ping's payload is echoed, a close reason read).
+const MIN_MESSAGE: usize = MAX_CONTROL_PAYLOAD;
+/// The smallest `max_handshake_bytes`: a minimal 101 answer with its three
+/// required headers is about 130 bytes.
+const MIN_HANDSHAKE_BYTES: usize = 256;
+/// The fewest `max_handshake_headers`: the three a 101 needs, and room for
+/// a subprotocol, an extension and a few a server adds.
+const MIN_HANDSHAKE_HEADERS: usize = 8;
+/// The smallest `max_outbound_bytes`: the largest control frame (a close or
+/// pong: header and 125 bytes) fits, with room to spare.
+const MIN_OUTBOUND_BYTES: usize = 256;
+/// The smallest `read_chunk`: a small message and its header fit.
+const MIN_READ_CHUNK: usize = 64;
+/// The largest `read_chunk`: the default `max_frame_payload`; a larger step
+/// gains nothing.
+const MAX_READ_CHUNK: usize = 16 * MIB;
 
 /// Bounds on everything a peer can influence.
 ///
@@ -26,10 +45,10 @@ pub struct Limits {
     /// Checked against the length the header *declares*, before a byte of
     /// payload is buffered; exceeding it closes with 1009.
     pub max_frame_payload: usize,
-    /// Largest message (all fragments together, and the inflated size once
-    /// compression exists), in bytes. Default 64 MiB. Checked at each frame
-    /// header against what is already reassembled; exceeding it closes with
-    /// 1009.
+    /// Largest message (all fragments together; for a compressed message,
+    /// its inflated size too), in bytes. Default 64 MiB. Checked at each frame
+    /// header against what is already reassembled, and while inflating
+    /// (a deflate bomb stops here); exceeding it closes with 1009.
     pub max_message: usize,
     /// Most frames one message may be split into. Default 131,072 (Autobahn
     /// 9.3.1 sends 4 MiB in 65,536 frames of 64 bytes). Empty continuation
@@ -129,7 +148,7 @@ impl Limits {
                 problem,
             })
         };
-        if self.max_message < 125 {
+        if self.max_message < MIN_MESSAGE {
             return err(
                 "max_message",
                 self.max_message,
@@ -146,28 +165,28 @@ impl Limits {
         if self.max_fragments == 0 {
             return err("max_fragments", self.max_fragments, "must be at least 1");
         }
-        if self.max_handshake_bytes < 256 {
+        if self.max_handshake_bytes < MIN_HANDSHAKE_BYTES {
             return err(
                 "max_handshake_bytes",
                 self.max_handshake_bytes,
                 "must be at least 256 bytes",
             );
         }
-        if self.max_handshake_headers < 8 {
+        if self.max_handshake_headers < MIN_HANDSHAKE_HEADERS {
             return err(
                 "max_handshake_headers",
                 self.max_handshake_headers,
                 "must be at least 8",
             );
         }
-        if self.max_outbound_bytes < 256 {
+        if self.max_outbound_bytes < MIN_OUTBOUND_BYTES {
             return err(
                 "max_outbound_bytes",
                 self.max_outbound_bytes,
                 "must be at least 256 bytes",
             );
         }
-        if !(64..=16 * MIB).contains(&self.read_chunk) {
+        if !(MIN_READ_CHUNK..=MAX_READ_CHUNK).contains(&self.read_chunk) {
             return err(
                 "read_chunk",
                 self.read_chunk,
@@ -214,8 +233,51 @@ mod tests {
     }
 
     #[test]
-    fn tiny_read_chunk_is_rejected() {
-        let e = Limits::default().with_read_chunk(8).validate().unwrap_err();
-        assert_eq!(e.field, "read_chunk");
+    fn each_bound_is_enforced_at_the_value_its_message_names() {
+        let d = Limits::default();
+        for (below, at, field, min) in [
+            (
+                d.with_max_message(MIN_MESSAGE - 1),
+                d.with_max_message(MIN_MESSAGE)
+                    .with_max_frame_payload(MIN_MESSAGE),
+                "max_message",
+                MIN_MESSAGE,
+            ),
+            (
+                d.with_max_handshake_bytes(MIN_HANDSHAKE_BYTES - 1),
+                d.with_max_handshake_bytes(MIN_HANDSHAKE_BYTES),
+                "max_handshake_bytes",
+                MIN_HANDSHAKE_BYTES,
+            ),
+            (
+                d.with_max_handshake_headers(MIN_HANDSHAKE_HEADERS - 1),
+                d.with_max_handshake_headers(MIN_HANDSHAKE_HEADERS),
+                "max_handshake_headers",
+                MIN_HANDSHAKE_HEADERS,
+            ),
+            (
+                d.with_max_outbound_bytes(MIN_OUTBOUND_BYTES - 1),
+                d.with_max_outbound_bytes(MIN_OUTBOUND_BYTES),
+                "max_outbound_bytes",
+                MIN_OUTBOUND_BYTES,
+            ),
+            (
+                d.with_read_chunk(MIN_READ_CHUNK - 1),
+                d.with_read_chunk(MIN_READ_CHUNK),
+                "read_chunk",
+                MIN_READ_CHUNK,
+            ),
+        ] {
+            let e = below.validate().unwrap_err();
+            assert_eq!(e.field, field);
+            assert!(e.problem.contains(&min.to_string()), "{e}");
+            assert_eq!(at.validate(), Ok(()), "{field} = {min}");
+        }
+        assert_eq!(d.with_read_chunk(MAX_READ_CHUNK).validate(), Ok(()));
+        let e = d
+            .with_read_chunk(MAX_READ_CHUNK + 1)
+            .validate()
+            .unwrap_err();
+        assert!(e.problem.contains("16 MiB"), "{e}");
     }
 }

@@ -20,7 +20,7 @@ const BLOCK: usize = 64;
 /// masking it whole. Masking twice with the same key and offset restores the input.
 ///
 /// ```
-/// use wsfleet_proto::mask::apply_mask;
+/// use wsfleet_proto::internals::apply_mask;
 ///
 /// let key = [0x37, 0xfa, 0x21, 0x3d];
 /// let mut whole = *b"Hello, world";
@@ -47,47 +47,15 @@ pub fn apply_mask(buf: &mut [u8], key: [u8; 4], offset: usize) {
     xor_tail(blocks.into_remainder(), key);
 }
 
-/// Copy `src` into `dst` while XOR-ing with `key`, starting at payload offset 0.
-///
-/// Used by the client to mask an outgoing payload into the write buffer in one pass. The
-/// slices should have the same length (checked in debug builds); otherwise only the first
-/// `min(dst.len(), src.len())` bytes are written.
-///
-/// ```
-/// use wsfleet_proto::mask::{apply_mask, mask_into};
-///
-/// let key = [1, 2, 3, 4];
-/// let mut out = [0u8; 5];
-/// mask_into(&mut out, b"abcde", key);
-/// apply_mask(&mut out, key, 0);
-/// assert_eq!(&out, b"abcde");
-/// ```
-#[inline]
-pub fn mask_into(dst: &mut [u8], src: &[u8], key: [u8; 4]) {
-    debug_assert_eq!(dst.len(), src.len(), "mask_into: length mismatch");
-    let len = dst.len().min(src.len());
-    let (dst, src) = (&mut dst[..len], &src[..len]);
-    let wide = widen_key(key);
-
-    let mut dst_blocks = dst.chunks_exact_mut(BLOCK);
-    let mut src_blocks = src.chunks_exact(BLOCK);
-    for (d, s) in (&mut dst_blocks).zip(&mut src_blocks) {
-        for ((d, s), k) in d.iter_mut().zip(s.iter()).zip(wide.iter()) {
-            *d = *s ^ *k;
-        }
-    }
-    let (dst, src) = (dst_blocks.into_remainder(), src_blocks.remainder());
-    dst.copy_from_slice(src);
-    xor_tail(dst, key);
-}
-
-/// As [`mask_into`], into uninitialised memory such as the spare capacity
-/// of a write buffer, so the buffer need not be zero-filled first (for a
-/// 16 MiB message that fill cost as much as the masking).
+/// Copy `src` into `dst` while XOR-ing with `key`, starting at payload offset 0: how the
+/// client masks an outgoing payload into the write buffer in one pass. `dst` is uninitialised
+/// memory such as the spare capacity of that buffer, so it need not be zero-filled first (for
+/// a 16 MiB message that fill cost as much as the masking). The slices should have the same
+/// length (checked in debug builds); otherwise only the first `min(dst.len(), src.len())`
+/// bytes are written.
 ///
 /// ```
-/// use std::mem::MaybeUninit;
-/// use wsfleet_proto::mask::{apply_mask, mask_into_uninit};
+/// use wsfleet_proto::internals::{apply_mask, mask_into_uninit};
 ///
 /// let key = [1, 2, 3, 4];
 /// let mut out = Vec::with_capacity(5);
@@ -223,12 +191,23 @@ mod tests {
         }
     }
 
+    /// `src` masked into a fresh buffer by [`mask_into_uninit`].
+    fn masked_copy(src: &[u8], key: [u8; 4]) -> Vec<u8> {
+        let mut out: Vec<u8> = Vec::with_capacity(src.len());
+        mask_into_uninit(&mut out.spare_capacity_mut()[..src.len()], src, key);
+        // SAFETY: every byte up to src.len() was written above.
+        #[allow(unsafe_code)]
+        unsafe {
+            out.set_len(src.len());
+        }
+        out
+    }
+
     #[test]
-    fn mask_into_equals_copy_then_mask() {
+    fn mask_into_uninit_equals_copy_then_mask() {
         for len in 0..=300 {
             let src = pattern(len);
-            let mut dst = vec![0xAA; len];
-            mask_into(&mut dst, &src, KEY);
+            let dst = masked_copy(&src, KEY);
             let mut expected = src.clone();
             apply_mask_reference(&mut expected, KEY, 0);
             assert_eq!(dst, expected, "len {len}");
@@ -259,32 +238,13 @@ mod tests {
         }
 
         #[test]
-        fn mask_into_equals_copy_then_mask_prop(
+        fn mask_into_uninit_equals_copy_then_mask_prop(
             data in proptest::collection::vec(any::<u8>(), 0..2048),
             key in any::<[u8; 4]>(),
         ) {
-            let mut dst = vec![0u8; data.len()];
-            mask_into(&mut dst, &data, key);
             let mut expected = data.clone();
             apply_mask(&mut expected, key, 0);
-            prop_assert_eq!(dst, expected);
-        }
-
-        #[test]
-        fn mask_into_uninit_equals_mask_into_prop(
-            data in proptest::collection::vec(any::<u8>(), 0..2048),
-            key in any::<[u8; 4]>(),
-        ) {
-            let mut expected = vec![0u8; data.len()];
-            mask_into(&mut expected, &data, key);
-            let mut out: Vec<u8> = Vec::with_capacity(data.len());
-            mask_into_uninit(&mut out.spare_capacity_mut()[..data.len()], &data, key);
-            // SAFETY: every byte up to data.len() was written above.
-            #[allow(unsafe_code)]
-            unsafe {
-                out.set_len(data.len());
-            }
-            prop_assert_eq!(out, expected);
+            prop_assert_eq!(masked_copy(&data, key), expected);
         }
     }
 }

@@ -23,7 +23,7 @@ const FAILED: u8 = u8::MAX;
 /// [`reset`](Self::reset).
 ///
 /// ```
-/// use wsfleet_proto::utf8::Utf8Validator;
+/// use wsfleet_proto::internals::Utf8Validator;
 ///
 /// let mut v = Utf8Validator::new();
 /// let euro = "€".as_bytes(); // E2 82 AC

@@ -57,12 +57,6 @@ impl CloseCode {
     pub const fn is_valid_on_wire(self) -> bool {
         matches!(self.0, 1000..=1003 | 1007..=1014 | 3000..=4999)
     }
-
-    /// True for codes this library may need to reserve: 1004–1006, 1015 and
-    /// everything below 1000 or in 1016–2999.
-    pub const fn is_reserved(self) -> bool {
-        !self.is_valid_on_wire() && self.0 < 5000
-    }
 }
 
 impl From<u16> for CloseCode {

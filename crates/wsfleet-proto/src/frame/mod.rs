@@ -10,5 +10,7 @@ pub use opcode::OpCode;
 
 /// Largest payload of a control frame (RFC 6455 §5.5).
 pub const MAX_CONTROL_PAYLOAD: usize = 125;
-/// Longest close reason that fits a control frame next to its 2-byte code.
-pub const MAX_CLOSE_REASON: usize = MAX_CONTROL_PAYLOAD - 2;
+/// Bytes of the status code that starts a non-empty close payload (RFC 6455 §5.5.1).
+pub(crate) const CLOSE_CODE_LEN: usize = 2;
+/// Longest close reason that fits a control frame next to its code.
+pub const MAX_CLOSE_REASON: usize = MAX_CONTROL_PAYLOAD - CLOSE_CODE_LEN;

@@ -361,6 +361,7 @@ impl ClientHandshake {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::deflate::DeflateError;
 
     fn pair() -> (HandshakeRequest, ClientHandshake) {
         let req = HandshakeRequest::new("h", "/", [0; 16])
@@ -471,6 +472,28 @@ mod tests {
                 .0
                 .deflate
                 .is_some()
+        );
+    }
+
+    #[test]
+    fn a_refused_deflate_answer_names_the_parameter() {
+        let deflate = HandshakeRequest::new("h", "/", [0; 16]).deflate(DeflateConfig::default());
+        let hs = ClientHandshake::new(&deflate, &Limits::default());
+        let bytes = ok_response(
+            &deflate,
+            "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; server_max_window_bits=99\r\n",
+        );
+        let e = hs.parse_response(&bytes).unwrap_err();
+        assert_eq!(
+            e,
+            HandshakeError::BadExtension(DeflateError::InvalidWindowBits {
+                parameter: "server_max_window_bits",
+                value: Some("99".into()),
+            })
+        );
+        assert_eq!(
+            e.to_string(),
+            "permessage-deflate answer refused: server_max_window_bits needs a value from 8 to 15, got \"99\""
         );
     }
 

@@ -1,5 +1,7 @@
 use std::fmt;
 
+use crate::deflate::DeflateError;
+
 /// Why an opening handshake failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -55,7 +57,7 @@ pub enum HandshakeError {
     /// The server accepted an extension we did not offer.
     UnexpectedExtension(String),
     /// The server's permessage-deflate answer breaks RFC 7692 or our offer.
-    BadExtension(String),
+    BadExtension(DeflateError),
     /// A header name or value we were asked to send contains CR, LF or NUL.
     InvalidRequestHeader(String),
 }

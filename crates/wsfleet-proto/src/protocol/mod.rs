@@ -1,6 +1,7 @@
 //! The WebSocket state machine for one connection, either role.
 
 mod account;
+mod close;
 mod recv;
 mod send;
 #[cfg(test)]
@@ -19,6 +20,7 @@ use crate::limits::Limits;
 use crate::utf8::Utf8Validator;
 
 use account::Account;
+use close::Close;
 
 /// Which end of the connection this machine plays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,8 +61,9 @@ pub enum Role {
 ///   until the peer takes our bytes, and nothing grows.
 /// - **Failure is sticky.** The first [`ProtocolError`] is kept: it is
 ///   returned by every later `poll_event`, a close frame with its
-///   [`close_code`](ProtocolError::close_code) is scheduled, and further
-///   input is discarded.
+///   [`close_code`](ProtocolError::close_code) is scheduled (unless ours
+///   was due or sent already: a failure is a close like any other, and the
+///   first close wins), sends are refused and further input is discarded.
 /// - **Close.** [`is_closed`](Self::is_closed) is true once close frames
 ///   went both ways and ours was written. A client then waits (bounded) for
 ///   the server to end TCP; a server ends it.
@@ -80,6 +83,10 @@ pub struct Protocol {
     limits: Limits,
     keys: Option<Box<dyn MaskKeys>>,
     account: Account,
+    /// The close handshake. A failure moves it too (our close frame with the
+    /// error's code), so every "may this still happen?" asks only this.
+    close: Close,
+    /// The first fatal error, kept for `poll_event` to return again.
     error: Option<ProtocolError>,
     /// Bytes received and not yet parsed. Starts empty (no allocation).
     rbuf: BytesMut,
@@ -91,15 +98,11 @@ pub struct Protocol {
     reasm: Option<Reassembly>,
     /// UTF-8 state of the text message in progress (one at a time).
     utf8: Utf8Validator,
-    close_received: bool,
     /// Bytes to write; `wbuf[wpos..]` is still unwritten.
     wbuf: Vec<u8>,
     wpos: usize,
     /// Newest unanswered ping payload (one slot: a ping flood costs 125 bytes).
     pending_pong: Option<Bytes>,
-    /// A close frame due (inner `None`: empty close payload). Beats the pong.
-    pending_close: Option<Option<CloseFrame>>,
-    close_sent: bool,
     /// Bytes ever appended to / written from the outbound queue.
     queued_total: u64,
     written_total: u64,
@@ -180,18 +183,16 @@ impl Protocol {
             limits,
             keys,
             account: Account::default(),
+            close: Close::Open,
             error: None,
             rbuf: BytesMut::new(),
             rbuf_charge: 0,
             frame: None,
             reasm: None,
             utf8: Utf8Validator::new(),
-            close_received: false,
             wbuf: Vec::new(),
             wpos: 0,
             pending_pong: None,
-            pending_close: None,
-            close_sent: false,
             queued_total: 0,
             written_total: 0,
             deflate: None,
@@ -292,18 +293,18 @@ impl Protocol {
 
     /// A close frame was received from the peer.
     pub fn close_received(&self) -> bool {
-        self.close_received
+        self.close.received()
     }
 
     /// Our close frame was queued for writing (it may not be written yet).
     pub fn close_sent(&self) -> bool {
-        self.close_sent || self.pending_close.is_some()
+        self.close.started()
     }
 
     /// Close frames went both ways and ours is written: the WebSocket is
     /// closed and only TCP remains to be ended.
     pub fn is_closed(&self) -> bool {
-        self.close_sent && self.close_received && self.pending_out() == 0
+        self.close == Close::Closed && self.pending_out() == 0
     }
 
     /// True while a frame or fragmented message is partly received: an EOF
@@ -348,13 +349,12 @@ impl Protocol {
     }
 
     /// Records the first fatal error, schedules the close frame it deserves
-    /// and drops everything half-received.
+    /// (unless ours is already due or queued) and drops everything
+    /// half-received.
     fn fail(&mut self, error: ProtocolError) -> ProtocolError {
         if self.error.is_none() {
-            if !self.close_sent() {
-                self.pending_close =
-                    Some(Some(CloseFrame::new(error.close_code(), error.as_str())));
-            }
+            self.close
+                .start(CloseFrame::new(error.close_code(), error.as_str()));
             self.error = Some(error.clone());
         }
         self.discard_input();
@@ -383,8 +383,7 @@ impl std::fmt::Debug for Protocol {
             .field("role", &self.role)
             .field("buffered_bytes", &self.account.held())
             .field("error", &self.error)
-            .field("close_received", &self.close_received)
-            .field("close_sent", &self.close_sent())
+            .field("close", &self.close)
             .finish_non_exhaustive()
     }
 }

@@ -11,7 +11,8 @@ use crate::deflate::{
 use crate::error::ProtocolError;
 use crate::event::Event;
 use crate::frame::{
-    CloseCode, CloseFrame, FrameHeader, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN, OpCode, parse_header,
+    CLOSE_CODE_LEN, CloseCode, CloseFrame, FrameHeader, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN,
+    OpCode, parse_header,
 };
 use crate::mask::apply_mask;
 use crate::message::{Message, Utf8Bytes};
@@ -56,6 +57,8 @@ impl Protocol {
     /// [`ProtocolError::BudgetExhausted`] when the budget refuses the growth
     /// (the error is sticky, as any other). A runtime that would rather
     /// wait for memory uses [`try_read_buf`](Self::try_read_buf).
+    /// [`ProtocolError::ReadBufferFull`] when the buffer already holds one
+    /// whole frame and a chunk of the next (`poll_event` was not drained).
     pub fn read_buf(&mut self) -> Result<Limit<&mut BytesMut>, ProtocolError> {
         if !self.ensure_spare()? {
             return Err(self.fail_for_budget(None));
@@ -71,7 +74,7 @@ impl Protocol {
     /// with [`fail_for_budget`](Self::fail_for_budget)).
     ///
     /// # Errors
-    /// A hard limit (the buffer would pass one frame plus a chunk).
+    /// [`ProtocolError::ReadBufferFull`], as for [`read_buf`](Self::read_buf).
     pub fn try_read_buf(&mut self) -> Result<Option<Limit<&mut BytesMut>>, ProtocolError> {
         if !self.ensure_spare()? {
             return Ok(None);
@@ -111,7 +114,8 @@ impl Protocol {
     /// while the budget is spent.
     ///
     /// # Errors
-    /// A hard limit, as for [`read_buf`](Self::read_buf).
+    /// [`ProtocolError::ReadBufferFull`] when the bytes would take the buffer
+    /// past one frame and a chunk, as for [`read_buf`](Self::read_buf).
     pub fn feed(&mut self, mut bytes: &[u8]) -> Result<(), ProtocolError> {
         self.rewind_empty_rbuf();
         while !bytes.is_empty() {
@@ -173,10 +177,7 @@ impl Protocol {
         let hard_cap = self.limits.max_frame_payload + MAX_HEADER_LEN + chunk;
         let grow = grow.min(hard_cap.saturating_sub(len));
         if grow == 0 {
-            return Err(ProtocolError::MessageTooLarge {
-                len: len as u64,
-                max: hard_cap,
-            });
+            return Err(ProtocolError::ReadBufferFull { len, max: hard_cap });
         }
         if self.rbuf.try_reclaim(grow) {
             self.sync_rbuf_charge();
@@ -251,7 +252,7 @@ impl Protocol {
             self.discard_input();
             return Err(e);
         }
-        if self.close_received {
+        if self.close.received() {
             self.discard_input();
             return Ok(None);
         }
@@ -571,11 +572,9 @@ impl Protocol {
             OpCode::Pong => Event::Pong(payload),
             OpCode::Close => {
                 let frame = parse_close_payload(payload)?;
-                self.close_received = true;
-                if !self.close_sent() {
-                    // Echo the peer's code, as RFC 6455 §5.5.1 suggests.
-                    self.pending_close = Some(frame.as_ref().map(|f| CloseFrame::new(f.code, "")));
-                }
+                // Our reply echoes the peer's code, as RFC 6455 §5.5.1
+                // suggests (unless our own close is already due or queued).
+                self.close.receive(frame.as_ref());
                 self.discard_input();
                 Event::Close(frame)
             }
@@ -678,13 +677,13 @@ impl Protocol {
 fn parse_close_payload(payload: Bytes) -> Result<Option<CloseFrame>, ProtocolError> {
     match payload.len() {
         0 => Ok(None),
-        1 => Err(ProtocolError::InvalidClosePayload),
+        n if n < CLOSE_CODE_LEN => Err(ProtocolError::InvalidClosePayload),
         _ => {
             let code = CloseCode::from(u16::from_be_bytes([payload[0], payload[1]]));
             if !code.is_valid_on_wire() {
                 return Err(ProtocolError::InvalidCloseCode(code.as_u16()));
             }
-            let reason = payload.slice(2..);
+            let reason = payload.slice(CLOSE_CODE_LEN..);
             utf8::validate(&reason).map_err(|_| ProtocolError::InvalidUtf8)?;
             Ok(Some(CloseFrame {
                 code,

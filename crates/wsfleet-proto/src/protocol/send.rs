@@ -3,10 +3,13 @@
 use bytes::Bytes;
 
 use super::{Protocol, Role};
-use crate::deflate::{deflate_context_bytes, deflate_message, new_deflater};
+use crate::deflate::{
+    MIN_DEFLATE_WINDOW_BITS, deflate_context_bytes, deflate_message, new_deflater,
+};
 use crate::error::{ConfigError, SendError};
 use crate::frame::{
-    CloseCode, CloseFrame, FrameHeader, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN, OpCode, encode_header,
+    CLOSE_CODE_LEN, CloseCode, CloseFrame, FrameHeader, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN,
+    OpCode, encode_header,
 };
 use crate::mask::mask_into_uninit;
 use crate::message::Message;
@@ -23,7 +26,7 @@ impl Protocol {
     /// close frame was queued or the connection failed, `BudgetExhausted`
     /// when the budget refuses the bytes.
     pub fn send(&mut self, message: Message) -> Result<(), SendError> {
-        if self.error.is_some() || self.close_sent() {
+        if self.close.started() {
             return Err(SendError::Closed(message));
         }
         let (opcode, payload) = match &message {
@@ -63,15 +66,16 @@ impl Protocol {
         Ok(())
     }
 
-    /// Queues a ping. A control frame carries at most 125 bytes (RFC 6455
-    /// §5.5), so a longer `payload` is cut to its first 125 bytes.
+    /// Queues a ping. A control frame carries at most
+    /// [`MAX_CONTROL_PAYLOAD`] (125) bytes (RFC 6455 §5.5), so a longer
+    /// `payload` is cut to its first 125 bytes.
     ///
     /// # Errors
     /// `Full`, `Closed` or `BudgetExhausted` as for [`send`](Self::send),
     /// with the payload handed back as a binary message.
     pub fn ping(&mut self, payload: Bytes) -> Result<(), SendError> {
         let payload = payload.slice(..payload.len().min(MAX_CONTROL_PAYLOAD));
-        if self.error.is_some() || self.close_sent() {
+        if self.close.started() {
             return Err(SendError::Closed(Message::Binary(payload)));
         }
         let pending = self.pending_out();
@@ -87,7 +91,7 @@ impl Protocol {
     }
 
     /// Starts the close handshake: a close frame with `code` and `reason`
-    /// (cut to 123 bytes at a character boundary) goes out after what is
+    /// (cut to [`MAX_CLOSE_REASON`](crate::frame::MAX_CLOSE_REASON) (123) bytes at a character boundary) goes out after what is
     /// already queued. Later sends are refused. Calling it again, or after
     /// the peer's close was answered, does nothing.
     ///
@@ -102,9 +106,7 @@ impl Protocol {
                 problem: "may not be sent in a close frame",
             });
         }
-        if !self.close_sent() {
-            self.pending_close = Some(Some(CloseFrame::new(code, reason)));
-        }
+        self.close.start(CloseFrame::new(code, reason));
         Ok(())
     }
 
@@ -112,23 +114,23 @@ impl Protocol {
     /// control replies are appended here: the close frame first, which also
     /// cancels a pending pong; else the newest pong.
     pub fn poll_transmit(&mut self) -> &[u8] {
-        if let Some(close) = self.pending_close.take() {
+        if let Some(close) = self.close.take_due() {
             self.pending_pong = None;
             let mut payload = [0u8; MAX_CONTROL_PAYLOAD];
             let n = match &close {
                 None => 0,
                 Some(f) => {
-                    payload[..2].copy_from_slice(&f.code.as_u16().to_be_bytes());
-                    payload[2..2 + f.reason.len()].copy_from_slice(f.reason.as_bytes());
-                    2 + f.reason.len()
+                    let (code, reason) = payload.split_at_mut(CLOSE_CODE_LEN);
+                    code.copy_from_slice(&f.code.as_u16().to_be_bytes());
+                    reason[..f.reason.len()].copy_from_slice(f.reason.as_bytes());
+                    CLOSE_CODE_LEN + f.reason.len()
                 }
             };
             // Forced: the close must go out even when the budget is spent.
             let _ = self.reserve_out(MAX_HEADER_LEN + n, true);
             self.write_frame(OpCode::Close, &payload[..n]);
-            self.close_sent = true;
         } else if let Some(pong) = self.pending_pong.take() {
-            if !self.close_sent {
+            if !self.close.started() {
                 let _ = self.reserve_out(MAX_HEADER_LEN + pong.len(), true);
                 self.write_frame(OpCode::Pong, &pong);
             }
@@ -157,7 +159,7 @@ impl Protocol {
     /// only the newest waits, in one slot: a ping flood against a peer that
     /// does not read costs at most 125 bytes more.
     pub(super) fn answer_ping(&mut self, payload: Bytes) {
-        if self.close_sent() {
+        if self.close.started() {
             return;
         }
         let frame_len = MAX_HEADER_LEN + payload.len();
@@ -178,8 +180,8 @@ impl Protocol {
     /// True when there are bytes to write or a control reply is due.
     pub fn has_transmit(&self) -> bool {
         self.pending_out() > 0
-            || self.pending_close.is_some()
-            || (self.pending_pong.is_some() && !self.close_sent)
+            || self.close.is_due()
+            || (self.pending_pong.is_some() && !self.close.started())
     }
 
     /// Makes room for `n` more bytes in the write buffer, compacting written
@@ -217,12 +219,16 @@ impl Protocol {
     /// is worth it (at least the threshold; and never with a window of 8,
     /// which zlib cannot honour: such messages go uncompressed, as RFC 7692
     /// allows per message). The compressor is charged while it lives.
+    ///
+    /// `Ok(None)`: send `payload` as it is. `Err(())`: the budget refused
+    /// the compressor (or zlib failed, which it does not for a valid
+    /// context); the caller hands the message back.
     fn compress(&mut self, payload: &[u8]) -> Result<Option<Vec<u8>>, ()> {
         let Some(state) = self.deflate.as_mut() else {
             return Ok(None);
         };
         let p = state.params;
-        if payload.len() < p.threshold || p.client_max_window_bits < 9 {
+        if payload.len() < p.threshold || p.client_max_window_bits < MIN_DEFLATE_WINDOW_BITS {
             return Ok(None);
         }
         let cost = deflate_context_bytes(p.client_max_window_bits);

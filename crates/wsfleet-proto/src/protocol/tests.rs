@@ -269,6 +269,49 @@ fn claimed_length_is_not_reserved_while_payload_trickles() {
 }
 
 #[test]
+fn an_undrained_read_buffer_stops_at_its_own_cap_not_max_message() {
+    let limits = Limits::default()
+        .with_max_frame_payload(1024)
+        .with_max_message(1 << 20)
+        .with_read_chunk(64);
+    let cap = 1024 + MAX_HEADER_LEN + 64;
+    let pings: Vec<u8> = (0..200)
+        .flat_map(|_| frame(true, OpCode::Ping, b"0123456789", None))
+        .collect();
+    assert!(pings.len() > cap);
+
+    // One feed of more than a frame and a chunk, with no poll_event between.
+    let mut c = Protocol::client(limits, Box::new(FixedKey([9, 8, 7, 6])));
+    let err = c.feed(&pings).unwrap_err();
+    assert_eq!(err, ProtocolError::ReadBufferFull { len: cap, max: cap });
+    assert_eq!(err.close_code(), CloseCode::MESSAGE_TOO_BIG);
+    let text = err.to_string();
+    assert!(
+        text.contains("read_chunk") && !text.contains("max_message"),
+        "{text}"
+    );
+    assert_eq!(c.poll_event(), Err(err), "sticky");
+
+    // The same through the lent buffer.
+    let mut c = Protocol::client(limits, Box::new(FixedKey([9, 8, 7, 6])));
+    let mut fed = 0;
+    let err = loop {
+        match c.read_buf() {
+            Ok(mut buf) => {
+                let n = buf.remaining_mut().min(pings.len() - fed);
+                buf.put_slice(&pings[fed..fed + n]);
+                fed += n;
+            }
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        matches!(err, ProtocolError::ReadBufferFull { len, max } if max == cap && len >= cap),
+        "{err:?}"
+    );
+}
+
+#[test]
 fn endless_one_byte_fragments_stop_at_max_message() {
     let limits = Limits::default()
         .with_max_message(4096)
@@ -471,6 +514,34 @@ fn close_handshake_completes_both_ways() {
 }
 
 #[test]
+fn a_failure_closes_once_with_the_first_close_that_was_due() {
+    let bad = frame(true, OpCode::Binary, b"x", Some([1, 2, 3, 4])); // masked to a client
+    // Open: the error's own close frame, and nothing more may be sent.
+    let mut c = client();
+    let (_, err) = drive(&mut c, &bad, &[]);
+    assert_eq!(err, Some(ProtocolError::MaskedFrame));
+    assert!(c.close_sent() && !c.close_received());
+    assert!(matches!(
+        c.send(Message::text("late")),
+        Err(SendError::Closed(_))
+    ));
+    assert!(matches!(c.ping(Bytes::new()), Err(SendError::Closed(_))));
+    let out = c.poll_transmit().to_vec();
+    assert_eq!(sent_close_code(&out), 1002);
+    c.advance_transmit(out.len());
+    assert!(!c.is_closed(), "the peer's close never came");
+    assert_eq!(c.poll_event(), Err(ProtocolError::MaskedFrame), "sticky");
+    assert!(c.poll_transmit().is_empty(), "no second close");
+
+    // Our close was due already: it goes out as it was, not the error's.
+    let mut c = client();
+    c.close(CloseCode::NORMAL, "done").unwrap();
+    let (_, err) = drive(&mut c, &bad, &[]);
+    assert_eq!(err, Some(ProtocolError::MaskedFrame));
+    assert_eq!(sent_close_code(c.poll_transmit()), 1000);
+}
+
+#[test]
 fn reserved_close_codes_cannot_be_sent() {
     for code in [1005, 1006, 1015, 999, 5000] {
         assert!(client().close(CloseCode::from(code), "").is_err(), "{code}");
@@ -638,6 +709,88 @@ mod deflate {
             "peak {} > {bound}",
             p.peak_buffered_bytes()
         );
+    }
+
+    /// `Limits::max_buffered` bounds a connection without compression; its
+    /// docs list what permessage-deflate adds (the inflate context, and the
+    /// inflated output: `max_message` plus one step). Fuzz finding F1 was
+    /// that the bound alone does not hold with deflate (one 7-byte "hello"
+    /// peaks at 2.4 times it); this checks the documented sum does, for
+    /// F1's input and for the largest messages the limits let through.
+    #[test]
+    fn receiving_compressed_stays_within_the_documented_max_buffered() {
+        use crate::deflate::{INFLATE_CHUNK, INFLATE_CONTEXT_BYTES};
+        let limits = Limits::default()
+            .with_max_frame_payload(4096)
+            .with_max_message(16384)
+            .with_max_outbound_bytes(256);
+        let bound =
+            limits.max_buffered() + INFLATE_CONTEXT_BYTES + limits.max_message + INFLATE_CHUNK;
+        let machine =
+            || Protocol::client(limits, Box::new(FixedKey([0; 4]))).with_deflate(negotiated());
+
+        // F1's input: "hello" as one compressed text frame.
+        let mut p = machine();
+        p.feed(&[0xc1, 0x07, 0xca, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00])
+            .unwrap();
+        assert_eq!(
+            p.poll_event().unwrap(),
+            Some(Event::Message(Message::text("hello")))
+        );
+        assert!(p.peak_buffered_bytes() <= bound);
+
+        // Incompressible data just under max_message (compressed, it still
+        // fits), compressible data at max_message, and a bomb: each sent in
+        // frames of max_frame_payload, read in chunks as the runtime does.
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let noise: Vec<u8> = (0..16_000)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect();
+        for (data, fits) in [
+            (noise, true),
+            (vec![b'a'; 16384], true),
+            (vec![0u8; 1 << 20], false),
+        ] {
+            let mut c = crate::deflate::new_deflater(9, 15);
+            let mut body = Vec::new();
+            crate::deflate::deflate_message(&mut c, &data, &mut body).unwrap();
+            assert!(body.len() <= limits.max_message);
+            let pieces: Vec<&[u8]> = body.chunks(limits.max_frame_payload).collect();
+            let mut wire = Vec::new();
+            for (i, piece) in pieces.iter().enumerate() {
+                let opcode = if i == 0 {
+                    OpCode::Binary
+                } else {
+                    OpCode::Continuation
+                };
+                let start = wire.len();
+                wire.extend(frame(i + 1 == pieces.len(), opcode, piece, None));
+                if i == 0 {
+                    wire[start] |= 0x40;
+                }
+            }
+            let mut p = machine();
+            let (events, err) = drive(&mut p, &wire, &[1, 100, 4000, 9000]);
+            if fits {
+                assert_eq!(err, None);
+                assert_eq!(events, vec![Event::Message(Message::binary(data))]);
+            } else {
+                assert!(
+                    matches!(err, Some(ProtocolError::MessageTooLarge { .. })),
+                    "{err:?}"
+                );
+            }
+            assert!(
+                p.peak_buffered_bytes() <= bound,
+                "peak {} > documented bound {bound}",
+                p.peak_buffered_bytes()
+            );
+        }
     }
 
     #[test]

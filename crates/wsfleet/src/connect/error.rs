@@ -101,6 +101,8 @@ pub enum ConnectErrorKind {
     },
     /// The TLS configuration would trust no certificate at all; the string says why.
     NoTrustAnchors(String),
+    /// The proxy did not open the tunnel: its answer, status or SOCKS5 code.
+    Proxy(super::ProxyError),
     /// The server's HTTP answer was not a valid WebSocket upgrade (a non-101
     /// status with its code and `Retry-After`, a redirect, a bad accept key…).
     Handshake(wsfleet_proto::HandshakeError),
@@ -230,6 +232,7 @@ impl fmt::Display for ConnectError {
             | ConnectErrorKind::Io(_)
             | ConnectErrorKind::Tls(_)
             | ConnectErrorKind::Other(_)
+            | ConnectErrorKind::Proxy(_)
             | ConnectErrorKind::Handshake(_) => f.write_str(" failed"),
             ConnectErrorKind::Redirect {
                 status,
@@ -256,6 +259,7 @@ impl StdError for ConnectError {
             ConnectErrorKind::Tls(e) => Some(e),
             ConnectErrorKind::Other(e) => Some(e.as_ref()),
             ConnectErrorKind::Handshake(e) => Some(e),
+            ConnectErrorKind::Proxy(e) => Some(e),
             ConnectErrorKind::InvalidUrl(_)
             | ConnectErrorKind::Timeout(_)
             | ConnectErrorKind::NoAddresses

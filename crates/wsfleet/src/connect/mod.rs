@@ -38,7 +38,7 @@ use tokio_rustls::TlsConnector;
 
 pub(crate) use self::error::Chain;
 pub use self::error::{ConnectError, ConnectErrorKind, Phase};
-pub use self::proxy::{Proxy, ProxyKind, ProxySetting};
+pub use self::proxy::{Proxy, ProxyError, ProxyKind, ProxySetting};
 pub use self::stream::MaybeTlsStream;
 pub use self::tls::{ClientIdentity, Roots, TlsOptions};
 pub use self::url::{Scheme, Target};
@@ -348,16 +348,29 @@ mod tests {
         assert!(Chain(e).to_string().contains("UnknownIssuer"), "{e}");
     }
 
+    /// Each setter changes its own phase and no other (the defaults are
+    /// `Default`'s to state, not this test's).
     #[test]
-    fn deadline_defaults() {
-        let d = Deadlines::default();
-        assert_eq!(d.dns, Duration::from_secs(5));
-        assert_eq!(d.tcp, Duration::from_secs(10));
-        assert_eq!(d.tls, Duration::from_secs(10));
-        assert_eq!(d.handshake, Duration::from_secs(10));
-        assert_eq!(d.close, Duration::from_secs(5));
-        let d = d.with_close(Duration::from_secs(1));
-        assert_eq!(d.close, Duration::from_secs(1));
+    fn each_deadline_setter_sets_its_own_phase_only() {
+        type Field = fn(&Deadlines) -> Duration;
+        type Setter = fn(Deadlines, Duration) -> Deadlines;
+        let fields: [(&str, Field, Setter); 6] = [
+            ("dns", |d| d.dns, Deadlines::with_dns),
+            ("tcp", |d| d.tcp, Deadlines::with_tcp),
+            ("tls", |d| d.tls, Deadlines::with_tls),
+            ("proxy", |d| d.proxy, Deadlines::with_proxy),
+            ("handshake", |d| d.handshake, Deadlines::with_handshake),
+            ("close", |d| d.close, Deadlines::with_close),
+        ];
+        let base = Deadlines::default();
+        let new = Duration::from_millis(1234);
+        for (name, _, set) in fields {
+            let d = set(base, new);
+            for (other, get, _) in fields {
+                let want = if other == name { new } else { get(&base) };
+                assert_eq!(get(&d), want, "with_{name} and {other}");
+            }
+        }
     }
 
     #[tokio::test]

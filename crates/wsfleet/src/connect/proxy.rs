@@ -286,6 +286,131 @@ fn in_cidr(ip: IpAddr, net: &str, bits: &str) -> bool {
     }
 }
 
+/// Why a proxy did not open the tunnel: what it answered, with its status
+/// or code. Socket errors and deadlines are reported as such
+/// ([`ConnectErrorKind::Io`], [`ConnectErrorKind::Timeout`]), not here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProxyError {
+    /// The HTTP proxy's answer head did not end within this many bytes.
+    ResponseTooLarge {
+        /// The limit.
+        max: usize,
+    },
+    /// The HTTP proxy's answer is not HTTP; the parser's reason.
+    Malformed(String),
+    /// The HTTP proxy wants credentials, or refused ours: 407 (or 401, as
+    /// tinyproxy sends).
+    AuthFailed {
+        /// The status code.
+        status: u16,
+    },
+    /// The HTTP proxy answered `CONNECT` with a status other than 2xx.
+    Status {
+        /// The status code.
+        status: u16,
+        /// The reason phrase.
+        reason: String,
+        /// The `host:port` we asked for.
+        target: String,
+    },
+    /// A SOCKS5 answer with the wrong version byte.
+    Socks5Version {
+        /// Which answer: `answer` (to our greeting), `username/password
+        /// answer` or `reply` (to the connect request).
+        answer: &'static str,
+        /// The version byte received.
+        version: u8,
+    },
+    /// The SOCKS5 proxy accepts none of the auth methods we offered (0xFF).
+    Socks5NoAcceptableMethod,
+    /// The SOCKS5 proxy chose an auth method we did not offer.
+    Socks5UnofferedMethod(u8),
+    /// The SOCKS5 proxy rejected the username or password (RFC 1929 status).
+    Socks5AuthRejected {
+        /// The status byte (non-zero).
+        status: u8,
+    },
+    /// The SOCKS5 username or password is longer than 255 bytes.
+    Socks5CredentialsTooLong,
+    /// The target host name is longer than the 255 bytes SOCKS5 can carry.
+    Socks5HostTooLong,
+    /// The SOCKS5 proxy could not connect to the target (RFC 1928 §6 reply
+    /// code, non-zero).
+    Socks5Reply {
+        /// The reply code.
+        code: u8,
+        /// The `host:port` we asked for.
+        target: String,
+    },
+    /// A SOCKS5 reply with an address type RFC 1928 does not define.
+    Socks5AddressType(u8),
+}
+
+impl ProxyError {
+    /// What a SOCKS5 reply code (RFC 1928 §6) means.
+    fn socks5_reply_meaning(code: u8) -> &'static str {
+        match code {
+            1 => "general failure",
+            2 => "not allowed by ruleset",
+            3 => "network unreachable",
+            4 => "host unreachable",
+            5 => "connection refused",
+            6 => "TTL expired",
+            7 => "command not supported",
+            8 => "address type not supported",
+            _ => "unknown error",
+        }
+    }
+}
+
+impl fmt::Display for ProxyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::ResponseTooLarge { max } => write!(f, "proxy answer exceeds {max} bytes"),
+            Self::Malformed(why) => write!(f, "malformed proxy answer: {why}"),
+            Self::AuthFailed { status } => write!(
+                f,
+                "proxy authentication failed or missing ({status}): check the proxy user and password"
+            ),
+            Self::Status {
+                status,
+                reason,
+                target,
+            } => write!(f, "proxy refused CONNECT {target}: {status} {reason}"),
+            Self::Socks5Version { answer, version } => {
+                write!(f, "not a SOCKS5 {answer}: version {version:#04x}")
+            }
+            Self::Socks5NoAcceptableMethod => {
+                f.write_str("SOCKS5 proxy accepts none of our auth methods")
+            }
+            Self::Socks5UnofferedMethod(m) => write!(
+                f,
+                "SOCKS5 proxy chose auth method {m:#04x}, which we did not offer"
+            ),
+            Self::Socks5AuthRejected { status } => write!(
+                f,
+                "SOCKS5 proxy rejected the username or password (status {status})"
+            ),
+            Self::Socks5CredentialsTooLong => {
+                f.write_str("SOCKS5 username or password longer than 255 bytes")
+            }
+            Self::Socks5HostTooLong => f.write_str("host name longer than 255 bytes"),
+            Self::Socks5Reply { code, target } => write!(
+                f,
+                "SOCKS5 proxy could not reach {target}: {} (reply {code})",
+                Self::socks5_reply_meaning(*code)
+            ),
+            Self::Socks5AddressType(t) => write!(f, "SOCKS5 reply with address type {t}"),
+        }
+    }
+}
+
+impl std::error::Error for ProxyError {}
+
+/// Longest SOCKS5 username, password or host name (a one-byte length).
+const SOCKS5_MAX_FIELD: usize = 255;
+
 /// Opens the tunnel to `target` over `tcp`, a connection to `proxy`.
 pub(crate) async fn tunnel(
     mut tcp: TcpStream,
@@ -294,7 +419,7 @@ pub(crate) async fn tunnel(
 ) -> Result<TcpStream, ConnectError> {
     let fail = |kind| ConnectError::new(Phase::Proxy, proxy.authority(), kind);
     let io = |e: std::io::Error| fail(ConnectErrorKind::Io(e));
-    let refused = |why: String| fail(ConnectErrorKind::Other(why.into()));
+    let refused = |why: ProxyError| fail(ConnectErrorKind::Proxy(why));
     match proxy.kind {
         ProxyKind::Http => {
             let authority = target.authority();
@@ -310,9 +435,9 @@ pub(crate) async fn tunnel(
             let mut head = Vec::with_capacity(256);
             while !head.ends_with(b"\r\n\r\n") {
                 if head.len() >= MAX_PROXY_RESPONSE {
-                    return Err(refused(format!(
-                        "proxy answer exceeds {MAX_PROXY_RESPONSE} bytes"
-                    )));
+                    return Err(refused(ProxyError::ResponseTooLarge {
+                        max: MAX_PROXY_RESPONSE,
+                    }));
                 }
                 let byte = tcp.read_u8().await.map_err(io)?;
                 head.push(byte);
@@ -321,18 +446,17 @@ pub(crate) async fn tunnel(
             let mut response = httparse::Response::new(&mut headers);
             response
                 .parse(&head)
-                .map_err(|e| refused(format!("malformed proxy answer: {e}")))?;
+                .map_err(|e| refused(ProxyError::Malformed(e.to_string())))?;
             match response.code {
                 Some(200..=299) => Ok(tcp),
                 // 407 is the standard answer; some proxies (tinyproxy) send 401.
-                Some(code @ (401 | 407)) => Err(refused(format!(
-                    "proxy authentication failed or missing ({code}): check the proxy user and password"
-                ))),
-                Some(code) => Err(refused(format!(
-                    "proxy refused CONNECT {authority}: {code} {}",
-                    response.reason.unwrap_or("")
-                ))),
-                None => Err(refused("proxy answer has no status".into())),
+                Some(status @ (401 | 407)) => Err(refused(ProxyError::AuthFailed { status })),
+                Some(status) => Err(refused(ProxyError::Status {
+                    status,
+                    reason: response.reason.unwrap_or("").to_owned(),
+                    target: authority,
+                })),
+                None => Err(refused(ProxyError::Malformed("no status".into()))),
             }
         }
         ProxyKind::Socks5 => {
@@ -347,19 +471,17 @@ pub(crate) async fn tunnel(
             let mut choice = [0u8; 2];
             tcp.read_exact(&mut choice).await.map_err(io)?;
             if choice[0] != SOCKS5 {
-                return Err(refused(format!(
-                    "not a SOCKS5 answer: version {:#04x}",
-                    choice[0]
-                )));
+                return Err(refused(ProxyError::Socks5Version {
+                    answer: "answer",
+                    version: choice[0],
+                }));
             }
             match choice[1] {
                 0x00 => {}
                 0x02 if proxy.auth.is_some() => {
                     let (user, pass) = proxy.auth.clone().unwrap_or_default();
-                    if user.len() > 255 || pass.len() > 255 {
-                        return Err(refused(
-                            "SOCKS5 username or password longer than 255 bytes".into(),
-                        ));
+                    if user.len() > SOCKS5_MAX_FIELD || pass.len() > SOCKS5_MAX_FIELD {
+                        return Err(refused(ProxyError::Socks5CredentialsTooLong));
                     }
                     let mut auth = vec![0x01, user.len() as u8];
                     auth.extend_from_slice(user.as_bytes());
@@ -370,27 +492,19 @@ pub(crate) async fn tunnel(
                     tcp.read_exact(&mut status).await.map_err(io)?;
                     // RFC 1929: the answer to username/password auth is version 1.
                     if status[0] != 0x01 {
-                        return Err(refused(format!(
-                            "not a SOCKS5 username/password answer: version {:#04x}",
-                            status[0]
-                        )));
+                        return Err(refused(ProxyError::Socks5Version {
+                            answer: "username/password answer",
+                            version: status[0],
+                        }));
                     }
                     if status[1] != 0 {
-                        return Err(refused(
-                            "SOCKS5 proxy rejected the username or password".into(),
-                        ));
+                        return Err(refused(ProxyError::Socks5AuthRejected {
+                            status: status[1],
+                        }));
                     }
                 }
-                0xFF => {
-                    return Err(refused(
-                        "SOCKS5 proxy accepts none of our auth methods".into(),
-                    ));
-                }
-                other => {
-                    return Err(refused(format!(
-                        "SOCKS5 proxy chose auth method {other:#04x}, which we did not offer"
-                    )));
-                }
+                0xFF => return Err(refused(ProxyError::Socks5NoAcceptableMethod)),
+                other => return Err(refused(ProxyError::Socks5UnofferedMethod(other))),
             }
             let mut request = vec![SOCKS5, 0x01, 0x00];
             match target.host.parse::<IpAddr>() {
@@ -403,8 +517,8 @@ pub(crate) async fn tunnel(
                     request.extend_from_slice(&ip.octets());
                 }
                 Err(_) => {
-                    if target.host.len() > 255 {
-                        return Err(refused("host name longer than 255 bytes".into()));
+                    if target.host.len() > SOCKS5_MAX_FIELD {
+                        return Err(refused(ProxyError::Socks5HostTooLong));
                     }
                     request.push(0x03);
                     request.push(target.host.len() as u8);
@@ -416,33 +530,22 @@ pub(crate) async fn tunnel(
             let mut reply = [0u8; 4];
             tcp.read_exact(&mut reply).await.map_err(io)?;
             if reply[0] != SOCKS5 {
-                return Err(refused(format!(
-                    "not a SOCKS5 reply: version {:#04x}",
-                    reply[0]
-                )));
+                return Err(refused(ProxyError::Socks5Version {
+                    answer: "reply",
+                    version: reply[0],
+                }));
             }
             if reply[1] != 0 {
-                let why = match reply[1] {
-                    1 => "general failure",
-                    2 => "not allowed by ruleset",
-                    3 => "network unreachable",
-                    4 => "host unreachable",
-                    5 => "connection refused",
-                    6 => "TTL expired",
-                    7 => "command not supported",
-                    8 => "address type not supported",
-                    _ => "unknown error",
-                };
-                return Err(refused(format!(
-                    "SOCKS5 proxy could not reach {}: {why}",
-                    target.authority()
-                )));
+                return Err(refused(ProxyError::Socks5Reply {
+                    code: reply[1],
+                    target: target.authority(),
+                }));
             }
             let skip = match reply[3] {
                 0x01 => 4 + 2,
                 0x04 => 16 + 2,
                 0x03 => usize::from(tcp.read_u8().await.map_err(io)?) + 2,
-                other => return Err(refused(format!("SOCKS5 reply with address type {other}"))),
+                other => return Err(refused(ProxyError::Socks5AddressType(other))),
             };
             let mut rest = vec![0u8; skip];
             tcp.read_exact(&mut rest).await.map_err(io)?;
@@ -636,24 +739,50 @@ mod tests {
         socks5_answering(with_auth, true)
             .await
             .expect("a good auth answer");
-        let cases: [(&[u8], bool, &str); 4] = [
-            (&[4, 0], false, "version 0x04"),
-            (&[5, 2], false, "did not offer"),
+        let cases: [(&[u8], bool, ProxyError); 5] = [
+            (
+                &[4, 0],
+                false,
+                ProxyError::Socks5Version {
+                    answer: "answer",
+                    version: 4,
+                },
+            ),
+            (&[5, 2], false, ProxyError::Socks5UnofferedMethod(2)),
             (
                 &[5, 2, 5, 0],
                 true,
-                "username/password answer: version 0x05",
+                ProxyError::Socks5Version {
+                    answer: "username/password answer",
+                    version: 5,
+                },
             ),
             (
                 &[5, 0, 4, 0, 0, 1, 0, 0, 0, 0, 0, 0],
                 false,
-                "reply: version 0x04",
+                ProxyError::Socks5Version {
+                    answer: "reply",
+                    version: 4,
+                },
+            ),
+            (
+                &[5, 0, 5, 5, 0, 1, 0, 0, 0, 0, 0, 0],
+                false,
+                ProxyError::Socks5Reply {
+                    code: 5,
+                    target: "feed.example.com:80".into(),
+                },
             ),
         ];
         for (script, auth, expect) in cases {
             let e = socks5_answering(script.to_vec(), auth).await.unwrap_err();
-            let e = super::super::Chain(&e).to_string();
-            assert!(e.contains(expect), "{script:?}: {e}");
+            assert_eq!(e.phase(), Phase::Proxy);
+            match e.kind() {
+                ConnectErrorKind::Proxy(why) => assert_eq!(why, &expect, "{script:?}"),
+                other => panic!("{script:?}: {other:?}"),
+            }
+            let chain = super::super::Chain(&e).to_string();
+            assert!(chain.contains(&expect.to_string()), "{chain}");
         }
     }
 }

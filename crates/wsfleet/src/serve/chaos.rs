@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use wsfleet_proto::frame::MAX_CONTROL_PAYLOAD;
 use wsfleet_proto::frame::{FrameHeader, MAX_HEADER_LEN, OpCode, encode_header, parse_header};
 use wsfleet_proto::handshake::{accept_response, parse_request};
-use wsfleet_proto::mask::apply_mask;
+use wsfleet_proto::internals::apply_mask;
 use wsfleet_proto::{ConfigError, Limits};
 
 use crate::connection::{HeadError, read_head};

@@ -2,7 +2,7 @@
 //! and microsocks (SOCKS5, username and password), both Debian packages
 //! that `scripts/setup-debian` installs.
 
-use wsfleet::connect::{Phase, Proxy, ProxySetting};
+use wsfleet::connect::{ConnectErrorKind, Phase, Proxy, ProxyError, ProxySetting};
 use wsfleet::serve::EchoServer;
 use wsfleet::{Connection, ConnectionConfig, Message};
 use wsfleet_testkit::{ProxyServer, bounded};
@@ -58,6 +58,13 @@ async fn wss_through_http_connect_with_basic_auth() {
         .unwrap_err();
     assert_eq!(err.phase(), Phase::Proxy, "{err}");
     assert!(
+        matches!(
+            err.kind(),
+            ConnectErrorKind::Proxy(ProxyError::AuthFailed { status: 401 | 407 })
+        ),
+        "{err:?}"
+    );
+    assert!(
         crate::report(&err).contains("proxy authentication failed"),
         "{err}"
     );
@@ -84,6 +91,13 @@ async fn ws_through_socks5_with_password() {
     .await
     .unwrap_err();
     assert_eq!(err.phase(), Phase::Proxy, "{err}");
+    assert!(
+        matches!(
+            err.kind(),
+            ConnectErrorKind::Proxy(ProxyError::Socks5AuthRejected { .. })
+        ),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
