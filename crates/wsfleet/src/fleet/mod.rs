@@ -337,13 +337,14 @@ impl Shared {
             charge,
         };
         let payload = bytes::Bytes::from_owner(owner);
-        match message {
+        match &message {
             // Still the same valid UTF-8: checked again only because the
-            // core's unchecked constructor is not public.
-            Message::Text(_) => match wsfleet_proto::Utf8Bytes::try_from(payload) {
-                Ok(text) => Message::Text(text),
-                Err(_) => unreachable!("a text message's payload is UTF-8"),
-            },
+            // core's unchecked constructor is not public. Should it ever
+            // fail, the message goes out uncharged rather than panicking
+            // (the owner, dropped, gives its charge back).
+            Message::Text(_) => wsfleet_proto::Utf8Bytes::try_from(payload)
+                .map(Message::Text)
+                .unwrap_or(message),
             Message::Binary(_) => Message::Binary(payload),
         }
     }
