@@ -13,10 +13,13 @@
 //!
 //! Order per connection: one NATS connection delivers publishes in order,
 //! and a lost connection loses a tail of them, which is re-sent in order.
-//! What could still reorder is a publish refused while a later one was
-//! stored (JetStream restarting between the two); that is detected from the
-//! stream sequences in the acks and counted in
-//! [`SinkMetrics::reordered`], never hidden.
+//! Nothing is handed to a client that is not connected: it would queue the
+//! message and write it right after the reconnect, ahead of the earlier
+//! ones the old connection lost. What can still reorder is a publish handed
+//! over in the instant between the socket's death and the client noticing
+//! it, or refused while a later one was stored (JetStream restarting
+//! between the two); that is detected from the stream sequences in the
+//! acks and counted in [`SinkMetrics::reordered`], never hidden.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -164,7 +167,8 @@ pub struct SinkMetrics {
     /// Messages refused for good (larger than the server's max_payload),
     /// each logged with its connection.
     pub rejected: u64,
-    /// Acks showing a message stored after a later one of its connection.
+    /// Acks showing a message stored out of order with another of its
+    /// connection (a consumer can restore the order by `Wsfleet-Seq`).
     pub reordered: u64,
     /// Messages held now, awaiting their ack.
     pub in_flight: usize,
@@ -671,6 +675,13 @@ impl Driver {
 
     /// Publishes one attempt; on a refusal, schedules the connection's retry.
     async fn send(&mut self, conn: ConnId, seq: u64, generation: u64, publish: Attempt) {
+        if self.client.connection_state() != State::Connected {
+            // The client would queue it and write it first thing after the
+            // reconnect, ahead of the earlier messages lost with the old
+            // connection: stored out of order. It waits for the retry.
+            self.failed(conn, generation, &Failure::Disconnected);
+            return;
+        }
         match self.js.send_publish(publish.subject, publish.message).await {
             Ok(ack) => self.acks.push(Box::pin(async move {
                 AckDone {
@@ -689,7 +700,7 @@ impl Driver {
                     self.window.give_back(entry.bytes);
                 }
             }
-            Err(e) => self.failed(conn, generation, &e),
+            Err(e) => self.failed(conn, generation, &Failure::Publish(e)),
         }
     }
 
@@ -708,10 +719,15 @@ impl Driver {
                     self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
                 }
                 let (high, high_stream) = queue.acked_high;
-                if done.seq < high && ack.sequence > high_stream {
+                // Acks are handled in any order: an inversion shows either
+                // way round against the highest acknowledged so far.
+                let inverted = (done.seq < high && ack.sequence > high_stream)
+                    || (done.seq > high && ack.sequence < high_stream);
+                if inverted {
                     self.counters.reordered.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(conn = %done.conn, seq = done.seq, "message stored after a later one of its connection");
-                } else if done.seq > high {
+                    tracing::warn!(conn = %done.conn, seq = done.seq, "message stored out of order with another of its connection");
+                }
+                if done.seq > high {
                     queue.acked_high = (done.seq, ack.sequence);
                 }
                 queue.failures = 0;
@@ -721,7 +737,7 @@ impl Driver {
             }
             Err(e) => {
                 if queue.entries.contains_key(&done.seq) {
-                    self.failed(done.conn, done.generation, &e);
+                    self.failed(done.conn, done.generation, &Failure::Publish(e));
                 }
             }
         }
@@ -729,7 +745,7 @@ impl Driver {
 
     /// An attempt of `conn` failed: once per generation, schedule a resend
     /// of all its unacknowledged messages.
-    fn failed(&mut self, conn: ConnId, generation: u64, error: &PublishError) {
+    fn failed(&mut self, conn: ConnId, generation: u64, error: &Failure) {
         let Some(queue) = self.queues.get_mut(&conn) else {
             return;
         };
@@ -788,6 +804,24 @@ impl Driver {
                     break; // failed again: the rest goes with the next retry
                 }
             }
+        }
+    }
+}
+
+/// Why a connection's unacknowledged messages are re-published.
+#[derive(Debug)]
+enum Failure {
+    /// A publish or its ack failed (timeout, refusal, lost connection).
+    Publish(PublishError),
+    /// The client was found disconnected before handing a message over.
+    Disconnected,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Publish(e) => e.fmt(f),
+            Self::Disconnected => f.write_str("disconnected from the NATS server"),
         }
     }
 }
