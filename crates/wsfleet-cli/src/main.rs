@@ -49,17 +49,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// Prints an error and its causes on one line of stderr. A cause whose text
-/// the message already contains is left out (several library errors include
-/// their source's text in their own).
+/// Prints an error and its causes on one line of stderr. The library's
+/// errors either show their cause or return it as `source()`, never both,
+/// so each text appears once.
 fn report(error: &anyhow::Error) {
-    let mut message = error.to_string();
-    for cause in error.chain().skip(1) {
-        let cause = cause.to_string();
-        if !message.contains(&cause) {
-            message.push_str(": ");
-            message.push_str(&cause);
-        }
-    }
-    eprintln!("wsfleet: error: {message}");
+    eprintln!("wsfleet: error: {error:#}");
 }

@@ -188,7 +188,7 @@ impl Connection {
             (Some(a), Some(b)) => a.min(b),
             (a, b) => match a.or(b) {
                 Some(at) => at,
-                None => Instant::now() + Duration::from_secs(86_400),
+                None => Instant::now() + super::keepalive::NOTHING_DUE,
             },
         };
         match &mut self.timer {

@@ -107,17 +107,10 @@ impl fmt::Display for Error {
     }
 }
 
-impl std::error::Error for Error {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Self::Protocol(e) => Some(e),
-            Self::Io(e) => Some(e),
-            Self::Send(e) => Some(e),
-            Self::InvalidCloseCode(e) => Some(e),
-            _ => None,
-        }
-    }
-}
+/// No `source()`: the message already includes the inner error's text (it
+/// is what a disconnect reason and a log line show alone), and a reporter
+/// walking the chain would print it twice. Match the variant to reach it.
+impl std::error::Error for Error {}
 
 impl From<io::Error> for Error {
     fn from(e: io::Error) -> Self {

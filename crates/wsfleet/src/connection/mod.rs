@@ -718,7 +718,7 @@ impl Connection {
             Err(_) => Err(Error::CloseTimeout(deadline)),
         };
         use tokio::io::AsyncWriteExt;
-        let _ = tokio::time::timeout(Duration::from_millis(100), self.stream.shutdown()).await;
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.stream.shutdown()).await;
         result
     }
 }
@@ -756,6 +756,10 @@ enum Ending {
 
 /// How long an abandoned connection's close frame may take to go out.
 const ABANDON_FLUSH: Duration = Duration::from_millis(100);
+
+/// How long the TCP (or TLS close_notify) shutdown after a finished close
+/// may take: the close is done, this is courtesy.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(100);
 
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
