@@ -87,6 +87,10 @@ impl StateFilter {
     fn admits(self, c: &ConnectionInfo) -> bool {
         match self {
             Self::All => true,
+            // Paused rows are ready ones waiting for the budget.
+            Self::Only(ConnState::Ready) => {
+                matches!(c.state, ConnState::Ready | ConnState::Paused)
+            }
             Self::Only(state) => c.state == state,
         }
     }
@@ -155,8 +159,10 @@ impl Rates {
 /// Rows per state, counted once per refresh.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct StateCounts {
-    /// Ready rows.
+    /// Ready rows, paused ones included.
     pub(crate) ready: usize,
+    /// Of `ready`: paused rows (waiting for room in the memory budget).
+    pub(crate) paused: usize,
     /// Connecting rows.
     pub(crate) connecting: usize,
     /// Rows in backoff.
@@ -173,6 +179,10 @@ impl StateCounts {
         for c in rows {
             match c.state {
                 ConnState::Ready => n.ready += 1,
+                ConnState::Paused => {
+                    n.ready += 1;
+                    n.paused += 1;
+                }
                 ConnState::Connecting => n.connecting += 1,
                 ConnState::Backoff => n.backoff += 1,
                 ConnState::Draining => n.draining += 1,
@@ -521,6 +531,20 @@ pub(crate) mod tests {
         assert_eq!(s.total(), 5);
         assert_eq!(s.counts.ready, 3);
         assert_eq!(s.counts.backoff, 1);
+    }
+
+    #[test]
+    fn paused_rows_count_and_filter_as_ready() {
+        let mut rows = fixture();
+        rows.push(row(6, 5, "paused", 100, 0, Some(2_000), 50));
+        let mut s = state_with(rows);
+        assert_eq!(
+            (s.counts.ready, s.counts.paused, s.counts.closed),
+            (4, 1, 0)
+        );
+        s.cycle_filter();
+        assert_eq!(s.filter().name(), "ready");
+        assert_eq!(order(&mut s), vec![2, 1, 5, 6]);
     }
 
     #[test]

@@ -70,6 +70,9 @@ fn render_header(frame: &mut Frame<'_>, area: Rect, state: &TopState, now: Insta
         "  draining ".into(),
         count(n.draining, Color::Magenta),
     ];
+    if n.paused > 0 {
+        spans.extend(["  paused ".into(), count(n.paused, Color::Yellow)]);
+    }
     if n.closed > 0 {
         spans.extend(["  closed ".into(), count(n.closed, Color::Gray)]);
     }

@@ -22,7 +22,7 @@ pub(super) fn render(s: &FleetStats) -> String {
         &mut out,
         "wsfleet_connections_ready",
         "gauge",
-        "Connections ready (handshake and on-connect hook done).",
+        "Connections ready (handshake and on-connect hook done), paused ones included.",
     );
     let _ = writeln!(out, "wsfleet_connections_ready {}", s.ready);
     metric(

@@ -543,7 +543,8 @@ impl Fleet {
 pub struct FleetMonitor(Arc<Shared>);
 
 impl FleetMonitor {
-    /// Connections ready now.
+    /// Connections ready now, paused ones included (connected, waiting
+    /// for room in the memory budget).
     pub fn ready(&self) -> usize {
         self.0
             .slots
@@ -568,9 +569,11 @@ impl FleetMonitor {
     pub fn stats(&self) -> FleetStats {
         let mut connections: Vec<ConnectionInfo> =
             self.0.slots.iter().map(|s| s.record().snapshot()).collect();
+        // Paused is ready, waiting for the budget: counted as /healthz
+        // and `ready()` count it.
         let ready = connections
             .iter()
-            .filter(|c| c.state == ConnState::Ready)
+            .filter(|c| matches!(c.state, ConnState::Ready | ConnState::Paused))
             .count();
         connections.extend(
             self.0

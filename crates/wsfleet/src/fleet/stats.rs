@@ -272,7 +272,8 @@ pub struct ConnectionInfo {
 pub struct FleetStats {
     /// Slots (the number of connections wanted).
     pub target: usize,
-    /// Connections ready now.
+    /// Connections ready now, paused ones included (see
+    /// [`ConnState::Paused`]).
     pub ready: usize,
     /// Reconnects since start, all slots.
     pub reconnects: u64,
