@@ -72,9 +72,10 @@ pub enum ProtocolError {
     InvalidClosePayload,
     /// A compressed message that does not inflate.
     InvalidCompressedData,
-    /// The memory budget refused a buffer growth.
+    /// The memory budget refused a buffer growth, or took the connection's
+    /// memory back for others (`requested` 0).
     BudgetExhausted {
-        /// Bytes the connection asked for.
+        /// Bytes the connection asked for; 0 when it was evicted.
         requested: usize,
         /// Bytes the connection already held.
         held: usize,
@@ -169,6 +170,11 @@ impl fmt::Display for ProtocolError {
                 )
             }
             Self::InvalidCloseCode(code) => write!(f, "invalid close code {code}"),
+            // 0 requested: evicted, another connection needed the memory.
+            Self::BudgetExhausted { requested: 0, held } => write!(
+                f,
+                "memory budget exhausted: closed so other connections could read (this one held {held} bytes)"
+            ),
             Self::BudgetExhausted { requested, held } => write!(
                 f,
                 "memory budget exhausted: could not reserve {requested} more bytes (connection holds {held})"

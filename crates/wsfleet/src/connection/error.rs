@@ -74,6 +74,10 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            // Not the peer's fault: no "protocol error" in front of it.
+            Self::Protocol(e @ ProtocolError::BudgetExhausted { .. }) => {
+                write!(f, "{e}; closed with {}", e.close_code())
+            }
             Self::Protocol(e) => write!(f, "protocol error (closed with {}): {e}", e.close_code()),
             Self::Io(e) => write!(f, "socket error: {e}"),
             Self::PongTimeout(d) => write!(f, "peer silent: no answer to ping within {d:?}"),
