@@ -247,7 +247,7 @@ impl NatsSource {
                     })
                     .await
                     .map_err(|e| stream_err(format!("cannot get or create it: {e}")))?;
-                let consumer: consumer::PullConsumer = handle
+                let mut consumer: consumer::PullConsumer = handle
                     .get_or_create_consumer(
                         durable,
                         consumer::pull::Config {
@@ -264,6 +264,19 @@ impl NatsSource {
                     .map_err(|e| {
                         stream_err(format!("cannot get or create consumer {durable:?}: {e}"))
                     })?;
+                // An existing consumer is used as it is: one listening on
+                // another subject would hand this fleet other fleets' messages.
+                let info = consumer
+                    .info()
+                    .await
+                    .map_err(|e| stream_err(format!("cannot read consumer {durable:?}: {e}")))?;
+                let filter = &info.config.filter_subject;
+                if *filter != subject {
+                    return Err(stream_err(format!(
+                        "consumer {durable:?} exists and listens on {filter:?}, not {subject:?}: \
+                         give this fleet its own consumer (--source-durable) or delete that one"
+                    )));
+                }
                 let messages = consumer
                     .stream()
                     .max_messages_per_batch(PULL_BATCH)

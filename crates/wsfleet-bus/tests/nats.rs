@@ -423,3 +423,41 @@ async fn source_messages_reach_their_connection_and_undeliverable_ones_are_answe
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_consumer_listening_on_another_subject_is_refused() {
+    limited("durable filter", async {
+        let nats = NatsServer::start().await.expect("nats-server");
+        let client = async_nats::connect(nats.url()).await.expect("client");
+        jetstream::new(client)
+            .create_stream(jetstream::stream::Config {
+                name: "OUT".into(),
+                subjects: vec!["out.*".into()],
+                ..Default::default()
+            })
+            .await
+            .expect("stream");
+        let source = |subject: &str, durable: &str| {
+            let mut config = SourceConfig::new(BusUrl::new(nats.url(), subject));
+            config.mode = SourceMode::JetStream {
+                stream: "OUT".into(),
+                durable: durable.into(),
+            };
+            NatsSource::connect(config)
+        };
+        let _shard0 = source("out.0", "shared").await.expect("first shard");
+        let e = source("out.1", "shared")
+            .await
+            .err()
+            .expect("a second shard on the same consumer is refused")
+            .to_string();
+        assert!(
+            e.contains("\"shared\"") && e.contains("out.0") && e.contains("--source-durable"),
+            "{e}"
+        );
+        source("out.1", "shard-1")
+            .await
+            .expect("its own consumer is fine");
+    })
+    .await;
+}

@@ -245,6 +245,11 @@ pub(crate) struct RunArgs {
     /// WSFLEET_OUT].
     #[arg(long, value_name = "NAME")]
     pub(crate) source_stream: Option<String>,
+    /// Durable JetStream consumer of --source [default: wsfleet]. Fleets
+    /// with the same name share the messages; a fleet (a shard) listening
+    /// on its own subject needs its own name.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) source_durable: Option<String>,
     /// --source subscribes with core NATS: at most once, nothing kept while
     /// the fleet is not running.
     #[arg(long)]

@@ -186,6 +186,7 @@ impl Plan {
             source: source_config(
                 args.source,
                 args.source_stream,
+                args.source_durable,
                 args.source_core,
                 args.source_dead_letter,
                 file.source,
@@ -362,15 +363,16 @@ fn sink_config(
 fn source_config(
     url: Option<BusUrl>,
     stream: Option<String>,
+    durable: Option<String>,
     core: bool,
     dead_letter: Option<String>,
     table: Option<SourceTable>,
 ) -> Result<Option<SourceConfig>, UsageError> {
     let table = table.unwrap_or_default();
     let Some(url) = url.or(table.url.map(|u| u.0)) else {
-        if stream.is_some() || core || dead_letter.is_some() {
+        if stream.is_some() || durable.is_some() || core || dead_letter.is_some() {
             return Err(UsageError(
-                "--source-stream, --source-core and --source-dead-letter need --source URL (or [source] url)".into(),
+                "--source-stream, --source-durable, --source-core and --source-dead-letter need --source URL (or [source] url)".into(),
             ));
         }
         return Ok(None);
@@ -383,13 +385,20 @@ fn source_config(
     }
     let mut config = SourceConfig::new(url);
     if core || table.core.unwrap_or(false) {
+        if durable.is_some() || stream.is_some() {
+            return Err(UsageError(
+                "--source-durable and --source-stream are for JetStream; --source-core has no consumer or stream".into(),
+            ));
+        }
         config.mode = SourceMode::Core;
     } else {
         config.mode = SourceMode::JetStream {
             stream: stream
                 .or(table.stream)
                 .unwrap_or_else(|| "WSFLEET_OUT".into()),
-            durable: table.durable.unwrap_or_else(|| "wsfleet".into()),
+            durable: durable
+                .or(table.durable)
+                .unwrap_or_else(|| "wsfleet".into()),
         };
     }
     config.dead_letter = dead_letter.or(table.dead_letter);
@@ -889,7 +898,32 @@ peer-ping-limit = 0
             Delivery::JetStream(StreamPolicy::CreateIfMissing("FEEDS".into()))
         );
         assert_eq!(plan.source.expect("source").mode, SourceMode::Core);
+        let plan = Plan::resolve(run_args(&[
+            "--source",
+            "nats://127.0.0.1:4222/out.3",
+            "--source-durable",
+            "wsfleet-3",
+        ]))
+        .unwrap();
+        assert_eq!(
+            plan.source.expect("source").mode,
+            SourceMode::JetStream {
+                stream: "WSFLEET_OUT".into(),
+                durable: "wsfleet-3".into()
+            }
+        );
         for (args, want) in [
+            (&["--source-durable", "d"][..], "need --source"),
+            (
+                &[
+                    "--source",
+                    "nats://h:1/out",
+                    "--source-core",
+                    "--source-durable",
+                    "d",
+                ][..],
+                "for JetStream",
+            ),
             (&["--sink-core"][..], "need --sink"),
             (
                 &["--sink", "nats://h:1/feeds.{nope}"][..],
