@@ -446,11 +446,10 @@ async fn a_durable_consumer_listening_on_another_subject_is_refused() {
             NatsSource::connect(config)
         };
         let _shard0 = source("out.0", "shared").await.expect("first shard");
-        let e = source("out.1", "shared")
-            .await
-            .err()
-            .expect("a second shard on the same consumer is refused")
-            .to_string();
+        let Err(e) = source("out.1", "shared").await else {
+            panic!("a second shard on the same consumer is refused");
+        };
+        let e = e.to_string();
         assert!(
             e.contains("\"shared\"") && e.contains("out.0") && e.contains("--source-durable"),
             "{e}"
