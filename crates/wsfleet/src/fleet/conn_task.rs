@@ -157,7 +157,7 @@ impl ConnTask {
                 }
                 event = conn.recv() => match event {
                     Some(Ok(m)) => {
-                        if !shared.deliver(id, slot, m).await && draining.is_none() {
+                        if !shared.deliver(&record, id, slot, m).await && draining.is_none() {
                             tracing::warn!(conn = %id, "the event consumer fell behind: closing this connection");
                             record.set_state(ConnState::Draining);
                             if let Err(e) = conn.begin_close(CloseCode::POLICY_VIOLATION, "slow consumer") {

@@ -287,26 +287,39 @@ impl Shared {
     }
 
     /// Hands a received message to the consumer under the fleet's
-    /// [`SlowConsumer`] policy. `false`: the policy gave up on this
-    /// connection (close it as `slow_consumer`).
-    pub(crate) async fn deliver(&self, conn: ConnId, slot: SlotId, message: Message) -> bool {
+    /// [`SlowConsumer`] policy; while it waits for room, `record` shows the
+    /// connection paused. `false`: the policy gave up on this connection
+    /// (close it as `slow_consumer`).
+    pub(crate) async fn deliver(
+        &self,
+        record: &ConnRecord,
+        conn: ConnId,
+        slot: SlotId,
+        message: Message,
+    ) -> bool {
         let event = Event {
             conn,
             slot,
             kind: EventKind::Message(message),
         };
+        let event = match self.events.try_send(event) {
+            Err(mpsc::error::TrySendError::Full(event)) => event,
+            // Sent, or nobody listens any more.
+            _ => return true,
+        };
         match self.settings.slow_consumer {
             SlowConsumer::Backpressure => {
+                let _waiting = record.wait_for_consumer();
                 let _ = self.events.send(event).await;
                 true
             }
             SlowConsumer::DropNewest => {
-                if let Err(mpsc::error::TrySendError::Full(_)) = self.events.try_send(event) {
-                    self.events_dropped.fetch_add(1, Ordering::Relaxed);
-                }
+                drop(event);
+                self.events_dropped.fetch_add(1, Ordering::Relaxed);
                 true
             }
             SlowConsumer::Disconnect(patience) => {
+                let _waiting = record.wait_for_consumer();
                 match tokio::time::timeout(patience, self.events.send(event)).await {
                     Ok(_) => true,
                     Err(_) => {

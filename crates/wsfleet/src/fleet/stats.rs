@@ -3,7 +3,7 @@
 //! consistent across connections (as deadpool's `Status` says of its pool):
 //! each number is exact for its connection at the moment it was read.
 
-use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -25,9 +25,10 @@ pub enum ConnState {
     Draining,
     /// Waiting before the next attempt.
     Backoff,
-    /// Ready, but not reading until the memory budget has room (the
+    /// Ready, but not reading: until the memory budget has room (the
     /// application holds the memory, or another connection is closing to
-    /// free it).
+    /// free it), or until the consumer takes the next event (a full event
+    /// queue under [`SlowConsumer::Backpressure`](super::SlowConsumer)).
     Paused,
     /// Finished (after shutdown).
     Closed,
@@ -85,6 +86,8 @@ pub(crate) struct ConnRecord {
     /// The connection's budget: its bytes held (exact at every growth and
     /// release, handed-out messages included) and its pauses for memory.
     budget: Option<Arc<ConnBudget>>,
+    /// Waiting for room in the event queue (the consumer is behind).
+    waiting_for_consumer: AtomicBool,
     peak_buffered: AtomicUsize,
     last_error: Mutex<Option<String>>,
 }
@@ -103,6 +106,7 @@ impl ConnRecord {
             msgs_in: AtomicU64::new(0),
             msgs_out: AtomicU64::new(0),
             budget: None,
+            waiting_for_consumer: AtomicBool::new(false),
             peak_buffered: AtomicUsize::new(0),
             last_error: Mutex::new(None),
         }
@@ -185,6 +189,13 @@ impl ConnRecord {
             .fetch_max(s.peak_buffered_bytes, Ordering::Relaxed);
     }
 
+    /// Marks this connection as waiting for the consumer until the guard
+    /// is dropped (shown as [`ConnState::Paused`]).
+    pub(crate) fn wait_for_consumer(&self) -> ConsumerWait<'_> {
+        self.waiting_for_consumer.store(true, Ordering::Relaxed);
+        ConsumerWait(&self.waiting_for_consumer)
+    }
+
     pub(crate) fn set_error(&self, error: String) {
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
     }
@@ -193,7 +204,10 @@ impl ConnRecord {
         let since = self.connected_since_ms.load(Ordering::Relaxed);
         let mut state = self.state();
         let budget = self.budget.as_deref();
-        if state == ConnState::Ready && budget.is_some_and(ConnBudget::is_paused) {
+        if state == ConnState::Ready
+            && (budget.is_some_and(ConnBudget::is_paused)
+                || self.waiting_for_consumer.load(Ordering::Relaxed))
+        {
             state = ConnState::Paused;
         }
         ConnectionInfo {
@@ -322,5 +336,15 @@ mod unix_ms {
         d: D,
     ) -> Result<Option<SystemTime>, D::Error> {
         Ok(Option::<u64>::deserialize(d)?.map(|ms| UNIX_EPOCH + Duration::from_millis(ms)))
+    }
+}
+
+/// A connection waiting for room in the event queue; see
+/// [`ConnRecord::wait_for_consumer`]. Ends when dropped, cancelled or not.
+pub(crate) struct ConsumerWait<'a>(&'a AtomicBool);
+
+impl Drop for ConsumerWait<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
     }
 }

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use wsfleet::fleet::{EventKind, Events, Fleet, FleetBuilder, SlowConsumer};
+use wsfleet::fleet::{ConnState, EventKind, Events, Fleet, FleetBuilder, SlowConsumer};
 use wsfleet::serve::{ChaosMode, ChaosServer, ChaosSettings};
 use wsfleet::{Limits, Message};
 use wsfleet_testkit::bounded;
@@ -86,6 +86,28 @@ async fn backpressure_loses_nothing_and_holds_the_budget() {
             assert_eq!(pair[1], pair[0] + 1, "conn {conn}: gap in {numbers:?}");
         }
     }
+    fleet.shutdown().await;
+}
+
+#[tokio::test]
+async fn connections_waiting_for_the_consumer_show_as_paused() {
+    let server = stream_server().await;
+    // A budget far above what a 4-event queue holds: only the queue binds.
+    let mut fleet = fleet(&server, 256 << 20, 4).spawn().expect("spawn");
+    let mut events = fleet.events().expect("events");
+    let _ = bounded("first messages", take(&mut events, 8)).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let stats = fleet.stats();
+    let paused = stats
+        .connections
+        .iter()
+        .filter(|c| c.state == ConnState::Paused)
+        .count();
+    assert!(paused > 0, "{:?}", stats.connections);
+    assert_eq!(stats.ready, 4, "paused connections are ready");
+    assert_eq!(stats.budget_pauses, 0, "not a pause for memory");
+    // Reading again, they go back to ready.
+    let _ = bounded("after the stall", take(&mut events, 200)).await;
     fleet.shutdown().await;
 }
 
