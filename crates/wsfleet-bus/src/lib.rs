@@ -22,8 +22,33 @@
 //! protocol; nothing of NATS's wire format is written here.
 //!
 //! Headers written on every published message: see [`headers`].
+//!
+//! # Metrics
+//!
+//! [`NatsSink::metrics_handle`] and [`NatsSource::metrics_handle`] give
+//! read-only handles on the counters that stay valid wherever the sink or
+//! source goes; each is a [`wsfleet::admin::MetricsSource`], so the admin
+//! endpoint's `/metrics` serves them beside the fleet's
+//! ([`AdminServer::builder`](wsfleet::admin::AdminServer::builder)):
+//!
+//! | metric | type | from |
+//! |---|---|---|
+//! | `wsfleet_sink_published_total` | counter | [`SinkMetrics::published`] |
+//! | `wsfleet_sink_acknowledged_total` | counter | [`SinkMetrics::acked`] |
+//! | `wsfleet_sink_duplicates_total` | counter | [`SinkMetrics::duplicates`] |
+//! | `wsfleet_sink_retried_total` | counter | [`SinkMetrics::retried`] |
+//! | `wsfleet_sink_rejected_total` | counter | [`SinkMetrics::rejected`] |
+//! | `wsfleet_sink_reordered_total` | counter | [`SinkMetrics::reordered`] |
+//! | `wsfleet_sink_in_flight` | gauge | [`SinkMetrics::in_flight`] |
+//! | `wsfleet_sink_in_flight_bytes` | gauge | [`SinkMetrics::in_flight_bytes`] |
+//! | `wsfleet_sink_paused_seconds_total` | counter | [`SinkMetrics::paused`] |
+//! | `wsfleet_source_received_total` | counter | [`SourceMetrics::received`] |
+//! | `wsfleet_source_delivered_total` | counter | [`SourceMetrics::delivered`] |
+//! | `wsfleet_source_answered_total` | counter | [`SourceMetrics::answered`] |
+//! | `wsfleet_source_unanswered_total` | counter | [`SourceMetrics::unanswered`] |
 
 pub mod headers;
+mod metrics;
 mod nats_url;
 pub mod sink;
 pub mod source;
@@ -36,6 +61,7 @@ use std::time::{Duration, SystemTime};
 use wsfleet::Message;
 use wsfleet::fleet::{ConnId, SlotId};
 
+pub use metrics::{SinkMetricsHandle, SourceMetricsHandle};
 pub use nats_url::{BusUrl, BusUrlError, redact_url};
 pub use sink::{Delivery, NatsSink, SinkConfig, SinkMetrics, SinkSetupError, StreamPolicy};
 pub use source::{

@@ -41,7 +41,7 @@ use wsfleet::Message;
 use wsfleet::fleet::{Backoff, ConnId, FleetMonitor, SlotId};
 
 use crate::headers;
-use crate::{BusUrl, Kind, Received, Sink, SinkError, SubjectTemplate};
+use crate::{BusUrl, Kind, Received, Sink, SinkError, SinkMetricsHandle, SubjectTemplate};
 
 /// Bytes counted per message on top of its payload: subject and headers.
 const HEADER_ALLOWANCE: usize = 256;
@@ -179,20 +179,22 @@ pub struct SinkMetrics {
     pub paused: Duration,
 }
 
+/// The sink's counters, shared by the sink, its publishing task and any
+/// [`SinkMetricsHandle`]; [`SinkMetrics`] documents each.
 #[derive(Debug, Default)]
-struct Counters {
-    published: AtomicU64,
-    acked: AtomicU64,
-    duplicates: AtomicU64,
-    retried: AtomicU64,
-    rejected: AtomicU64,
-    reordered: AtomicU64,
-    paused_ns: AtomicU64,
+pub(crate) struct Counters {
+    pub(crate) published: AtomicU64,
+    pub(crate) acked: AtomicU64,
+    pub(crate) duplicates: AtomicU64,
+    pub(crate) retried: AtomicU64,
+    pub(crate) rejected: AtomicU64,
+    pub(crate) reordered: AtomicU64,
+    pub(crate) paused_ns: AtomicU64,
 }
 
 /// Room for unacknowledged messages: a count and a byte bound.
 #[derive(Debug)]
-struct Window {
+pub(crate) struct Window {
     held: Mutex<(usize, usize)>,
     changed: Notify,
     max_count: usize,
@@ -200,12 +202,24 @@ struct Window {
 }
 
 impl Window {
-    fn held(&self) -> (usize, usize) {
+    /// An empty window of `max_count` messages and `max_bytes` bytes (at
+    /// least 1).
+    pub(crate) fn new(max_count: usize, max_bytes: usize) -> Self {
+        Self {
+            held: Mutex::new((0, 0)),
+            changed: Notify::new(),
+            max_count,
+            max_bytes: max_bytes.max(1),
+        }
+    }
+
+    /// Messages and bytes held now.
+    pub(crate) fn held(&self) -> (usize, usize) {
         *self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Takes room for `bytes`; false if there is none now.
-    fn try_take(&self, bytes: usize) -> bool {
+    pub(crate) fn try_take(&self, bytes: usize) -> bool {
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         let (count, used) = *held;
         // An empty window takes any one message, else a huge one would wait forever.
@@ -329,12 +343,10 @@ impl NatsSink {
                 .unwrap_or_default();
             slots.insert(info.slot, (crate::redact_url(&info.url), host));
         }
-        let window = Arc::new(Window {
-            held: Mutex::new((0, 0)),
-            changed: Notify::new(),
-            max_count: config.max_in_flight,
-            max_bytes: config.max_in_flight_bytes.max(1),
-        });
+        let window = Arc::new(Window::new(
+            config.max_in_flight,
+            config.max_in_flight_bytes,
+        ));
         let counters = Arc::new(Counters::default());
         let (to_driver, driver) = if core {
             (None, None)
@@ -370,6 +382,14 @@ impl NatsSink {
     /// This sink's instance id, the first part of every `Nats-Msg-Id`.
     pub fn instance(&self) -> &str {
         &self.instance
+    }
+
+    /// A read-only handle on this sink's counters, live for as long as the
+    /// handle is kept (the sink itself may be moved or dropped): what the
+    /// admin endpoint's `/metrics` serves, as a
+    /// [`MetricsSource`](wsfleet::admin::MetricsSource).
+    pub fn metrics_handle(&self) -> SinkMetricsHandle {
+        SinkMetricsHandle::new(self.counters.clone(), self.window.clone())
     }
 
     fn entry(&mut self, received: Received) -> Entry {
@@ -489,19 +509,7 @@ impl Sink for NatsSink {
     }
 
     fn metrics(&self) -> SinkMetrics {
-        let c = &self.counters;
-        let (in_flight, in_flight_bytes) = self.window.held();
-        SinkMetrics {
-            published: c.published.load(Ordering::Relaxed),
-            acked: c.acked.load(Ordering::Relaxed),
-            duplicates: c.duplicates.load(Ordering::Relaxed),
-            retried: c.retried.load(Ordering::Relaxed),
-            rejected: c.rejected.load(Ordering::Relaxed),
-            reordered: c.reordered.load(Ordering::Relaxed),
-            in_flight,
-            in_flight_bytes,
-            paused: Duration::from_nanos(c.paused_ns.load(Ordering::Relaxed)),
-        }
+        SinkMetrics::read(&self.counters, &self.window)
     }
 }
 

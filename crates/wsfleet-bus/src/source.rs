@@ -32,7 +32,7 @@ use wsfleet::fleet::{ConnId, ConnState, Fleet, FleetMonitor, SlotId};
 use wsfleet::{Message, Utf8Bytes};
 
 use crate::sink::{SinkSetupError, connect_client};
-use crate::{BusUrl, Kind, Source, Target, headers};
+use crate::{BusUrl, Kind, Source, SourceMetricsHandle, Target, headers};
 
 /// Messages fetched from JetStream ahead of delivery (and JetStream's
 /// `max_ack_pending` for the consumer): bounds what the source holds.
@@ -133,12 +133,14 @@ pub struct SourceMetrics {
     pub unanswered: u64,
 }
 
+/// The source's counters, shared by the source, the settling of each
+/// message and any [`SourceMetricsHandle`]; [`SourceMetrics`] documents each.
 #[derive(Debug, Default)]
-struct Counters {
-    received: AtomicU64,
-    delivered: AtomicU64,
-    answered: AtomicU64,
-    unanswered: AtomicU64,
+pub(crate) struct Counters {
+    pub(crate) received: AtomicU64,
+    pub(crate) delivered: AtomicU64,
+    pub(crate) answered: AtomicU64,
+    pub(crate) unanswered: AtomicU64,
 }
 
 /// How the source reads.
@@ -295,6 +297,14 @@ impl NatsSource {
             counters: Arc::new(Counters::default()),
         })
     }
+
+    /// A read-only handle on this source's counters, live for as long as
+    /// the handle is kept (the source itself may be moved or dropped): what
+    /// the admin endpoint's `/metrics` serves, as a
+    /// [`MetricsSource`](wsfleet::admin::MetricsSource).
+    pub fn metrics_handle(&self) -> SourceMetricsHandle {
+        SourceMetricsHandle::new(self.counters.clone())
+    }
 }
 
 impl Source for NatsSource {
@@ -341,13 +351,7 @@ impl Source for NatsSource {
     }
 
     fn metrics(&self) -> SourceMetrics {
-        let c = &self.counters;
-        SourceMetrics {
-            received: c.received.load(Ordering::Relaxed),
-            delivered: c.delivered.load(Ordering::Relaxed),
-            answered: c.answered.load(Ordering::Relaxed),
-            unanswered: c.unanswered.load(Ordering::Relaxed),
-        }
+        SourceMetrics::read(&self.counters)
     }
 }
 

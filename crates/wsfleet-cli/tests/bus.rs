@@ -1,6 +1,8 @@
 //! `wsfleet run --sink` and `--source` against a real `nats-server -js`
 //! (wsfleet-testkit's NatsServer) and upstreams on loopback.
 
+mod common;
+
 use std::time::Duration;
 
 use assert_cmd::Command;
@@ -10,7 +12,7 @@ use wsfleet::ConnectionConfig;
 use wsfleet::serve::{ChaosMode, ChaosServer, ChaosSettings, EchoServer};
 use wsfleet_testkit::NatsServer;
 
-const BIN: &str = env!("CARGO_BIN_EXE_wsfleet");
+use common::{BIN, Running, free_port, http_until};
 
 /// Runs `wsfleet` with `args` off the async runtime (the upstreams run on
 /// it); returns (success, stdout, stderr).
@@ -152,4 +154,135 @@ async fn run_source_sends_through_the_fleet_and_answers_the_undeliverable() {
     let echoed = stdout.lines().filter(|l| l.contains("hello-all")).count();
     assert_eq!(echoed, 2, "{stdout}\n{stderr}");
     assert!(!stdout.contains("hello-nobody"));
+}
+
+/// The unlabelled sample `name` in Prometheus text.
+fn sample(metrics: &str, name: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let value = line.strip_prefix(name)?.strip_prefix(' ')?;
+        value.parse().ok()
+    })
+}
+
+/// Polls the admin endpoint's `/metrics` (off the runtime, at most 15 s)
+/// until `done` says yes to it.
+async fn metrics_until(admin: &str, done: impl Fn(&str) -> bool + Send + 'static) -> String {
+    let admin = admin.to_owned();
+    tokio::task::spawn_blocking(move || {
+        http_until(&admin, "/metrics", |status, body| {
+            status == 200 && done(body)
+        })
+        .1
+    })
+    .await
+    .expect("polled /metrics")
+}
+
+/// Sink and source counters are on `/metrics` and move with the traffic:
+/// every message the fleet received was published and acknowledged, the
+/// one message from the source was delivered; the end summary agrees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_admin_metrics_show_the_sink_and_source_counters() {
+    let nats = NatsServer::start().await.expect("nats-server");
+    let echo = EchoServer::bind("127.0.0.1:0", ConnectionConfig::default())
+        .await
+        .expect("echo server");
+    let admin = format!("127.0.0.1:{}", free_port());
+    let sink = format!("{}/feeds.{{slot}}", nats.url());
+    let source = format!("{}/out.fleet", nats.url());
+    let url = echo.url();
+    // Each connection sends two messages when it comes up; the echo server
+    // returns them: 4 received, nothing more until the source sends.
+    let (mut run, lines) = Running::start(&[
+        "run",
+        "--url",
+        &url,
+        "--connections",
+        "2",
+        "--send-on-connect",
+        "one",
+        "--send-on-connect",
+        "two",
+        "--output",
+        "none",
+        "--duration",
+        "60s",
+        "--admin",
+        &admin,
+        "--sink",
+        &sink,
+        "--sink-stream",
+        "FEEDS",
+        "--source",
+        &source,
+    ]);
+
+    let settled = |at_least: f64| {
+        move |m: &str| {
+            let published = sample(m, "wsfleet_sink_published_total").unwrap_or(0.0);
+            published >= at_least
+                && sample(m, "wsfleet_sink_acknowledged_total") == Some(published)
+                && sample(m, "wsfleet_sink_in_flight") == Some(0.0)
+        }
+    };
+    let metrics = metrics_until(&admin, settled(4.0)).await;
+    for (name, kind) in [
+        ("wsfleet_sink_published_total", "counter"),
+        ("wsfleet_sink_acknowledged_total", "counter"),
+        ("wsfleet_sink_duplicates_total", "counter"),
+        ("wsfleet_sink_retried_total", "counter"),
+        ("wsfleet_sink_rejected_total", "counter"),
+        ("wsfleet_sink_reordered_total", "counter"),
+        ("wsfleet_sink_in_flight", "gauge"),
+        ("wsfleet_sink_in_flight_bytes", "gauge"),
+        ("wsfleet_sink_paused_seconds_total", "counter"),
+        ("wsfleet_source_received_total", "counter"),
+        ("wsfleet_source_delivered_total", "counter"),
+        ("wsfleet_source_answered_total", "counter"),
+        ("wsfleet_source_unanswered_total", "counter"),
+    ] {
+        let declared = format!("# TYPE {name} {kind}\n");
+        assert_eq!(
+            metrics.matches(&declared).count(),
+            1,
+            "{declared:?} in\n{metrics}"
+        );
+        assert!(sample(&metrics, name).is_some(), "{name} in\n{metrics}");
+    }
+    // The fleet's own metrics are still there, before the bus's.
+    assert!(metrics.contains("wsfleet_connections_ready 2"), "{metrics}");
+    assert_eq!(sample(&metrics, "wsfleet_sink_rejected_total"), Some(0.0));
+    assert_eq!(sample(&metrics, "wsfleet_source_received_total"), Some(0.0));
+
+    // One message through the source to both connections, echoed back.
+    let js = jetstream::new(async_nats::connect(nats.url()).await.expect("connect"));
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Wsfleet-Target", "all");
+    js.publish_with_headers("out.fleet", headers, "hello-all".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    let before = sample(&metrics, "wsfleet_sink_published_total").unwrap_or(0.0);
+    let settled_after = settled(before + 2.0);
+    let metrics = metrics_until(&admin, move |m| {
+        settled_after(m) && sample(m, "wsfleet_source_delivered_total") == Some(1.0)
+    })
+    .await;
+    assert_eq!(sample(&metrics, "wsfleet_source_received_total"), Some(1.0));
+    let acked = sample(&metrics, "wsfleet_sink_acknowledged_total").expect("acked");
+
+    run.signal("TERM");
+    let status = run.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "wsfleet run: {status}");
+    // Its stdout ends with the summary line; the reader thread may still
+    // be passing it on.
+    let mut stdout = Vec::new();
+    while let Ok(line) = lines.recv_timeout(Duration::from_secs(5)) {
+        stdout.push(line);
+    }
+    let stdout = stdout.join("\n");
+    // No traffic since the last scrape: the summary says the same.
+    assert_eq!(summary(&stdout, "sink_acked") as f64, acked, "{stdout}");
+    assert_eq!(summary(&stdout, "received") as f64, acked, "{stdout}");
 }

@@ -5,10 +5,13 @@
 //! [`budget`] derives the memory budget from the machine if neither sets
 //! it; the fleet's events are drained without pause by [`output`] (received
 //! messages to stdout per `--output`); [`status`] shows the live status;
-//! `--admin` serves the library's [`AdminServer`]. With no URL, an
-//! embedded [`EchoServer`] and a demo sender make a fleet that talks.
+//! [`bus`] connects `--sink` and `--source`; `--admin` serves the
+//! library's [`AdminServer`], with the bus's counters on `/metrics`. With
+//! no URL, an embedded [`EchoServer`] and a demo sender make a fleet that
+//! talks.
 
 mod budget;
+mod bus;
 mod config;
 mod output;
 mod status;
@@ -21,11 +24,11 @@ use anyhow::Context as _;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use wsfleet::admin::AdminServer;
-use wsfleet::fleet::{Fleet, FleetBuilder, FleetMonitor, SlowConsumer};
+use wsfleet::fleet::{Fleet, FleetBuilder, FleetMonitor};
 use wsfleet::serve::EchoServer;
 use wsfleet::{ConnectionConfig, Message};
-use wsfleet_bus::{NatsSink, NatsSource, Source as _};
 
+use self::bus::{Bus, from_source};
 use self::config::Plan;
 use self::status::{Snapshot, Status};
 use super::{Signals, UsageError};
@@ -73,9 +76,22 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
     let events = fleet
         .events()
         .context("the fleet's events are taken once")?;
+    tracing::info!(
+        connections = monitor.target(),
+        shard = %format_args!("{}/{}", plan.shard.index, plan.shard.count),
+        urls = urls.len(),
+        "fleet started"
+    );
+    // Before the admin endpoint: its /metrics serves the bus's counters.
+    let bus = Bus::connect(&plan, &monitor).await?;
     let admin = match plan.admin {
         Some(addr) => {
-            let admin = AdminServer::bind(addr, monitor.clone(), plan.healthy_share)
+            let mut admin = AdminServer::builder(monitor.clone()).healthy_share(plan.healthy_share);
+            for source in bus.metrics_sources() {
+                admin = admin.metrics_source(source);
+            }
+            let admin = admin
+                .bind(addr)
                 .await
                 .with_context(|| format!("cannot serve the admin endpoint on {addr}"))?;
             tracing::info!(
@@ -86,44 +102,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    tracing::info!(
-        connections = monitor.target(),
-        shard = %format_args!("{}/{}", plan.shard.index, plan.shard.count),
-        urls = urls.len(),
-        "fleet started"
-    );
-
-    let sink = match plan.sink.clone() {
-        Some(config) => {
-            let url = config.url.to_string();
-            let sink = NatsSink::connect(config, &monitor)
-                .await
-                .with_context(|| format!("--sink {url}"))?;
-            tracing::info!(sink = %url, instance = sink.instance(), "publishing received messages to NATS");
-            if plan.slow_consumer != SlowConsumer::Backpressure {
-                // The fleet, not the sink, drops then: the sink's "nothing
-                // lost" holds from the events on, not from the socket.
-                tracing::warn!(
-                    policy = ?plan.slow_consumer,
-                    "--sink with a --slow-consumer other than backpressure: messages the \
-                     fleet drops while NATS is slow or down never reach the sink"
-                );
-            }
-            Some(sink)
-        }
-        None => None,
-    };
-    let source = match plan.source.clone() {
-        Some(config) => {
-            let url = config.url.to_string();
-            let source = NatsSource::connect(config)
-                .await
-                .with_context(|| format!("--source {url}"))?;
-            tracing::info!(source = %url, "sending messages from NATS through the fleet");
-            Some(source)
-        }
-        None => None,
-    };
+    let Bus { sink, source } = bus;
 
     let finish = CancellationToken::new();
     let stdout_gone = CancellationToken::new();
@@ -249,16 +228,6 @@ fn builder(plan: &Plan, urls: &[String], connection: ConnectionConfig) -> FleetB
         });
     }
     builder
-}
-
-/// `--source`: each message from NATS through the fleet, settled with NATS
-/// (acknowledged once taken, answered when undeliverable). Returns when
-/// the source ends.
-async fn from_source(fleet: &Fleet, monitor: &FleetMonitor, mut source: NatsSource) {
-    while let Some(inbound) = source.next().await {
-        wsfleet_bus::deliver(fleet, monitor, inbound).await;
-    }
-    tracing::warn!("--source ended: no more messages from NATS");
 }
 
 /// The demo's traffic: each ready connection gets one message every

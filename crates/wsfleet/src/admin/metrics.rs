@@ -2,11 +2,8 @@
 
 use std::fmt::Write;
 
+use super::exposition::{MetricKind, write_family as metric};
 use crate::fleet::{ConnState, FleetStats, HANDSHAKE_BUCKETS_MS};
-
-fn metric(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
 
 /// Renders every fleet metric.
 pub(super) fn render(s: &FleetStats) -> String {
@@ -14,21 +11,21 @@ pub(super) fn render(s: &FleetStats) -> String {
     metric(
         &mut out,
         "wsfleet_connections_target",
-        "gauge",
+        MetricKind::Gauge,
         "Connections the fleet keeps (slots).",
     );
     let _ = writeln!(out, "wsfleet_connections_target {}", s.target);
     metric(
         &mut out,
         "wsfleet_connections_ready",
-        "gauge",
+        MetricKind::Gauge,
         "Connections ready (handshake and on-connect hook done), paused ones included.",
     );
     let _ = writeln!(out, "wsfleet_connections_ready {}", s.ready);
     metric(
         &mut out,
         "wsfleet_connections",
-        "gauge",
+        MetricKind::Gauge,
         "Connections by state.",
     );
     for state in [
@@ -49,14 +46,14 @@ pub(super) fn render(s: &FleetStats) -> String {
     metric(
         &mut out,
         "wsfleet_reconnects_total",
-        "counter",
+        MetricKind::Counter,
         "Reconnect attempts, all slots.",
     );
     let _ = writeln!(out, "wsfleet_reconnects_total {}", s.reconnects);
     metric(
         &mut out,
         "wsfleet_disconnects_total",
-        "counter",
+        MetricKind::Counter,
         "Ended connections and failed attempts, by reason.",
     );
     for (reason, n) in &s.totals.disconnects {
@@ -84,20 +81,20 @@ pub(super) fn render(s: &FleetStats) -> String {
             s.totals.msgs_out,
         ),
     ] {
-        metric(&mut out, name, "counter", help);
+        metric(&mut out, name, MetricKind::Counter, help);
         let _ = writeln!(out, "{name} {value}");
     }
     metric(
         &mut out,
         "wsfleet_budget_pauses_total",
-        "counter",
+        MetricKind::Counter,
         "Times a connection stopped reading until the memory budget had room.",
     );
     let _ = writeln!(out, "wsfleet_budget_pauses_total {}", s.budget_pauses);
     metric(
         &mut out,
         "wsfleet_budget_paused_seconds_total",
-        "counter",
+        MetricKind::Counter,
         "Time connections spent paused for memory, summed over connections.",
     );
     let _ = writeln!(
@@ -108,14 +105,14 @@ pub(super) fn render(s: &FleetStats) -> String {
     metric(
         &mut out,
         "wsfleet_budget_evictions_total",
-        "counter",
+        MetricKind::Counter,
         "Connections closed (1009) so that others could have the memory they held.",
     );
     let _ = writeln!(out, "wsfleet_budget_evictions_total {}", s.budget_evictions);
     metric(
         &mut out,
         "wsfleet_events_dropped_total",
-        "counter",
+        MetricKind::Counter,
         "Received messages dropped by the slow-consumer policy (0 under backpressure).",
     );
     let _ = writeln!(out, "wsfleet_events_dropped_total {}", s.events_dropped);
@@ -147,13 +144,13 @@ pub(super) fn render(s: &FleetStats) -> String {
             s.budget_max,
         ),
     ] {
-        metric(&mut out, name, "gauge", help);
+        metric(&mut out, name, MetricKind::Gauge, help);
         let _ = writeln!(out, "{name} {value}");
     }
     metric(
         &mut out,
         "wsfleet_handshake_seconds",
-        "histogram",
+        MetricKind::Histogram,
         "Time from dialling to ready (DNS, TCP, TLS, handshake, hook).",
     );
     let mut cumulative = 0;

@@ -110,3 +110,54 @@ async fn healthz_is_503_when_too_few_are_ready() {
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("0/3"), "{body}");
 }
+
+#[tokio::test]
+async fn metrics_sources_are_served_after_the_fleets_metrics() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use wsfleet::admin::{MetricKind, write_metric};
+
+    let port = wsfleet_testkit::free_port().await;
+    let fleet = Fleet::builder(format!("ws://127.0.0.1:{port}/"))
+        .connections(1)
+        .spawn()
+        .expect("spawn");
+    let scrapes = Arc::new(AtomicU64::new(0));
+    let counted = scrapes.clone();
+    let admin = AdminServer::builder(fleet.monitor())
+        .healthy_share(0.0)
+        .metrics_source(Arc::new(move |out: &mut String| {
+            let n = counted.fetch_add(1, Ordering::Relaxed) + 1;
+            write_metric(
+                out,
+                "test_scrapes_total",
+                MetricKind::Counter,
+                "Scrapes.",
+                n,
+            );
+        }))
+        .bind("127.0.0.1:0")
+        .await
+        .expect("bind admin");
+    let addr = admin.local_addr();
+    for n in 1..=2 {
+        let (status, metrics) = get(addr, "/metrics").await;
+        assert_eq!(status, 200);
+        let sample = format!("\ntest_scrapes_total {n}\n");
+        let at = metrics
+            .find(&sample)
+            .unwrap_or_else(|| panic!("{sample:?} in\n{metrics}"));
+        assert!(
+            metrics[..at].contains("wsfleet_handshake_seconds_count"),
+            "{metrics}"
+        );
+        assert_eq!(
+            metrics
+                .matches("# TYPE test_scrapes_total counter\n")
+                .count(),
+            1
+        );
+    }
+    // healthy_share 0.0: healthy with nothing ready.
+    assert_eq!(get(addr, "/healthz").await.0, 200);
+}
