@@ -90,8 +90,8 @@ impl SinkMetrics {
             ),
             (
                 "wsfleet_sink_rejected_total",
-                "Messages refused for good (larger than the server's max_payload), \
-                 each logged with its connection.",
+                "Messages refused for good, each logged with its connection: larger \
+                 than the server's max_payload, or (core NATS) not taken by the client.",
                 self.rejected,
             ),
             (

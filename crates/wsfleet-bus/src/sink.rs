@@ -164,8 +164,9 @@ pub struct SinkMetrics {
     pub duplicates: u64,
     /// Re-publishes after a timeout or an error.
     pub retried: u64,
-    /// Messages refused for good (larger than the server's max_payload),
-    /// each logged with its connection.
+    /// Messages refused for good, each logged with its connection: larger
+    /// than the server's max_payload, or (core NATS) not taken by the
+    /// client.
     pub rejected: u64,
     /// Acks showing a message stored out of order with another of its
     /// connection (a consumer can restore the order by `Wsfleet-Seq`).
@@ -483,6 +484,8 @@ impl Sink for NatsSink {
             self.window.give_back(bytes);
             return Err(SinkError::Closed);
         }
+        // Counted when handed over, as its room in the window was taken.
+        self.counters.published.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -674,7 +677,6 @@ impl Driver {
         let generation = queue.generation;
         let publish = attempt(&entry);
         queue.entries.insert(seq, entry);
-        self.counters.published.fetch_add(1, Ordering::Relaxed);
         // While a retry is pending, it goes with the retry, in order.
         if !waiting {
             self.send(conn, seq, generation, publish).await;
