@@ -117,6 +117,12 @@ pub(crate) struct RunArgs {
     /// [default: never].
     #[arg(long, value_name = "DUR", value_parser = parse_lifetime)]
     pub(crate) max_lifetime: Option<Duration>,
+    /// Replace a connection that received no data message for this long
+    /// (e.g. 30s): pings and pongs do not count, so a feed that stopped
+    /// while its server still answers pings is noticed. Ends as `stale`,
+    /// closed with 1001. At least 100ms [default: off].
+    #[arg(long, value_name = "DUR", value_parser = parse_lifetime)]
+    pub(crate) stale_after: Option<Duration>,
     /// Largest message and frame accepted from the peer (e.g. 64KiB, 5MiB);
     /// a bigger one closes that connection with 1009 [default: 64MiB, frames
     /// 16MiB].

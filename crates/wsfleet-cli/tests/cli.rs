@@ -574,3 +574,35 @@ fn connect_to_a_lying_length_server_fails_with_a_protocol_error() {
     let status = serve.wait_exit(Duration::from_secs(10));
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn stale_after_replaces_connections_that_receive_no_data() {
+    // An echo server sends nothing unless spoken to: a stream gone quiet.
+    let (mut serve, lines) = Running::start(&["serve", "--listen", "127.0.0.1:0"]);
+    let url = listening_url(&lines);
+    let output = wsfleet()
+        .args([
+            "run",
+            "--url",
+            &url,
+            "--connections",
+            "2",
+            "--stale-after",
+            "300ms",
+            "--duration",
+            "2s",
+        ])
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains("replacing this stale connection"),
+        "{stderr}"
+    );
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(!stdout.contains("reconnects=0"), "{stdout}");
+    serve.signal("TERM");
+    assert!(serve.wait_exit(Duration::from_secs(10)).success());
+}

@@ -202,6 +202,9 @@ fn builder(plan: &Plan, urls: &[String], connection: ConnectionConfig) -> FleetB
     if let Some(lifetime) = plan.max_lifetime {
         builder = builder.max_lifetime(lifetime);
     }
+    if let Some(after) = plan.stale_after {
+        builder = builder.stale_after(after);
+    }
     if let Some(budget) = plan.memory_budget {
         builder = builder.memory_budget(budget);
     }

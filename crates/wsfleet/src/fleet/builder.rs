@@ -38,6 +38,9 @@ pub type OnConnect = Arc<
 /// The shortest [`FleetBuilder::max_lifetime`] accepted: shorter, a fleet
 /// would spend its time rotating.
 const MIN_LIFETIME: Duration = Duration::from_millis(100);
+/// The shortest `stale_after`: shorter would replace connections between
+/// two messages of any ordinary feed.
+const MIN_STALE: Duration = Duration::from_millis(100);
 
 /// Everything a fleet runs with, after validation.
 #[derive(Clone)]
@@ -51,6 +54,7 @@ pub(crate) struct Settings {
     pub(crate) inbox_capacity: usize,
     pub(crate) seed: Option<u64>,
     pub(crate) slow_consumer: SlowConsumer,
+    pub(crate) stale_after: Option<Duration>,
 }
 
 /// Builds a [`Fleet`]. Every setting has a default a user would expect;
@@ -87,6 +91,7 @@ impl FleetBuilder {
                 on_connect: None,
                 inbox_capacity: 64,
                 slow_consumer: SlowConsumer::default(),
+                stale_after: None,
                 seed: None,
             },
         }
@@ -230,6 +235,27 @@ impl FleetBuilder {
         self
     }
 
+    /// Replace a connection that received no data message (text or
+    /// binary) for this long since it became ready or since its last one:
+    /// an upstream that answers pings but stopped sending is as dead as a
+    /// silent one for a feed. The connection closes with 1001 and ends as
+    /// [`DisconnectReason::Stale`](super::DisconnectReason::Stale); its
+    /// slot reconnects (with its backoff). Default: off. At least 100 ms.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), wsfleet::ConfigError> {
+    /// use std::time::Duration;
+    /// let fleet = wsfleet::fleet::Fleet::builder("wss://feed.example/ws")
+    ///     .connections(100)
+    ///     .stale_after(Duration::from_secs(30))
+    ///     .spawn()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn stale_after(mut self, after: Duration) -> Self {
+        self.settings.stale_after = Some(after);
+        self
+    }
+
     /// Capacity of each connection's inbox of messages to send (default 64).
     pub fn inbox_capacity(mut self, n: usize) -> Self {
         self.settings.inbox_capacity = n;
@@ -290,6 +316,13 @@ impl FleetBuilder {
             return bad(
                 "max_lifetime",
                 format!("{:?}", self.settings.max_lifetime),
+                "must be at least 100ms",
+            );
+        }
+        if self.settings.stale_after.is_some_and(|s| s < MIN_STALE) {
+            return bad(
+                "stale_after",
+                format!("{:?}", self.settings.stale_after),
                 "must be at least 100ms",
             );
         }

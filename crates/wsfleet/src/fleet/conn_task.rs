@@ -14,6 +14,7 @@ use wsfleet_proto::{CloseCode, Message};
 
 use super::inbox::{Inbox, Receiver};
 use super::reason::DisconnectReason;
+use super::stale::{StaleWatch, stale};
 use super::stats::{ConnRecord, ConnState};
 use super::{ConnId, Shared, SlotId};
 use crate::{Connection, Error};
@@ -94,6 +95,7 @@ impl ConnTask {
         let mut inbox_open = true;
         let budget = record.budget();
         let mut evicted = false;
+        let mut watch = StaleWatch::new(shared.settings.stale_after);
         let reason = loop {
             let (_, written) = conn.outbound_offsets();
             while inflight.front().is_some_and(|(end, _)| *end <= written) {
@@ -155,9 +157,24 @@ impl ConnTask {
                     evicted = true;
                     conn.fail_for_budget(0);
                 }
+                // No data for too long: replace it (1001), as for rotation.
+                after = stale(&mut watch, || budget.as_ref().is_some_and(|b| b.is_paused())), if draining.is_none() => {
+                    tracing::warn!(conn = %id, ?after, "no data message: replacing this stale connection");
+                    record.set_state(ConnState::Draining);
+                    if let Err(e) = conn.begin_close(CloseCode::GOING_AWAY, "stale: no data") {
+                        break DisconnectReason::from_error(&e);
+                    }
+                    draining = Some(DisconnectReason::Stale { after });
+                }
                 event = conn.recv() => match event {
                     Some(Ok(m)) => {
-                        if !shared.deliver(&record, id, slot, m).await && draining.is_none() {
+                        let delivered = shared.deliver(&record, id, slot, m).await;
+                        // After the delivery: time waiting for the consumer
+                        // is ours, not the upstream's silence.
+                        if let Some(w) = &mut watch {
+                            w.on_data();
+                        }
+                        if !delivered && draining.is_none() {
                             tracing::warn!(conn = %id, "the event consumer fell behind: closing this connection");
                             record.set_state(ConnState::Draining);
                             if let Err(e) = conn.begin_close(CloseCode::POLICY_VIOLATION, "slow consumer") {

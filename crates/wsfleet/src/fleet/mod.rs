@@ -33,6 +33,7 @@ mod rate;
 mod reason;
 mod rotation;
 mod running;
+mod stale;
 mod stats;
 mod supervisor;
 

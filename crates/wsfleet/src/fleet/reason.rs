@@ -56,6 +56,13 @@ pub enum DisconnectReason {
     MessageStalled,
     /// The peer stopped taking what we write (see [`crate::Progress`]).
     WriteStalled,
+    /// No data message arrived for
+    /// [`FleetBuilder::stale_after`](super::FleetBuilder::stale_after)
+    /// (pings and pongs do not count): replaced, closed with 1001.
+    Stale {
+        /// The threshold that passed.
+        after: Duration,
+    },
     /// The consumer of the fleet's events fell behind for longer than
     /// [`SlowConsumer::Disconnect`](super::SlowConsumer::Disconnect) allows.
     SlowConsumer,
@@ -122,6 +129,7 @@ labels! {
     MessageStalled => "message_stalled",
     WriteStalled => "write_stalled",
     SlowConsumer => "slow_consumer",
+    Stale => "stale",
     PingFlood => "ping_flood",
     Abnormal => "abnormal",
     Io => "io",
@@ -161,6 +169,7 @@ impl DisconnectReason {
             Self::MessageStalled => Label::MessageStalled,
             Self::WriteStalled => Label::WriteStalled,
             Self::SlowConsumer => Label::SlowConsumer,
+            Self::Stale { .. } => Label::Stale,
             Self::PingFlood => Label::PingFlood,
             Self::Abnormal { .. } => Label::Abnormal,
             Self::Io { .. } => Label::Io,
@@ -180,7 +189,7 @@ impl DisconnectReason {
     pub fn close_code(&self) -> Option<CloseCode> {
         match self {
             Self::Protocol(e) => Some(e.close_code()),
-            Self::Rotated | Self::Shutdown => Some(CloseCode::GOING_AWAY),
+            Self::Rotated | Self::Shutdown | Self::Stale { .. } => Some(CloseCode::GOING_AWAY),
             Self::PongTimeout | Self::PingFlood | Self::MessageStalled | Self::SlowConsumer => {
                 Some(CloseCode::POLICY_VIOLATION)
             }
@@ -245,8 +254,15 @@ impl fmt::Display for DisconnectReason {
             Self::ClosedByPeer { code: None, .. } => {
                 write!(f, "closed by peer without a status code")
             }
+            // Not the peer's fault: no "protocol error" in front of it.
+            Self::Protocol(e @ ProtocolError::BudgetExhausted { .. }) => {
+                write!(f, "{e}; closed with {}", e.close_code())
+            }
             Self::Protocol(e) => write!(f, "protocol error (closed with {}): {e}", e.close_code()),
             Self::PongTimeout => f.write_str("peer silent: ping unanswered"),
+            Self::Stale { after } => {
+                write!(f, "stale: no data message for {after:?} (closed with 1001)")
+            }
             Self::MessageStalled => f.write_str("message stalled: below the minimum rate (1008)"),
             Self::WriteStalled => f.write_str("write stalled: the peer stopped reading"),
             Self::SlowConsumer => {

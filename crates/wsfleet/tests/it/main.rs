@@ -16,6 +16,7 @@ mod proxy;
 mod redirect;
 mod script;
 mod slow_consumer;
+mod stale;
 mod tls;
 
 use std::time::Duration;

@@ -46,6 +46,8 @@ pub(crate) struct Plan {
     pub(crate) shard: Shard,
     /// Rotation period, if any.
     pub(crate) max_lifetime: Option<Duration>,
+    /// Replace connections without data for this long, if set.
+    pub(crate) stale_after: Option<Duration>,
     /// Largest message accepted, if not the default.
     pub(crate) max_message: Option<usize>,
     /// Fleet memory budget, if not the default.
@@ -120,6 +122,7 @@ impl Plan {
                 .unwrap_or(DEFAULT_CONNECTIONS),
             shard: args.shard.or(file.shard.map(|s| s.0)).unwrap_or_default(),
             max_lifetime: args.max_lifetime.or(file.max_lifetime.map(|d| d.0)),
+            stale_after: args.stale_after.or(file.stale_after.map(|d| d.0)),
             max_message: args.max_message.or(file.max_message.map(|s| s.0)),
             memory_budget: args.memory_budget.or(file.memory_budget.map(|s| s.0)),
             connect_rate: args.connect_rate.or(file.connect_rate.map(|r| r.0)),
@@ -259,6 +262,7 @@ struct FileConfig {
     connections: Option<Count>,
     shard: Option<ShardValue>,
     max_lifetime: Option<Lifetime>,
+    stale_after: Option<Lifetime>,
     max_message: Option<Size>,
     memory_budget: Option<Size>,
     connect_rate: Option<Rate>,
@@ -519,7 +523,7 @@ parsed!(
     "a shard as \"I/N\""
 );
 parsed!(
-    /// `max-lifetime`: a duration of at least 100ms.
+    /// `max-lifetime`, `stale-after`: a duration of at least 100ms.
     Lifetime(Duration),
     cli::parse_lifetime,
     "a duration such as \"55m\""
@@ -672,6 +676,7 @@ url = ["ws://127.0.0.1:9/a", "ws://127.0.0.1:9/b"]
 connections = 40
 shard = "1/4"
 max-lifetime = "55m"
+stale-after = "30s"
 max-message = "1MiB"
 memory-budget = 1048576
 connect-rate = 20
@@ -701,6 +706,7 @@ peer-ping-limit = 0
         assert_eq!(plan.connections, 40);
         assert_eq!(plan.shard, Shard { index: 1, count: 4 });
         assert_eq!(plan.max_lifetime, Some(Duration::from_secs(55 * 60)));
+        assert_eq!(plan.stale_after, Some(Duration::from_secs(30)));
         assert_eq!(plan.max_message, Some(1 << 20));
         assert_eq!(plan.memory_budget, Some(1 << 20));
         assert_eq!(plan.connect_rate, Some(20.0));
