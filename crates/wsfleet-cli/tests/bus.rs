@@ -286,3 +286,51 @@ async fn run_admin_metrics_show_the_sink_and_source_counters() {
     assert_eq!(summary(&stdout, "sink_acked") as f64, acked, "{stdout}");
     assert_eq!(summary(&stdout, "received") as f64, acked, "{stdout}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_stops_within_the_sink_grace_while_nats_is_down() {
+    let mut nats = NatsServer::start().await.expect("nats-server");
+    let upstream = ChaosServer::bind_with(
+        "127.0.0.1:0",
+        ChaosMode::Stream,
+        ChaosSettings::default()
+            .with_message_size(64)
+            .with_interval(Duration::from_millis(1)),
+    )
+    .await
+    .expect("chaos stream server");
+    let sink = format!("{}/feeds.{{slot}}", nats.url());
+    let started = std::time::Instant::now();
+    let running = tokio::spawn(run(vec![
+        "run".into(),
+        "--url".into(),
+        upstream.url(),
+        "--connections".into(),
+        "2".into(),
+        "--duration".into(),
+        "3s".into(),
+        "--sink".into(),
+        sink,
+        "--sink-stream".into(),
+        "FEEDS".into(),
+    ]));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Down for good: the sink's window fills and stays full.
+    nats.kill().await.expect("SIGKILL nats-server");
+    let (ok, stdout, stderr) = running.await.expect("run finished");
+    let took = started.elapsed();
+    // 3 s, the fleet's close deadline and grace, then one 10 s sink grace
+    // for everything left (each message waited its own 10 s before).
+    assert!(
+        took < Duration::from_secs(25),
+        "stopping took {took:?}\n{stderr}"
+    );
+    assert!(ok, "{stdout}\n{stderr}");
+    let left = summary(&stdout, "sink_unacked") + summary(&stdout, "sink_not_published");
+    assert!(left > 0, "nothing left unacknowledged: {stdout}");
+    assert!(
+        stderr.contains("stopping with messages unacknowledged")
+            || stderr.contains("never published"),
+        "{stderr}"
+    );
+}

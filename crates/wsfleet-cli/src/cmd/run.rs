@@ -106,11 +106,13 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let finish = CancellationToken::new();
     let stdout_gone = CancellationToken::new();
-    let consumer = output::spawn(
+    let hurry = CancellationToken::new();
+    let mut consumer = output::spawn(
         events,
         plan.output,
         sink,
         finish.clone(),
+        hurry.clone(),
         stdout_gone.clone(),
     );
 
@@ -152,7 +154,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
         "stopping: closing {} connections (1001)",
         at_stop.ready
     );
-    let cut_short = tokio::select! {
+    let mut cut_short = tokio::select! {
         () = fleet.shutdown() => None,
         signal = signals.recv() => {
             tracing::warn!(signal, "second signal: stopping without waiting for close handshakes");
@@ -160,7 +162,21 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     };
     finish.cancel();
-    let tally = consumer.await.unwrap_or_default();
+    if cut_short.is_some() {
+        hurry.cancel();
+    }
+    // The consumer takes what is left (the sink: up to its grace), unless
+    // another signal says not to wait.
+    let tally = loop {
+        tokio::select! {
+            tally = &mut consumer => break tally.unwrap_or_default(),
+            signal = signals.recv(), if !hurry.is_cancelled() => {
+                tracing::warn!(signal, "another signal: not waiting for the sink or stdout");
+                hurry.cancel();
+                cut_short.get_or_insert(signal);
+            }
+        }
+    };
     drop(admin);
     drop(server);
 
@@ -183,7 +199,9 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
         Err(e) => return Err(e).context("cannot write to stdout"),
     }
     if let Some(signal) = cut_short {
-        anyhow::bail!("stopped by a second {signal} before every connection had closed");
+        anyhow::bail!(
+            "stopped by a second {signal} before every connection had closed and the sink had its acknowledgements"
+        );
     }
     Ok(())
 }

@@ -9,11 +9,13 @@
 
 use std::borrow::Cow;
 use std::io;
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use wsfleet::Message;
 use wsfleet::fleet::{ConnId, Event, EventKind, Events, SlotId};
@@ -53,8 +55,9 @@ pub(crate) struct Tally {
     pub(crate) not_published: u64,
 }
 
-/// How long a stopping run waits for the sink: to take what the fleet
-/// emitted last, then to have it all acknowledged.
+/// How long a stopping run waits for the sink, all told (one deadline from
+/// the stop on): to take what the fleet emitted last, then to have it all
+/// acknowledged.
 pub(crate) const SINK_GRACE: Duration = Duration::from_secs(10);
 
 /// Drains `events` until `finish` is cancelled (then takes what is left)
@@ -64,12 +67,15 @@ pub(crate) const SINK_GRACE: Duration = Duration::from_secs(10);
 /// With a `sink`, every received message is also published to it (after
 /// its `--output` line, if any); the consumer waits while the sink has no
 /// room, which pauses the fleet. Once `finish` is cancelled the sink gets
-/// [`SINK_GRACE`] to take the rest and have it acknowledged.
+/// [`SINK_GRACE`] to take the rest and have it acknowledged. Once `hurry`
+/// is cancelled (another signal) nothing is waited for: what is left is
+/// counted, not written or published.
 pub(crate) fn spawn(
     events: Events,
     output: Output,
     sink: Option<NatsSink>,
     finish: CancellationToken,
+    hurry: CancellationToken,
     stdout_gone: CancellationToken,
 ) -> JoinHandle<Tally> {
     tokio::spawn(async move {
@@ -80,6 +86,8 @@ pub(crate) fn spawn(
             stdout_gone,
             sink,
             finish: finish.clone(),
+            hurry,
+            grace_until: OnceLock::new(),
         };
         consumer.run(events, finish).await;
         consumer.finish_sink().await;
@@ -94,6 +102,9 @@ struct Consumer<W> {
     stdout_gone: CancellationToken,
     sink: Option<NatsSink>,
     finish: CancellationToken,
+    hurry: CancellationToken,
+    /// The end of the sink's grace, set when the stop begins.
+    grace_until: OnceLock<Instant>,
 }
 
 impl<W: AsyncWrite + Unpin> Consumer<W> {
@@ -128,7 +139,15 @@ impl<W: AsyncWrite + Unpin> Consumer<W> {
                 if self.output.format != OutputFormat::None {
                     let ts = unix_ms();
                     for piece in line_pieces(self.output, event.conn, event.slot, &message, ts) {
-                        if let Err(e) = self.out.write_all(piece.as_bytes()).await {
+                        let written = tokio::select! {
+                            r = self.out.write_all(piece.as_bytes()) => r,
+                            () = self.hurry.cancelled() => {
+                                // A stalled stdout must not hold the stop.
+                                self.output.format = OutputFormat::None;
+                                break;
+                            }
+                        };
+                        if let Err(e) = written {
                             self.stdout_failed(&e);
                             break;
                         }
@@ -150,6 +169,7 @@ impl<W: AsyncWrite + Unpin> Consumer<W> {
     /// Hands one received message to the sink (the message itself: its
     /// budget charge goes along until the sink has it acknowledged).
     async fn publish(&mut self, conn: ConnId, slot: SlotId, message: Message) {
+        let (grace_until, hurry) = (&self.grace_until, &self.hurry);
         let Some(sink) = &mut self.sink else { return };
         let received = Received {
             conn,
@@ -160,7 +180,11 @@ impl<W: AsyncWrite + Unpin> Consumer<W> {
         let finish = self.finish.clone();
         let give_up = async {
             finish.cancelled().await;
-            tokio::time::sleep(SINK_GRACE).await;
+            let until = *grace_until.get_or_init(|| Instant::now() + SINK_GRACE);
+            tokio::select! {
+                () = tokio::time::sleep_until(until) => {}
+                () = hurry.cancelled() => {}
+            }
         };
         tokio::select! {
             result = sink.publish(received) => {
@@ -177,8 +201,14 @@ impl<W: AsyncWrite + Unpin> Consumer<W> {
     /// Waits (bounded) until the sink has everything acknowledged, and
     /// keeps its counters for the summary.
     async fn finish_sink(&mut self) {
+        let until = *self.grace_until.get_or_init(|| Instant::now() + SINK_GRACE);
         let Some(sink) = &mut self.sink else { return };
-        if let Err(e) = sink.flush(SINK_GRACE).await {
+        let within = until.saturating_duration_since(Instant::now());
+        let flushed = tokio::select! {
+            r = sink.flush(within) => r,
+            () = self.hurry.cancelled() => Ok(()),
+        };
+        if let Err(e) = flushed {
             tracing::error!(error = %e, "--sink: stopping with messages unacknowledged");
         }
         self.tally.sink = Some(sink.metrics());
