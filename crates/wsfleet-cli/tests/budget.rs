@@ -463,8 +463,10 @@ impl Stalled<'_> {
         let rss_end = rss(run.pid());
         let conns = run.connections();
         let log = run.log.text();
-        drop(run);
+        // Locked before the kill: the line the kill cuts in half is not a
+        // sequence error.
         let s = seen.lock().unwrap_or_else(|p| p.into_inner());
+        drop(run);
         figure(
             scenario,
             "read after resuming",
