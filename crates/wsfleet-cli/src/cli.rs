@@ -295,11 +295,21 @@ pub(crate) struct TransportArgs {
     #[arg(long, value_name = "ORIGIN")]
     pub(crate) origin: Option<String>,
     /// Follow up to N redirect answers to the handshake (301, 302, 303,
-    /// 307, 308). Never from wss:// to ws://; Authorization and Cookie
-    /// headers are not sent to another origin [default: 0: a redirect is an
-    /// error naming its Location].
+    /// 307, 308), all hops within one attempt's deadlines. Never from wss://
+    /// to ws://; on another origin no --header and no --protocol is sent
+    /// (see --redirect-forward) and TLS is the default one (see
+    /// --redirect-keep-tls) [default: 0: a redirect is an error naming its
+    /// Location].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(0..=20))]
     pub(crate) max_redirects: Option<u8>,
+    /// Still send this header after a redirect left the configured origin
+    /// (Sec-WebSocket-Protocol: the --protocol offers); repeatable.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) redirect_forward: Vec<String>,
+    /// Use --ca, --client-cert and --insecure on hops that left the
+    /// configured origin too.
+    #[arg(long)]
+    pub(crate) redirect_keep_tls: bool,
     /// Offer permessage-deflate (RFC 7692) with the library defaults: no
     /// context takeover (contexts freed between messages), messages under
     /// 256 bytes sent as they are. See docs/deflate.md for the memory cost.

@@ -152,6 +152,8 @@ fn connection_config(args: &ConnectArgs) -> anyhow::Result<ConnectionConfig> {
         proxy: t.proxy.clone(),
         no_proxy: t.no_proxy,
         max_redirects: t.max_redirects.unwrap_or(0),
+        redirect_forward: t.redirect_forward.clone(),
+        redirect_keep_tls: t.redirect_keep_tls,
     }
     .apply(config)
 }

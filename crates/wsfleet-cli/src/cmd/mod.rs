@@ -86,6 +86,10 @@ pub(crate) struct Transport {
     pub(crate) no_proxy: bool,
     /// Redirects to follow in a row.
     pub(crate) max_redirects: u8,
+    /// Headers still sent after a redirect left the configured origin.
+    pub(crate) redirect_forward: Vec<String>,
+    /// The configured TLS on other origins too.
+    pub(crate) redirect_keep_tls: bool,
 }
 
 impl Transport {
@@ -153,7 +157,13 @@ impl Transport {
         } else if self.no_proxy {
             config = config.proxy(ProxySetting::Direct);
         }
-        Ok(config.max_redirects(self.max_redirects))
+        let mut config = config
+            .max_redirects(self.max_redirects)
+            .keep_tls_on_redirect(self.redirect_keep_tls);
+        for name in &self.redirect_forward {
+            config = config.forward_on_redirect(name.clone());
+        }
+        Ok(config)
     }
 }
 

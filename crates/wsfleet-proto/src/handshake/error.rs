@@ -77,7 +77,7 @@ impl fmt::Display for HandshakeError {
             }
             Self::Malformed(why) => write!(f, "malformed HTTP in handshake: {why}"),
             Self::Redirect { status, location } => match location {
-                Some(l) => write!(f, "server redirected with {status} to {l}"),
+                Some(l) => write!(f, "server redirected with {status} to {}", redact_query(l)),
                 None => write!(f, "server redirected with {status} without a Location"),
             },
             Self::Status {
@@ -118,3 +118,19 @@ impl fmt::Display for HandshakeError {
 }
 
 impl std::error::Error for HandshakeError {}
+
+/// `url` with its query replaced by `?…`: tokens often live there, and
+/// error texts end up in logs.
+///
+/// ```
+/// use wsfleet_proto::handshake::redact_query;
+/// assert_eq!(redact_query("wss://h/feed?token=s3cret#x"), "wss://h/feed?…#x");
+/// assert_eq!(redact_query("/relative"), "/relative");
+/// ```
+pub fn redact_query(url: &str) -> std::borrow::Cow<'_, str> {
+    let Some(q) = url.find('?') else {
+        return url.into();
+    };
+    let end = url[q..].find('#').map_or(url.len(), |h| q + h);
+    format!("{}?…{}", &url[..q], &url[end..]).into()
+}

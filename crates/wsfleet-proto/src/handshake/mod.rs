@@ -8,7 +8,7 @@ mod server;
 
 pub use accept_key::accept_key;
 pub use client::{ClientHandshake, HandshakeRequest, HandshakeResponse};
-pub use error::HandshakeError;
+pub use error::{HandshakeError, redact_query};
 pub use server::{ServerRequest, accept_response, parse_request, reject_response};
 
 /// Finds `token` in a comma-separated header value, case-insensitively.

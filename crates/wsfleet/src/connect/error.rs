@@ -240,7 +240,8 @@ impl fmt::Display for ConnectError {
                 reason,
             } => write!(
                 f,
-                " failed: not following the redirect ({status}) to {location:?}: {reason}"
+                " failed: not following the redirect ({status}) to {:?}: {reason}",
+                wsfleet_proto::handshake::redact_query(location)
             ),
             ConnectErrorKind::TooManyRedirects { limit } => {
                 write!(f, " failed: more than {limit} redirects in a row")

@@ -187,6 +187,14 @@ impl Target {
     }
 }
 
+impl Target {
+    /// The URL with its query shown as `?…` (tokens live there), for logs
+    /// and error texts.
+    pub fn redacted(&self) -> String {
+        wsfleet_proto::handshake::redact_query(&self.to_string()).into_owned()
+    }
+}
+
 impl fmt::Display for Target {
     /// The normalised URL, e.g. `wss://example.com/feed`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -409,6 +417,20 @@ mod tests {
         assert!(!msg.contains("s3cret"), "{msg}");
         assert!(msg.contains("credentials"), "{msg}");
         assert_eq!(e.target(), "wss://***@example.com/");
+    }
+
+    #[test]
+    fn redacted_hides_the_query() {
+        assert_eq!(
+            ok("wss://h:9/feed?token=s3cret").redacted(),
+            "wss://h:9/feed?…"
+        );
+        assert_eq!(ok("ws://h/feed").redacted(), "ws://h/feed");
+        let e = crate::proto::HandshakeError::Redirect {
+            status: 302,
+            location: Some("wss://other/x?key=s3cret".into()),
+        };
+        assert!(!e.to_string().contains("s3cret"), "{e}");
     }
 
     #[test]

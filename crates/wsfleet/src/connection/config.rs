@@ -54,10 +54,23 @@ pub struct ConnectionConfig {
     pub proxy: ProxySetting,
     /// How many redirect answers (301, 302, 303, 307, 308) to the handshake
     /// to follow in a row. Default 0: a redirect is an error naming its
-    /// `Location`. A redirect from `wss` to `ws` is never followed, and
-    /// `Authorization`, `Cookie` and `Proxy-Authorization` headers are not
-    /// sent once a redirect has left the configured origin.
+    /// `Location` (query redacted). A redirect from `wss` to `ws` is never
+    /// followed; all hops together get one attempt's deadlines (the sum of
+    /// [`Deadlines`]' dns, tcp, proxy, tls and handshake); and once a
+    /// redirect has left the configured origin (scheme, host, port), none
+    /// of [`headers`](Self::headers) and no subprotocol is sent unless
+    /// named in [`forward_on_redirect`](Self::forward_on_redirect), and
+    /// `wss` there uses the default TLS (webpki roots, verified, no client
+    /// certificate) unless [`keep_tls_on_redirect`](Self::keep_tls_on_redirect).
     pub max_redirects: u8,
+    /// Header names (any case) still sent after a redirect left the
+    /// configured origin; `Sec-WebSocket-Protocol` keeps the subprotocols.
+    /// Default: none (any of them may carry a credential).
+    pub forward_on_redirect: Vec<String>,
+    /// Use [`tls`](Self::tls) (its client certificate, its roots, its
+    /// `insecure_skip_verify`) on hops that left the configured origin too.
+    /// Default false.
+    pub keep_tls_on_redirect: bool,
 }
 
 impl ConnectionConfig {
@@ -139,6 +152,22 @@ impl ConnectionConfig {
         self
     }
 
+    /// Keeps sending header `name` (or, for `Sec-WebSocket-Protocol`, the
+    /// subprotocols) after a redirect left the configured origin.
+    #[must_use]
+    pub fn forward_on_redirect(mut self, name: impl Into<String>) -> Self {
+        self.forward_on_redirect.push(name.into());
+        self
+    }
+
+    /// Uses the configured TLS on every hop (see
+    /// [`keep_tls_on_redirect`](Self::keep_tls_on_redirect)).
+    #[must_use]
+    pub fn keep_tls_on_redirect(mut self, keep: bool) -> Self {
+        self.keep_tls_on_redirect = keep;
+        self
+    }
+
     /// Charges buffers to `budget`.
     #[must_use]
     pub fn budget(mut self, budget: Arc<dyn MemoryBudget>) -> Self {
@@ -164,6 +193,8 @@ impl std::fmt::Debug for ConnectionConfig {
             .field("deflate", &self.deflate)
             .field("proxy", &self.proxy)
             .field("max_redirects", &self.max_redirects)
+            .field("forward_on_redirect", &self.forward_on_redirect)
+            .field("keep_tls_on_redirect", &self.keep_tls_on_redirect)
             .finish()
     }
 }

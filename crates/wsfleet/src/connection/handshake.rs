@@ -12,15 +12,22 @@ use crate::connect::{ConnectError, ConnectErrorKind, MaybeTlsStream, Phase, Targ
 use crate::keys;
 
 /// Sends the upgrade request and validates the answer. Returns the response
-/// and any WebSocket bytes that arrived with it. With `credentials` false,
-/// the configured headers that carry credentials are left out (a redirect
-/// has left the configured origin).
+/// and any WebSocket bytes that arrived with it. With `same_origin` false
+/// (a redirect has left the configured origin), only the headers and
+/// subprotocols named in `forward_on_redirect` go.
 pub(crate) async fn client_handshake(
     stream: &mut MaybeTlsStream,
     target: &Target,
     config: &ConnectionConfig,
-    credentials: bool,
+    same_origin: bool,
 ) -> Result<(HandshakeResponse, Bytes), ConnectError> {
+    let sent = |name: &str| {
+        same_origin
+            || config
+                .forward_on_redirect
+                .iter()
+                .any(|f| f.trim().eq_ignore_ascii_case(name.trim()))
+    };
     let authority = target.authority();
     let fail = |kind| ConnectError::new(Phase::Handshake, authority.clone(), kind);
     let mut request = HandshakeRequest::new(
@@ -31,13 +38,12 @@ pub(crate) async fn client_handshake(
     if let Some(origin) = &config.origin {
         request = request.origin(origin.clone());
     }
-    for p in &config.protocols {
-        request = request.protocol(p.clone());
-    }
-    for (k, v) in &config.headers {
-        if !credentials && super::redirect::is_credential(k) {
-            continue;
+    if sent("sec-websocket-protocol") {
+        for p in &config.protocols {
+            request = request.protocol(p.clone());
         }
+    }
+    for (k, v) in config.headers.iter().filter(|(k, _)| sent(k)) {
         request = request.header(k.clone(), v.clone());
     }
     if let Some(deflate) = config.deflate {

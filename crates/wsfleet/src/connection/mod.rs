@@ -147,12 +147,31 @@ impl Connection {
         if config.max_redirects == 0 {
             return Self::connect_once(&target, config, true).await;
         }
+        let d = &config.deadlines;
+        let overall = d.dns + d.tcp + d.proxy + d.tls + d.handshake;
+        let authority = target.authority();
+        tokio::time::timeout(overall, Self::follow_redirects(target, config))
+            .await
+            .unwrap_or_else(|_| {
+                Err(ConnectError::new(
+                    connect::Phase::Handshake,
+                    authority,
+                    connect::ConnectErrorKind::Timeout(overall),
+                ))
+            })
+    }
+
+    /// Connects to `target`, following up to `max_redirects` redirects.
+    async fn follow_redirects(
+        target: Target,
+        config: &ConnectionConfig,
+    ) -> Result<Self, ConnectError> {
         let configured = target.clone();
         let mut target = target;
-        let mut credentials = true;
+        let mut same_origin = true;
         let mut hops = 0u8;
         loop {
-            let e = match Self::connect_once(&target, config, credentials).await {
+            let e = match Self::connect_once(&target, config, same_origin).await {
                 Ok(conn) => return Ok(conn),
                 Err(e) => e,
             };
@@ -171,29 +190,37 @@ impl Connection {
                 ));
             }
             let next = redirect::next_hop(&target, *status, location.as_deref())?;
-            credentials &= redirect::same_origin(&configured, &next);
-            tracing::info!(from = %target, to = %next, status, "following a redirect");
+            same_origin &= redirect::same_origin(&configured, &next);
+            tracing::info!(
+                from = %target.redacted(),
+                to = %next.redacted(),
+                status,
+                same_origin,
+                "following a redirect"
+            );
             hops += 1;
             target = next;
         }
     }
 
     /// One attempt at `target`: proxy choice, DNS, TCP, TLS, handshake.
+    /// Off the configured origin (`same_origin` false) the configured TLS
+    /// (client certificate, roots, skipped verification) stays behind
+    /// unless `keep_tls_on_redirect`: `None` is the default TLS.
     async fn connect_once(
         target: &Target,
         config: &ConnectionConfig,
-        credentials: bool,
+        same_origin: bool,
     ) -> Result<Self, ConnectError> {
         let proxy = config.proxy.for_target(target)?;
-        let mut stream = connect::open_via(
-            target,
-            proxy.as_ref(),
-            config.tls.as_ref(),
-            &config.deadlines,
-        )
-        .await?;
+        let tls = if same_origin || config.keep_tls_on_redirect {
+            config.tls.as_ref()
+        } else {
+            None
+        };
+        let mut stream = connect::open_via(target, proxy.as_ref(), tls, &config.deadlines).await?;
         let (response, leftover) =
-            handshake::client_handshake(&mut stream, target, config, credentials).await?;
+            handshake::client_handshake(&mut stream, target, config, same_origin).await?;
         let mut proto = Protocol::client(config.limits, Box::new(OsRngKeys));
         if let Some(budget) = &config.budget {
             proto = proto.with_budget(budget.clone());

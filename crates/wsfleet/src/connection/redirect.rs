@@ -8,10 +8,6 @@ use crate::connect::{ConnectError, ConnectErrorKind, Phase, Scheme, Target};
 /// modified) and 305 (use proxy, deprecated) are not followed.
 const FOLLOWED: [u16; 5] = [301, 302, 303, 307, 308];
 
-/// Request headers that carry credentials: sent to the origin the user
-/// configured, never to another one a redirect names (curl does the same).
-const CREDENTIAL_HEADERS: [&str; 3] = ["authorization", "cookie", "proxy-authorization"];
-
 /// The next hop of a redirect from `from`, answered with `status` and
 /// `location`.
 ///
@@ -84,14 +80,6 @@ pub(crate) fn same_origin(a: &Target, b: &Target) -> bool {
     a.scheme == b.scheme && a.host == b.host && a.port == b.port
 }
 
-/// Whether a request header carries credentials (dropped once a redirect
-/// has left the configured origin).
-pub(crate) fn is_credential(name: &str) -> bool {
-    CREDENTIAL_HEADERS
-        .iter()
-        .any(|c| c.eq_ignore_ascii_case(name.trim()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,13 +132,10 @@ mod tests {
     }
 
     #[test]
-    fn origins_and_credentials() {
+    fn origins() {
         assert!(same_origin(&t("ws://a:1/x"), &t("ws://a:1/y")));
         assert!(!same_origin(&t("ws://a:1/"), &t("ws://a:2/")));
         assert!(!same_origin(&t("ws://a/"), &t("wss://a/")));
         assert!(!same_origin(&t("ws://a/"), &t("ws://b/")));
-        assert!(is_credential("Authorization"));
-        assert!(is_credential("COOKIE"));
-        assert!(!is_credential("X-Api-Version"));
     }
 }

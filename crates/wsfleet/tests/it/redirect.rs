@@ -40,10 +40,16 @@ async fn redirecting_nginx() -> (EchoServer, Nginx) {
         location = /to-ws { return 301 ws://127.0.0.1:@HTTP_PORT@/; }
         location = /same-origin { return 302 /needs-auth; }
         location = /other-origin { return 302 wss://localhost:@HTTPS_PORT@/no-credentials; }
+        location = /other-origin-token { return 302 wss://localhost:@HTTPS_PORT@/no-token; }
+        location = /other-origin-forward { return 302 wss://localhost:@HTTPS_PORT@/needs-token; }
+        location = /other-origin-protocol { return 302 wss://localhost:@HTTPS_PORT@/no-protocol; }
 ",
     );
     extra += &guarded("/needs-auth", "$http_authorization = \"\"", 401, port);
     extra += &guarded("/no-credentials", "$http_authorization", 403, port);
+    extra += &guarded("/no-token", "$http_x_token", 403, port);
+    extra += &guarded("/needs-token", "$http_x_token = \"\"", 401, port);
+    extra += &guarded("/no-protocol", "$http_sec_websocket_protocol", 403, port);
     let mut options = NginxOptions::default();
     options.extra = extra;
     let nginx = Nginx::start_with(port, options).await.expect("start nginx");
@@ -150,5 +156,39 @@ async fn credentials_stay_with_the_configured_origin() {
     connects_and_echoes(&url, &with_credentials, &nginx).await;
     // Another origin (ws to wss, another port): it is not.
     let url = format!("{}other-origin", nginx.ws_url());
-    connects_and_echoes(&url, &with_credentials, &nginx).await;
+    connects_and_echoes(
+        &url,
+        &with_credentials.clone().keep_tls_on_redirect(true),
+        &nginx,
+    )
+    .await;
+    // And the configured TLS (here: the test CA) stays behind unless kept:
+    // the default roots do not know the test CA.
+    let err = bounded("connect", Connection::connect(&url, &with_credentials))
+        .await
+        .expect_err("the test CA is not trusted off the configured origin");
+    assert_eq!(err.phase(), Phase::Tls, "{err}");
+}
+
+#[tokio::test]
+async fn every_header_and_subprotocol_stays_behind_unless_forwarded() {
+    let (_upstream, nginx) = redirecting_nginx().await;
+    let base = config(2)
+        .keep_tls_on_redirect(true)
+        .header("X-Token", "secret")
+        .protocol("token.secret");
+    // The guards work: each refuses what it must not see.
+    let err = fails(&format!("{}no-token", nginx.wss_url()), &base).await;
+    assert!(crate::report(&err).contains("403"), "{err}");
+    let err = fails(&format!("{}no-protocol", nginx.wss_url()), &base).await;
+    assert!(crate::report(&err).contains("403"), "{err}");
+    // Off the configured origin, neither goes.
+    for path in ["other-origin-token", "other-origin-protocol"] {
+        connects_and_echoes(&format!("{}{path}", nginx.ws_url()), &base, &nginx).await;
+    }
+    let url = format!("{}other-origin-forward", nginx.ws_url());
+    let err = fails(&url, &base).await;
+    assert!(crate::report(&err).contains("401"), "{err}");
+    // Unless the user names it.
+    connects_and_echoes(&url, &base.clone().forward_on_redirect("x-token"), &nginx).await;
 }

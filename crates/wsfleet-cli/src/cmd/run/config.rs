@@ -167,6 +167,12 @@ impl Plan {
                 proxy: t.proxy.or(file.proxy),
                 no_proxy: t.no_proxy || file.no_proxy.unwrap_or(false),
                 max_redirects: t.max_redirects.or(file.max_redirects).unwrap_or(0),
+                redirect_forward: if t.redirect_forward.is_empty() {
+                    file.redirect_forward.unwrap_or_default()
+                } else {
+                    t.redirect_forward
+                },
+                redirect_keep_tls: t.redirect_keep_tls || file.redirect_keep_tls.unwrap_or(false),
             },
             ping_interval: args.ping_interval.or(file.ping_interval.map(|d| d.0)),
             pong_timeout: args.pong_timeout.or(file.pong_timeout.map(|d| d.0)),
@@ -281,6 +287,8 @@ struct FileConfig {
     client_key: Option<PathBuf>,
     origin: Option<String>,
     max_redirects: Option<u8>,
+    redirect_forward: Option<Vec<String>>,
+    redirect_keep_tls: Option<bool>,
     deflate: Option<bool>,
     proxy: Option<String>,
     no_proxy: Option<bool>,
