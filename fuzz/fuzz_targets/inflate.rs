@@ -149,4 +149,7 @@ fuzz_target!(|data: &[u8]| {
         (Some(m), Some(e)) if m.matches(e) => {}
         (m, e) => panic!("error {e:?}, model expects {m:?}"),
     }
+    // The messages carried their charge; dropped, every byte is back.
+    drop(outcome);
+    assert_eq!(budget.held(), 0, "charge kept after the messages were dropped");
 });

@@ -334,3 +334,102 @@ async fn run_stops_within_the_sink_grace_while_nats_is_down() {
         "{stderr}"
     );
 }
+
+/// Issue 15's outage: nats-server killed for 30 s under a steady stream.
+/// The process's RSS (not the budget's accounting) stays within the budget
+/// plus the idle process, and once NATS is back every message received is
+/// stored, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_30_s_nats_outage_keeps_rss_within_the_budget_and_loses_nothing() {
+    const OUTAGE: Duration = Duration::from_secs(30);
+    const BUDGET: u64 = 16 << 20;
+    let mut nats = NatsServer::start_with(wsfleet_testkit::NatsOptions { sync_always: true })
+        .await
+        .expect("nats-server");
+    let upstream = ChaosServer::bind_with(
+        "127.0.0.1:0",
+        ChaosMode::Stream,
+        ChaosSettings::default()
+            .with_message_size(4096)
+            .with_interval(Duration::from_millis(1)),
+    )
+    .await
+    .expect("chaos stream server");
+    let sink = format!("{}/feeds.{{slot}}", nats.url());
+    let url = upstream.url();
+    let (mut run, lines) = Running::start(&[
+        "run",
+        "--url",
+        &url,
+        "--connections",
+        "4",
+        "--memory-budget",
+        "16MiB",
+        "--output",
+        "none",
+        "--sink",
+        &sink,
+        "--sink-stream",
+        "FEEDS",
+    ]);
+    let pid = run.pid();
+    let rss = move || {
+        wsfleet_testkit::measure::proc_status_bytes_of(pid, "VmRSS:").expect("VmRSS of the run")
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = rss();
+    nats.kill().await.expect("SIGKILL nats-server");
+    let mut peak = 0;
+    let outage = std::time::Instant::now();
+    while outage.elapsed() < OUTAGE {
+        peak = peak.max(rss());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    nats.restart()
+        .await
+        .expect("nats-server back on the same store");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    run.signal("INT");
+    let status = tokio::task::spawn_blocking(move || run.wait_exit(Duration::from_secs(30)))
+        .await
+        .expect("waited");
+    assert!(status.success(), "{status:?}");
+    let stdout: Vec<String> = lines.try_iter().collect();
+    let stdout = stdout.join("\n");
+    let received = summary(&stdout, "received");
+    eprintln!(
+        "outage: RSS {} KiB before, peak {} KiB during {OUTAGE:?} (budget {} KiB); {stdout}",
+        before >> 10,
+        peak >> 10,
+        BUDGET >> 10
+    );
+    // The budget bounds what the fleet holds; the process adds its idle
+    // size on top (this debug binary: about 18 MiB). And nothing grows
+    // while NATS is gone: the fleet stops reading once the window is full.
+    assert!(
+        peak <= before + (2 << 20),
+        "RSS grew during the outage: {before} before, peak {peak}"
+    );
+    assert!(
+        peak <= BUDGET + (24 << 20),
+        "peak RSS {peak} during the outage"
+    );
+    assert!(received > 1000, "too little traffic: {stdout}");
+    assert_eq!(summary(&stdout, "sink_acked"), received, "{stdout}");
+    assert_eq!(summary(&stdout, "sink_unacked"), 0, "{stdout}");
+    assert_eq!(summary(&stdout, "sink_not_published"), 0, "{stdout}");
+    let js = jetstream::new(async_nats::connect(nats.url()).await.expect("connect"));
+    let stored = js
+        .get_stream("FEEDS")
+        .await
+        .expect("FEEDS")
+        .info()
+        .await
+        .expect("info")
+        .state
+        .messages;
+    assert_eq!(
+        stored, received,
+        "stored vs received (no loss, no duplicate)"
+    );
+}
