@@ -243,7 +243,7 @@ impl FleetBuilder {
     /// slot reconnects (with its backoff). Default: off. At least 100 ms.
     ///
     /// ```no_run
-    /// # async fn demo() -> Result<(), wsfleet::ConfigError> {
+    /// # async fn demo() -> Result<(), wsfleet::proto::ConfigError> {
     /// use std::time::Duration;
     /// let fleet = wsfleet::fleet::Fleet::builder("wss://feed.example/ws")
     ///     .connections(100)
