@@ -15,7 +15,7 @@ use wsfleet_testkit::measure;
 
 use crate::hostile::PER_CONNECTION_BASELINE;
 use crate::report::{Report, kib, mib};
-use crate::sample::{Sample, Sampler, settle};
+use crate::sample::{Sample, Sampler, back_to};
 use crate::servers::{BudgetPeer, Peers, Servers};
 
 /// Budget of the stalled-consumer run: 32 of its 1 MiB messages.
@@ -299,10 +299,7 @@ pub(crate) async fn stalled(long: bool) -> Report {
     let budget_after = monitor.stats().budget_used;
     drop(monitor);
     servers.stop().await;
-    let after = settle(Duration::from_secs(5), |s| {
-        s.fds <= before.fds && s.tasks <= before.tasks
-    })
-    .await;
+    let after = back_to(&before).await;
 
     let held = stalled.totals.msgs_in;
     report.figure(
@@ -473,10 +470,7 @@ pub(crate) async fn pinning(long: bool) -> Report {
     let budget_after = monitor.stats().budget_used;
     drop(monitor);
     servers.stop().await;
-    let after = settle(Duration::from_secs(5), |s| {
-        s.fds <= before.fds && s.tasks <= before.tasks
-    })
-    .await;
+    let after = back_to(&before).await;
 
     report.check(
         healthy.len() == PINNING_EACH && pinning.len() == PINNING_EACH,

@@ -15,7 +15,7 @@ use wsfleet::serve::ChaosMode;
 use wsfleet::{Keepalive, Limits, Message};
 
 use crate::report::{Report, kib, mib};
-use crate::sample::{Sample, Sampler, settle};
+use crate::sample::{Sample, Sampler, back_to};
 use crate::servers::Servers;
 
 /// Fleet-wide memory budget of the soak.
@@ -496,10 +496,7 @@ pub(crate) async fn run(connections: usize, duration: Duration, long: bool) -> R
     let budget_after = monitor.stats().budget_used;
     drop(monitor);
     servers.stop().await;
-    let after = settle(Duration::from_secs(5), |s| {
-        s.fds <= before.fds && s.tasks <= before.tasks
-    })
-    .await;
+    let after = back_to(&before).await;
 
     // Figures and checks.
     let peak = |f: fn(&Sample) -> u64| during.iter().map(f).max().unwrap_or(0);

@@ -7,7 +7,7 @@ use tokio::time::Instant;
 use wsfleet::fleet::{EventKind, Fleet};
 
 use crate::report::{Report, kib};
-use crate::sample::{Sample, Sampler, median, settle};
+use crate::sample::{Sample, Sampler, back_to, median};
 use crate::servers::Servers;
 
 /// Lifetime of each connection before it is rotated (± 10 %).
@@ -76,10 +76,7 @@ pub(crate) async fn run(connections: usize, duration: Duration) -> Report {
     let totals = monitor.stats();
     drop(monitor);
     servers.stop().await;
-    let after = settle(Duration::from_secs(5), |s| {
-        s.fds <= before.fds && s.tasks <= before.tasks
-    })
-    .await;
+    let after = back_to(&before).await;
 
     // The first window starts after the ramp-up and the first rotations.
     let start = samples.first().map_or_else(Instant::now, |s| s.at);

@@ -90,6 +90,15 @@ pub(crate) async fn settle(limit: Duration, done: impl Fn(&Sample) -> bool) -> S
     }
 }
 
+/// Waits (up to 5 s) until open files and tasks are back to `before`'s
+/// counts, after a phase's fleet and servers are gone; the last reading.
+pub(crate) async fn back_to(before: &Sample) -> Sample {
+    settle(Duration::from_secs(5), |s| {
+        s.fds <= before.fds && s.tasks <= before.tasks
+    })
+    .await
+}
+
 /// The median of `values` (0 for none).
 pub(crate) fn median(mut values: Vec<f64>) -> f64 {
     if values.is_empty() {
