@@ -17,6 +17,7 @@
 //! The peers run in a child process (this executable with `--serve`). Run
 //! it through `scripts/soak` (see `--help`); exit status 1 on any violation.
 
+mod allocator;
 mod budget;
 mod exhaustion;
 mod hostile;
@@ -64,6 +65,10 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // Before any thread starts: glibc reads these settings without a lock.
+    if let Err(e) = allocator::tune() {
+        eprintln!("wsfleet-soak: {e}; RSS figures will not be the wsfleet binary's");
+    }
     let raw: Vec<String> = std::env::args().skip(1).collect();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
