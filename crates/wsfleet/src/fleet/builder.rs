@@ -16,6 +16,7 @@ use super::budget::FleetBudget;
 use super::intensity::{IntensityWindow, RestartIntensity};
 use super::rate::Pacer;
 use super::stats::ConnRecord;
+use super::subscriptions::{Placement, SubscribeError, Subscription, Table};
 use super::{Events, Fleet, Shared, SlotId, SlotShared, supervisor};
 use crate::connect::{Deadlines, Target};
 use crate::{Connection, ConnectionConfig, Keepalive};
@@ -70,6 +71,8 @@ pub struct FleetBuilder {
     intensity: RestartIntensity,
     event_capacity: usize,
     settings: Settings,
+    subscriptions: Vec<Subscription>,
+    placement: Placement,
 }
 
 impl FleetBuilder {
@@ -94,6 +97,8 @@ impl FleetBuilder {
                 stale_after: None,
                 seed: None,
             },
+            subscriptions: Vec::new(),
+            placement: Placement::Every,
         }
     }
 
@@ -219,6 +224,38 @@ impl FleetBuilder {
             + 'static,
     {
         self.settings.on_connect = Some(Arc::new(hook));
+        self
+    }
+
+    /// A subscription every connection carrying it sends when it opens —
+    /// after the on-connect hook, before it counts as ready — and again on
+    /// every reconnect and rotation. Add more while running with
+    /// [`Fleet::subscribe`](super::Fleet::subscribe). Which connections
+    /// carry it: [`placement`](Self::placement).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use wsfleet::fleet::{Fleet, Placement, Subscription};
+    /// use wsfleet::Message;
+    /// let mut builder = Fleet::builder("ws://127.0.0.1:9001/")
+    ///     .connections(10)
+    ///     .placement(Placement::Spread { per_connection: 10 });
+    /// for channel in 0..100 {
+    ///     let start = Message::text(format!(r#"{{"op":"subscribe","channel":"c{channel}"}}"#));
+    ///     builder = builder.subscribe(Subscription::new(format!("c{channel}"), start));
+    /// }
+    /// let fleet = builder.spawn()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn subscribe(mut self, subscription: Subscription) -> Self {
+        self.subscriptions.push(subscription);
+        self
+    }
+
+    /// Which connections carry each subscription (default
+    /// [`Placement::Every`]).
+    pub fn placement(mut self, placement: Placement) -> Self {
+        self.placement = placement;
         self
     }
 
@@ -348,17 +385,22 @@ impl FleetBuilder {
             problem: "spawn must be called inside a tokio runtime",
         })?;
 
+        if self.placement == (Placement::Spread { per_connection: 0 }) {
+            return bad("placement", "0".into(), "per_connection must be at least 1");
+        }
         let budget = Arc::new(FleetBudget::new(self.budget));
         let mut settings = self.settings;
         settings.connection.budget = Some(budget.clone());
         let slots: Vec<SlotShared> = (0..self.connections)
             .filter(|i| i % count == index)
-            .map(|i| {
+            .enumerate()
+            .map(|(position, i)| {
                 let target = &targets[i % targets.len()];
                 let url: Arc<str> = Arc::from(target.to_string());
                 let id = SlotId(i as u32);
                 SlotShared {
                     id,
+                    index: position,
                     url: url.clone(),
                     current: Mutex::new(Arc::new(ConnRecord::new(id, url))),
                     inbox: Mutex::new(None),
@@ -371,6 +413,25 @@ impl FleetBuilder {
                 format!("{index}/{count}"),
                 "this shard gets no slot: it needs more connections than shards",
             );
+        }
+        let mut table = Table::new(self.placement, slots.len());
+        for sub in self.subscriptions {
+            if let Err(e) = table.add(sub) {
+                let (value, problem) = match e {
+                    SubscribeError::NoRoom { key, .. } => (
+                        key,
+                        "no slot has room: add connections or raise per_connection",
+                    ),
+                    SubscribeError::Duplicate { key } | SubscribeError::Unknown { key } => {
+                        (key, "a subscription with this key was added already")
+                    }
+                };
+                return Err(ConfigError {
+                    field: "subscribe",
+                    value,
+                    problem,
+                });
+            }
         }
         let (events_tx, events_rx) = mpsc::channel(self.event_capacity);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -389,6 +450,8 @@ impl FleetBuilder {
             events_dropped: AtomicU64::new(0),
             counters: Default::default(),
             draining_tasks: Mutex::new(Vec::new()),
+            subscriptions: Mutex::new(table),
+            subscription_changes: tokio::sync::Mutex::new(()),
         });
         let tasks = (0..shared.slots.len())
             .map(|i| {

@@ -82,6 +82,21 @@ impl Inbox {
         Ok(())
     }
 
+    /// Queues `message` even past the capacity; gives it back if closed.
+    /// Only for what a starting connection must send first (its
+    /// subscriptions' catch-up, bounded by the subscription table), queued
+    /// under the table's lock where waiting for room is not possible.
+    pub(crate) fn force_send(&self, message: Message) -> Result<(), Message> {
+        let mut state = self.lock();
+        if state.closed {
+            return Err(message);
+        }
+        state.queue.push_back(message);
+        drop(state);
+        self.readable.notify_one();
+        Ok(())
+    }
+
     /// Queues `message`, waiting for room (backpressure); gives it back if
     /// the inbox is or becomes closed.
     pub(crate) async fn send(&self, mut message: Message) -> Result<(), Message> {

@@ -35,6 +35,7 @@ mod rotation;
 mod running;
 mod stale;
 mod stats;
+mod subscriptions;
 mod supervisor;
 
 use std::fmt;
@@ -53,6 +54,7 @@ pub use counters::{HANDSHAKE_BUCKETS_MS, Totals};
 pub use intensity::RestartIntensity;
 pub use reason::DisconnectReason;
 pub use stats::{ConnState, ConnectionInfo, FleetStats};
+pub use subscriptions::{Placement, SubscribeError, Subscription};
 
 use inbox::{Inbox, TrySendError};
 use stats::ConnRecord;
@@ -244,6 +246,8 @@ impl Events {
 #[derive(Debug)]
 pub(crate) struct SlotShared {
     pub(crate) id: SlotId,
+    /// Its index in [`Shared::slots`] (the id counts every shard's slots).
+    pub(crate) index: usize,
     pub(crate) url: Arc<str>,
     pub(crate) current: Mutex<Arc<ConnRecord>>,
     /// Inbox of the ready connection; `None` when none is ready.
@@ -280,9 +284,18 @@ pub(crate) struct Shared {
     pub(crate) counters: counters::Counters,
     /// Rotated-out connections still closing, awaited by `shutdown`.
     pub(crate) draining_tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// The subscriptions each slot carries.
+    pub(crate) subscriptions: Mutex<subscriptions::Table>,
+    /// Held by `subscribe`/`unsubscribe` from the table change to the last
+    /// message sent, so changes reach every connection in the order made.
+    pub(crate) subscription_changes: tokio::sync::Mutex<()>,
 }
 
 impl Shared {
+    pub(crate) fn subscriptions(&self) -> std::sync::MutexGuard<'_, subscriptions::Table> {
+        self.subscriptions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub(crate) fn next_conn_id(&self) -> ConnId {
         ConnId(self.next_id.fetch_add(1, Ordering::Relaxed) + 1)
     }
@@ -498,6 +511,70 @@ impl Fleet {
         sent
     }
 
+    /// Adds a subscription: its start messages go to the ready connections
+    /// that carry it now (every one, or one slot's: see [`Placement`]), and
+    /// every later connection of those slots replays it before it counts as
+    /// ready. Returns how many connections took the start messages now (0
+    /// when none is ready: the next ones replay it).
+    ///
+    /// Waits while an inbox is full (backpressure), like [`send`](Self::send).
+    ///
+    /// # Errors
+    /// [`SubscribeError::Duplicate`] or [`SubscribeError::NoRoom`]; the
+    /// table is unchanged.
+    pub async fn subscribe(&self, subscription: Subscription) -> Result<usize, SubscribeError> {
+        let _order = self.shared.subscription_changes.lock().await;
+        let messages = subscription.start_messages().to_vec();
+        let inboxes = {
+            let mut table = self.shared.subscriptions();
+            let slot = table.add(subscription)?;
+            self.carrying_inboxes(slot)
+        };
+        Ok(send_all(&inboxes, &messages).await)
+    }
+
+    /// Removes the subscription `key`: its end message (if it has one) goes
+    /// to the ready connections carrying it, and no later connection
+    /// replays it. Returns how many connections took the end message.
+    ///
+    /// # Errors
+    /// [`SubscribeError::Unknown`] if no subscription has this key.
+    pub async fn unsubscribe(&self, key: &str) -> Result<usize, SubscribeError> {
+        let _order = self.shared.subscription_changes.lock().await;
+        let (removed, inboxes) = {
+            let mut table = self.shared.subscriptions();
+            let (removed, slot) = table.remove(key)?;
+            (removed, self.carrying_inboxes(slot))
+        };
+        let messages: Vec<Message> = removed.end_message().cloned().into_iter().collect();
+        if messages.is_empty() {
+            return Ok(0);
+        }
+        Ok(send_all(&inboxes, &messages).await)
+    }
+
+    /// The keys of every subscription, in the order they were added.
+    pub fn subscriptions(&self) -> Vec<String> {
+        let table = self.shared.subscriptions();
+        table.keys()
+    }
+
+    /// The inboxes of the ready connections of `slot` (every slot when
+    /// `None`). Called under the table lock: a connection registers its
+    /// inbox under it too, so each one is reached here or catches up when
+    /// it starts, never both, never neither.
+    fn carrying_inboxes(&self, slot: Option<usize>) -> Vec<Arc<Inbox>> {
+        let slots = &self.shared.slots;
+        let carrying: Vec<&SlotShared> = match slot {
+            Some(i) => slots.get(i).into_iter().collect(),
+            None => slots.iter().collect(),
+        };
+        carrying
+            .into_iter()
+            .filter_map(|s| s.inbox().map(|(_, inbox)| inbox))
+            .collect()
+    }
+
     /// Connections ready now.
     pub fn ready(&self) -> usize {
         self.monitor().ready()
@@ -621,6 +698,19 @@ impl fmt::Debug for FleetMonitor {
             .field("slots", &self.0.slots.len())
             .finish_non_exhaustive()
     }
+}
+
+/// Sends `messages` in order to each inbox; how many took them all.
+async fn send_all(inboxes: &[Arc<Inbox>], messages: &[Message]) -> usize {
+    let mut took = 0;
+    for inbox in inboxes {
+        let mut all = true;
+        for m in messages {
+            all &= inbox.send(m.clone()).await.is_ok();
+        }
+        took += usize::from(all);
+    }
+    took
 }
 
 async fn futures_join_all(tasks: Vec<JoinHandle<()>>) {

@@ -76,7 +76,7 @@ impl Supervisor<'_> {
         let opened = tokio::select! {
             r = async {
                 tokio::time::sleep_until(turn).await;
-                Box::pin(open(shared, target)).await
+                Box::pin(open(shared, self.slot, target)).await
             } => Rotation::Opened(r),
             end = &mut current.task => Rotation::OldEnded(end),
             _ = self.shutdown.changed() => Rotation::Shutdown,

@@ -1,6 +1,7 @@
 //! One connection of a slot from dial to end: opened (connected, its
-//! on-connect hook run) in a task of its own, started as the slot's current
-//! connection in another, and reported when that task ends.
+//! on-connect hook run, its slot's subscriptions replayed) in a task of its
+//! own, started as the slot's current connection in another, and reported
+//! when that task ends.
 
 use std::future::Future;
 use std::io;
@@ -18,6 +19,7 @@ use super::conn_task::{ConnTask, Drain, TaskEnd};
 use super::inbox::{Inbox, Receiver};
 use super::reason::DisconnectReason;
 use super::stats::ConnRecord;
+use super::subscriptions::Subscription;
 use super::{ConnId, EventKind, Shared, SlotId, SlotShared};
 use crate::Connection;
 use crate::connect::Target;
@@ -45,6 +47,8 @@ pub(super) struct Opened {
     conn: Box<Connection>,
     protocol: Option<String>,
     budget: Arc<ConnBudget>,
+    /// The subscriptions it replayed while opening.
+    replayed: Vec<Arc<Subscription>>,
 }
 
 /// A connection task the supervisor watches.
@@ -101,10 +105,13 @@ impl Running {
     }
 }
 
-/// Connects and runs the on-connect hook in a task of its own, so a panic
-/// in the hook is caught here as that connection's failure.
+/// Connects, runs the on-connect hook and replays the subscriptions `slot`
+/// carries, in a task of its own, so a panic in the hook is caught here as
+/// that connection's failure. The hook and the replay share one handshake
+/// deadline.
 pub(super) async fn open(
     shared: &Arc<Shared>,
+    slot: &SlotShared,
     target: &Target,
 ) -> Result<Opened, DisconnectReason> {
     let mut config = shared.settings.connection.clone();
@@ -112,6 +119,7 @@ pub(super) async fn open(
     config.budget = Some(budget.clone());
     config.gate = Some(budget.clone());
     let hook = shared.settings.on_connect.clone();
+    let replayed = shared.subscriptions().carried(slot.index);
     let target = target.clone();
     let started = Instant::now();
     let task = Task(tokio::spawn(async move {
@@ -120,18 +128,26 @@ pub(super) async fn open(
                 .await
                 .map_err(DisconnectReason::from_connect)?,
         );
-        if let Some(hook) = hook {
-            let limit = config.deadlines.handshake;
-            match tokio::time::timeout(limit, hook(&mut conn)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(DisconnectReason::HookFailed(Arc::from(e))),
-                Err(_) => {
-                    let late = io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("did not finish within {limit:?}"),
-                    );
-                    return Err(DisconnectReason::HookFailed(Arc::new(late)));
-                }
+        let limit = config.deadlines.handshake;
+        let prepare = async {
+            if let Some(hook) = hook {
+                hook(&mut conn)
+                    .await
+                    .map_err(|e| DisconnectReason::HookFailed(Arc::from(e)))?;
+            }
+            replay(&mut conn, &replayed).await
+        };
+        match tokio::time::timeout(limit, prepare).await {
+            Ok(Ok(())) => {}
+            Ok(Err(reason)) => return Err(reason),
+            Err(_) => {
+                let late = io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "the on-connect hook and the subscriptions did not finish within {limit:?}"
+                    ),
+                );
+                return Err(DisconnectReason::HookFailed(Arc::new(late)));
             }
         }
         let protocol = conn.protocol().map(str::to_owned);
@@ -139,6 +155,7 @@ pub(super) async fn open(
             conn,
             protocol,
             budget,
+            replayed,
         })
     }));
     let result = task.await;
@@ -150,6 +167,28 @@ pub(super) async fn open(
         Err(e) if e.is_panic() => Err(DisconnectReason::Panicked(panic_message(e.into_panic()))),
         Err(_) => Err(DisconnectReason::Shutdown),
     }
+}
+
+/// Sends the start messages of `subscriptions`, in order.
+async fn replay(
+    conn: &mut Connection,
+    subscriptions: &[Arc<Subscription>],
+) -> Result<(), DisconnectReason> {
+    for sub in subscriptions {
+        for message in sub.start_messages() {
+            if let Err(e) = conn.send(message.clone()).await {
+                tracing::warn!(subscription = sub.key(), error = %e, "replaying a subscription failed");
+                return Err(DisconnectReason::from_error(&e));
+            }
+        }
+    }
+    if !subscriptions.is_empty() {
+        tracing::debug!(
+            subscriptions = subscriptions.len(),
+            "subscriptions replayed"
+        );
+    }
+    Ok(())
 }
 
 fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
@@ -173,6 +212,7 @@ pub(super) async fn start(
         conn,
         protocol,
         budget,
+        replayed,
     } = opened;
     let record = Arc::new(ConnRecord::successor(&slot.record(), id, budget));
     let inbox = Arc::new(Inbox::new(shared.settings.inbox_capacity));
@@ -191,8 +231,21 @@ pub(super) async fn start(
         .run()
         .instrument(span),
     ));
-    *slot.current.lock().unwrap_or_else(|p| p.into_inner()) = record.clone();
-    *slot.inbox.lock().unwrap_or_else(|p| p.into_inner()) = Some((id, inbox.clone()));
+    {
+        // Registered under the table's lock: a subscription changed after
+        // the replay is caught up with here, or reaches this inbox through
+        // `Fleet::subscribe`, never both.
+        let table = shared.subscriptions();
+        let catchup = table.catch_up(slot.index, &replayed);
+        let ends = catchup.end.iter().filter_map(|s| s.end_message());
+        let starts = catchup.start.iter().flat_map(|s| s.start_messages());
+        for message in ends.chain(starts) {
+            // A new inbox is open; the catch-up is bounded by the table.
+            let _ = inbox.force_send(message.clone());
+        }
+        *slot.current.lock().unwrap_or_else(|p| p.into_inner()) = record.clone();
+        *slot.inbox.lock().unwrap_or_else(|p| p.into_inner()) = Some((id, inbox.clone()));
+    }
     tracing::debug!(conn = %id, "connection ready");
     shared
         .emit(id, slot.id, EventKind::Connected { protocol })

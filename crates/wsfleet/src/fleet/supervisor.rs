@@ -98,7 +98,7 @@ impl Supervisor<'_> {
             }
             let id = shared.next_conn_id();
             let opened = tokio::select! {
-                r = Box::pin(open(shared, self.target)) => r,
+                r = Box::pin(open(shared, slot, self.target)) => r,
                 _ = self.shutdown.changed() => return,
             };
             match opened {
@@ -236,7 +236,7 @@ mod size_tests {
         let (_tx, rx) = watch::channel(false);
         let target = Target::parse("ws://127.0.0.1:9/").unwrap();
         let slot_future = run_slot(shared.clone(), 0, target.clone(), rx);
-        let open_future = open(&shared, &target);
+        let open_future = open(&shared, &shared.slots[0], &target);
         let connect_future =
             Connection::connect_target(target.clone(), &shared.settings.connection);
         let (slot_size, open_size, connect_size) = (

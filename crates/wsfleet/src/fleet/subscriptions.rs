@@ -1,0 +1,387 @@
+//! Subscriptions as state: what each slot's connection must send to start
+//! (and end) the streams it carries. The fleet replays a slot's
+//! subscriptions on every new connection of that slot — after a drop, a
+//! reconnect or a rotation — before the connection counts as ready, and
+//! sends start or end messages on the live connections when a subscription
+//! is added or removed at runtime.
+//!
+//! The table is plain data, tested without sockets; the fleet holds it
+//! under a lock and does the sending (`running::open` replays,
+//! `running::start` catches up with changes made while a connection was
+//! opening, [`Fleet::subscribe`](super::Fleet::subscribe) and
+//! [`Fleet::unsubscribe`](super::Fleet::unsubscribe) reach the live ones).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::Arc;
+
+use wsfleet_proto::Message;
+
+/// A stream the fleet keeps subscribed: the message(s) that start it on a
+/// connection and, optionally, the message that ends it.
+///
+/// ```
+/// use wsfleet::fleet::Subscription;
+/// use wsfleet::Message;
+/// let trades = Subscription::new("trades.BTC", Message::text(r#"{"op":"subscribe","channel":"trades.BTC"}"#))
+///     .end(Message::text(r#"{"op":"unsubscribe","channel":"trades.BTC"}"#));
+/// assert_eq!(trades.key(), "trades.BTC");
+/// ```
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    key: Arc<str>,
+    start: Vec<Message>,
+    end: Option<Message>,
+}
+
+impl Subscription {
+    /// A subscription named `key` (unique in a fleet; when messages are
+    /// attributed to streams, the stream's key) started by `start`.
+    pub fn new(key: impl Into<String>, start: Message) -> Self {
+        Self {
+            key: Arc::from(key.into()),
+            start: vec![start],
+            end: None,
+        }
+    }
+
+    /// One more message to send, after the previous ones, to start it.
+    pub fn then(mut self, start: Message) -> Self {
+        self.start.push(start);
+        self
+    }
+
+    /// The message that ends it on a live connection when it is removed.
+    /// Without one, removing a subscription only stops its replay.
+    pub fn end(mut self, end: Message) -> Self {
+        self.end = Some(end);
+        self
+    }
+
+    /// Its key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The messages that start it, in order.
+    pub fn start_messages(&self) -> &[Message] {
+        &self.start
+    }
+
+    /// The message that ends it, if any.
+    pub fn end_message(&self) -> Option<&Message> {
+        self.end.as_ref()
+    }
+
+    pub(crate) fn shared_key(&self) -> &Arc<str> {
+        &self.key
+    }
+}
+
+/// Which connections carry each subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Placement {
+    /// Every connection carries every subscription (default): redundant
+    /// copies of each stream, or a per-connection preamble (auth, login).
+    #[default]
+    Every,
+    /// Each subscription is carried by one slot: the one carrying fewest
+    /// (the lowest slot on a tie), at most `per_connection` per slot, as
+    /// upstreams that cap channels per connection require. A slot keeps its
+    /// subscriptions across its reconnects and rotations.
+    Spread {
+        /// The most subscriptions one connection carries.
+        per_connection: usize,
+    },
+}
+
+/// Why a subscription was not added or removed; nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SubscribeError {
+    /// A subscription with this key exists already.
+    Duplicate {
+        /// The key.
+        key: String,
+    },
+    /// Spread placement: every slot carries its maximum already.
+    NoRoom {
+        /// The key that found no slot.
+        key: String,
+        /// The maximum per connection.
+        per_connection: usize,
+        /// The slots of this fleet (or shard).
+        slots: usize,
+    },
+    /// No subscription has this key.
+    Unknown {
+        /// The key.
+        key: String,
+    },
+}
+
+impl fmt::Display for SubscribeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Duplicate { key } => write!(f, "subscription {key:?} exists already"),
+            Self::NoRoom {
+                key,
+                per_connection,
+                slots,
+            } => write!(
+                f,
+                "no room for subscription {key:?}: all {slots} connections carry {per_connection} \
+                 subscriptions (the maximum per connection); add connections or raise the maximum"
+            ),
+            Self::Unknown { key } => write!(f, "no subscription {key:?}"),
+        }
+    }
+}
+
+impl std::error::Error for SubscribeError {}
+
+/// A subscription in the table: added `order`-th, carried by `slots`.
+#[derive(Debug)]
+struct Entry {
+    order: u64,
+    sub: Arc<Subscription>,
+    /// Slot indexes carrying it (empty for [`Placement::Every`]: all).
+    slots: Vec<usize>,
+}
+
+/// What the start of a connection must send to carry its slot's
+/// subscriptions as they are now, given what it replayed while opening.
+#[derive(Debug, Default)]
+pub(crate) struct Catchup {
+    /// Added since: send their start messages.
+    pub(crate) start: Vec<Arc<Subscription>>,
+    /// Removed since: send their end messages.
+    pub(crate) end: Vec<Arc<Subscription>>,
+}
+
+/// Every subscription of a fleet and the slots carrying each.
+#[derive(Debug)]
+pub(crate) struct Table {
+    placement: Placement,
+    next_order: u64,
+    by_key: HashMap<Arc<str>, Entry>,
+    /// Spread placement: each slot's subscriptions by order (unused for
+    /// `Every`, where every slot carries `by_key` whole).
+    per_slot: Vec<BTreeMap<u64, Arc<Subscription>>>,
+}
+
+impl Table {
+    /// An empty table for `slots` slots.
+    pub(crate) fn new(placement: Placement, slots: usize) -> Self {
+        let per_slot = match placement {
+            Placement::Every => Vec::new(),
+            Placement::Spread { .. } => vec![BTreeMap::new(); slots],
+        };
+        Self {
+            placement,
+            next_order: 0,
+            by_key: HashMap::new(),
+            per_slot,
+        }
+    }
+
+    /// Adds `sub`; the slot indexes that carry it (`None`: every slot).
+    pub(crate) fn add(&mut self, sub: Subscription) -> Result<Option<usize>, SubscribeError> {
+        if self.by_key.contains_key(sub.key()) {
+            return Err(SubscribeError::Duplicate {
+                key: sub.key().to_owned(),
+            });
+        }
+        let slot = match self.placement {
+            Placement::Every => None,
+            Placement::Spread { per_connection } => {
+                let (slot, carried) = self
+                    .per_slot
+                    .iter()
+                    .enumerate()
+                    .map(|(i, subs)| (i, subs.len()))
+                    .min_by_key(|&(i, n)| (n, i))
+                    .unwrap_or((0, usize::MAX));
+                if carried >= per_connection {
+                    return Err(SubscribeError::NoRoom {
+                        key: sub.key().to_owned(),
+                        per_connection,
+                        slots: self.per_slot.len(),
+                    });
+                }
+                Some(slot)
+            }
+        };
+        let order = self.next_order;
+        self.next_order += 1;
+        let sub = Arc::new(sub);
+        if let Some(slot) = slot {
+            self.per_slot[slot].insert(order, sub.clone());
+        }
+        self.by_key.insert(
+            sub.shared_key().clone(),
+            Entry {
+                order,
+                sub,
+                slots: slot.into_iter().collect(),
+            },
+        );
+        Ok(slot)
+    }
+
+    /// Removes the subscription `key`: it and the slot carrying it (`None`:
+    /// every slot).
+    pub(crate) fn remove(
+        &mut self,
+        key: &str,
+    ) -> Result<(Arc<Subscription>, Option<usize>), SubscribeError> {
+        let entry = self
+            .by_key
+            .remove(key)
+            .ok_or_else(|| SubscribeError::Unknown {
+                key: key.to_owned(),
+            })?;
+        let slot = entry.slots.first().copied();
+        if let Some(slot) = slot {
+            self.per_slot[slot].remove(&entry.order);
+        }
+        Ok((entry.sub, slot))
+    }
+
+    /// Every key, in the order added.
+    pub(crate) fn keys(&self) -> Vec<String> {
+        let mut all: Vec<&Entry> = self.by_key.values().collect();
+        all.sort_unstable_by_key(|e| e.order);
+        all.into_iter().map(|e| e.sub.key().to_owned()).collect()
+    }
+
+    /// What slot `slot` carries, in the order the subscriptions were added.
+    pub(crate) fn carried(&self, slot: usize) -> Vec<Arc<Subscription>> {
+        match self.placement {
+            Placement::Every => {
+                let mut all: Vec<&Entry> = self.by_key.values().collect();
+                all.sort_unstable_by_key(|e| e.order);
+                all.into_iter().map(|e| e.sub.clone()).collect()
+            }
+            Placement::Spread { .. } => self
+                .per_slot
+                .get(slot)
+                .map(|subs| subs.values().cloned().collect())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// What a connection of `slot` that replayed `replayed` must send now
+    /// to carry what the slot carries.
+    pub(crate) fn catch_up(&self, slot: usize, replayed: &[Arc<Subscription>]) -> Catchup {
+        let now = self.carried(slot);
+        let had = |s: &Arc<Subscription>, list: &[Arc<Subscription>]| {
+            list.iter().any(|o| Arc::ptr_eq(o, s))
+        };
+        Catchup {
+            start: now.iter().filter(|s| !had(s, replayed)).cloned().collect(),
+            end: replayed.iter().filter(|s| !had(s, &now)).cloned().collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sub(key: &str) -> Subscription {
+        Subscription::new(key, Message::text(format!("sub {key}")))
+            .end(Message::text(format!("unsub {key}")))
+    }
+
+    fn keys(subs: &[Arc<Subscription>]) -> Vec<&str> {
+        subs.iter().map(|s| s.key()).collect()
+    }
+
+    #[test]
+    fn every_slot_carries_every_subscription_in_the_order_added() {
+        let mut table = Table::new(Placement::Every, 3);
+        for k in ["b", "a", "c"] {
+            assert_eq!(table.add(sub(k)), Ok(None));
+        }
+        for slot in 0..3 {
+            assert_eq!(keys(&table.carried(slot)), ["b", "a", "c"]);
+        }
+        let (gone, slot) = table.remove("a").unwrap();
+        assert_eq!((gone.key(), slot), ("a", None));
+        assert_eq!(keys(&table.carried(1)), ["b", "c"]);
+    }
+
+    #[test]
+    fn a_key_is_unique_and_removing_an_unknown_one_is_an_error() {
+        let mut table = Table::new(Placement::Every, 1);
+        table.add(sub("a")).unwrap();
+        assert_eq!(
+            table.add(sub("a")),
+            Err(SubscribeError::Duplicate { key: "a".into() })
+        );
+        assert_eq!(table.keys(), ["a"]);
+        assert_eq!(
+            table.remove("z").unwrap_err(),
+            SubscribeError::Unknown { key: "z".into() }
+        );
+    }
+
+    #[test]
+    fn spread_fills_the_emptiest_slot_and_refuses_past_the_cap() {
+        let mut table = Table::new(Placement::Spread { per_connection: 2 }, 3);
+        let slots: Vec<_> = (0..6)
+            .map(|i| table.add(sub(&format!("k{i}"))).unwrap())
+            .collect();
+        assert_eq!(
+            slots,
+            [Some(0), Some(1), Some(2), Some(0), Some(1), Some(2)]
+        );
+        assert_eq!(keys(&table.carried(1)), ["k1", "k4"]);
+        let full = table.add(sub("k6")).unwrap_err();
+        assert_eq!(
+            full,
+            SubscribeError::NoRoom {
+                key: "k6".into(),
+                per_connection: 2,
+                slots: 3
+            }
+        );
+        assert!(full.to_string().contains("all 3 connections carry 2"));
+        // A removal makes room on the slot it leaves.
+        assert_eq!(table.remove("k4").unwrap().1, Some(1));
+        assert_eq!(table.add(sub("k6")), Ok(Some(1)));
+        assert_eq!(keys(&table.carried(1)), ["k1", "k6"]);
+    }
+
+    #[test]
+    fn catch_up_starts_what_was_added_and_ends_what_was_removed_meanwhile() {
+        let mut table = Table::new(Placement::Every, 1);
+        table.add(sub("a")).unwrap();
+        table.add(sub("b")).unwrap();
+        let replayed = table.carried(0);
+        assert!(table.catch_up(0, &replayed).start.is_empty());
+        table.remove("a").unwrap();
+        table.add(sub("c")).unwrap();
+        // Removed and added again with other messages: a new subscription.
+        table.remove("b").unwrap();
+        table
+            .add(Subscription::new("b", Message::text("sub b again")))
+            .unwrap();
+        let catchup = table.catch_up(0, &replayed);
+        assert_eq!(keys(&catchup.start), ["c", "b"]);
+        assert_eq!(keys(&catchup.end), ["a", "b"]);
+    }
+
+    #[test]
+    fn spread_catch_up_is_per_slot() {
+        let mut table = Table::new(Placement::Spread { per_connection: 5 }, 2);
+        table.add(sub("a")).unwrap(); // slot 0
+        let replayed0 = table.carried(0);
+        let replayed1 = table.carried(1);
+        table.add(sub("b")).unwrap(); // slot 1
+        assert!(table.catch_up(0, &replayed0).start.is_empty());
+        assert_eq!(keys(&table.catch_up(1, &replayed1).start), ["b"]);
+    }
+}
