@@ -80,6 +80,36 @@ pub(super) fn render(s: &FleetStats) -> String {
             "Messages sent.",
             s.totals.msgs_out,
         ),
+        (
+            "wsfleet_rotations_total",
+            "Connections replaced after their lifetime (make before break).",
+            s.totals.rotations,
+        ),
+        (
+            "wsfleet_sequence_gaps_total",
+            "Gaps in streams' sequence numbers.",
+            s.totals.sequence_gaps,
+        ),
+        (
+            "wsfleet_sequence_missed_total",
+            "Sequence numbers the gaps missed.",
+            s.totals.sequence_missed,
+        ),
+        (
+            "wsfleet_duplicates_dropped_total",
+            "Messages dropped as duplicates of a sequence number delivered already.",
+            s.totals.duplicates_dropped,
+        ),
+        (
+            "wsfleet_late_messages_total",
+            "Messages delivered after a higher sequence number of their stream.",
+            s.totals.late_messages,
+        ),
+        (
+            "wsfleet_subscription_renewals_total",
+            "Subscriptions renewed (stale stream, or a gap under the renew policy).",
+            s.totals.renewals,
+        ),
     ] {
         metric(&mut out, name, MetricKind::Counter, help);
         let _ = writeln!(out, "{name} {value}");

@@ -16,7 +16,7 @@ use super::budget::FleetBudget;
 use super::intensity::{IntensityWindow, RestartIntensity};
 use super::rate::Pacer;
 use super::stats::ConnRecord;
-use super::subscriptions::{Placement, SubscribeError, Subscription, Table};
+use super::subscriptions::{SubscribeError, Subscription, Table};
 use super::{Events, Fleet, Shared, SlotId, SlotShared, supervisor};
 use crate::connect::{Deadlines, Target};
 use crate::{Connection, ConnectionConfig, Keepalive};
@@ -56,6 +56,7 @@ pub(crate) struct Settings {
     pub(crate) seed: Option<u64>,
     pub(crate) slow_consumer: SlowConsumer,
     pub(crate) stale_after: Option<Duration>,
+    pub(crate) streams: Option<Arc<super::Streams>>,
 }
 
 /// Builds a [`Fleet`]. Every setting has a default a user would expect;
@@ -72,7 +73,6 @@ pub struct FleetBuilder {
     event_capacity: usize,
     settings: Settings,
     subscriptions: Vec<Subscription>,
-    placement: Placement,
 }
 
 impl FleetBuilder {
@@ -95,10 +95,10 @@ impl FleetBuilder {
                 inbox_capacity: 64,
                 slow_consumer: SlowConsumer::default(),
                 stale_after: None,
+                streams: None,
                 seed: None,
             },
             subscriptions: Vec::new(),
-            placement: Placement::Every,
         }
     }
 
@@ -231,7 +231,7 @@ impl FleetBuilder {
     /// after the on-connect hook, before it counts as ready — and again on
     /// every reconnect and rotation. Add more while running with
     /// [`Fleet::subscribe`](super::Fleet::subscribe). Which connections
-    /// carry it: [`placement`](Self::placement).
+    /// carry it: [`Subscription::placement`].
     ///
     /// ```no_run
     /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -239,10 +239,12 @@ impl FleetBuilder {
     /// use wsfleet::Message;
     /// let mut builder = Fleet::builder("ws://127.0.0.1:9001/")
     ///     .connections(10)
-    ///     .placement(Placement::Spread { per_connection: 10 });
+    ///     .subscribe(Subscription::new("login", Message::text(r#"{"op":"login"}"#)));
     /// for channel in 0..100 {
     ///     let start = Message::text(format!(r#"{{"op":"subscribe","channel":"c{channel}"}}"#));
-    ///     builder = builder.subscribe(Subscription::new(format!("c{channel}"), start));
+    ///     let spread = Placement::Spread { per_connection: 10 };
+    ///     builder = builder
+    ///         .subscribe(Subscription::new(format!("c{channel}"), start).placement(spread));
     /// }
     /// let fleet = builder.spawn()?;
     /// # Ok(()) }
@@ -252,10 +254,19 @@ impl FleetBuilder {
         self
     }
 
-    /// Which connections carry each subscription (default
-    /// [`Placement::Every`]).
-    pub fn placement(mut self, placement: Placement) -> Self {
-        self.placement = placement;
+    /// Attributes messages to streams and checks their sequence numbers;
+    /// see [`Streams`](super::Streams).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use wsfleet::fleet::{Fleet, Streams};
+    /// let fleet = Fleet::builder("ws://127.0.0.1:9001/")
+    ///     .streams(Streams::new("/channel").sequence("/seq"))
+    ///     .spawn()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn streams(mut self, streams: super::Streams) -> Self {
+        self.settings.streams = Some(Arc::new(streams));
         self
     }
 
@@ -385,8 +396,14 @@ impl FleetBuilder {
             problem: "spawn must be called inside a tokio runtime",
         })?;
 
-        if self.placement == (Placement::Spread { per_connection: 0 }) {
-            return bad("placement", "0".into(), "per_connection must be at least 1");
+        if let Some(streams) = &self.settings.streams {
+            if let Err((field, value)) = streams.validate() {
+                return bad(
+                    field,
+                    value,
+                    "must be a JSON pointer: empty, or starting with '/'",
+                );
+            }
         }
         let budget = Arc::new(FleetBudget::new(self.budget));
         let mut settings = self.settings;
@@ -404,6 +421,7 @@ impl FleetBuilder {
                     url: url.clone(),
                     current: Mutex::new(Arc::new(ConnRecord::new(id, url))),
                     inbox: Mutex::new(None),
+                    streams: Mutex::default(),
                 }
             })
             .collect();
@@ -414,7 +432,7 @@ impl FleetBuilder {
                 "this shard gets no slot: it needs more connections than shards",
             );
         }
-        let mut table = Table::new(self.placement, slots.len());
+        let mut table = Table::new(slots.len());
         for sub in self.subscriptions {
             if let Err(e) = table.add(sub) {
                 let (value, problem) = match e {
@@ -422,6 +440,9 @@ impl FleetBuilder {
                         key,
                         "no slot has room: add connections or raise per_connection",
                     ),
+                    SubscribeError::ZeroPerConnection { key } => {
+                        (key, "spread placement needs per_connection of at least 1")
+                    }
                     SubscribeError::Duplicate { key } | SubscribeError::Unknown { key } => {
                         (key, "a subscription with this key was added already")
                     }

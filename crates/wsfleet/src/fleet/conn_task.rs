@@ -13,10 +13,11 @@ use tokio::sync::oneshot;
 use wsfleet_proto::{CloseCode, Message};
 
 use super::inbox::{Inbox, Receiver};
+use super::intake;
 use super::reason::DisconnectReason;
 use super::stale::{StaleWatch, stale};
 use super::stats::{ConnRecord, ConnState};
-use super::{ConnId, Shared, SlotId};
+use super::{ConnId, Shared};
 use crate::{Connection, Error};
 
 /// Messages sent but not yet seen written, per connection: with the
@@ -64,7 +65,8 @@ pub(super) struct TaskEnd {
 /// One ready connection and what its task talks to.
 pub(super) struct ConnTask {
     pub(super) shared: Arc<Shared>,
-    pub(super) slot: SlotId,
+    /// The slot's index in `shared.slots`.
+    pub(super) index: usize,
     pub(super) id: ConnId,
     pub(super) conn: Box<Connection>,
     /// What the fleet sends this connection.
@@ -81,7 +83,7 @@ impl ConnTask {
     pub(super) async fn run(self) -> TaskEnd {
         let Self {
             shared,
-            slot,
+            index,
             id,
             mut conn,
             inbox,
@@ -96,6 +98,8 @@ impl ConnTask {
         let budget = record.budget();
         let mut evicted = false;
         let mut watch = StaleWatch::new(shared.settings.stale_after);
+        let slot_shared = &shared.slots[index];
+        let mut streams_watch = StreamsWatch::new(&shared);
         let reason = loop {
             let (_, written) = conn.outbound_offsets();
             while inflight.front().is_some_and(|(end, _)| *end <= written) {
@@ -166,9 +170,24 @@ impl ConnTask {
                     }
                     draining = Some(DisconnectReason::Stale { after });
                 }
+                // Streams of this connection's subscriptions without data:
+                // renew them here (end, start).
+                () = streams_watch.tick() => {
+                    streams_watch.renew_stale(&shared, slot_shared, &inbox);
+                }
                 event = conn.recv() => match event {
                     Some(Ok(m)) => {
-                        let delivered = shared.deliver(&record, id, slot, m).await;
+                        let intake = intake::take(&shared, slot_shared, &record, id, &inbox, m).await;
+                        if let Some((stream, missed)) = intake.reconnect {
+                            if draining.is_none() {
+                                record.set_state(ConnState::Draining);
+                                if let Err(e) = conn.begin_close(CloseCode::GOING_AWAY, "sequence gap") {
+                                    break DisconnectReason::from_error(&e);
+                                }
+                                draining = Some(DisconnectReason::SequenceGap { stream, missed });
+                            }
+                        }
+                        let delivered = !intake.gave_up;
                         // After the delivery: time waiting for the consumer
                         // is ours, not the upstream's silence.
                         if let Some(w) = &mut watch {
@@ -209,9 +228,84 @@ impl ConnTask {
             undelivered.push(m);
         }
         record.update(&conn.stats(), &shared.counters);
+        intake::ended(&shared, slot_shared, &record, id).await;
         TaskEnd {
             reason,
             undelivered,
+        }
+    }
+}
+
+/// The per-stream staleness check of one connection (see
+/// [`Streams::stale_after`](super::Streams::stale_after)): every quarter of
+/// the threshold, the streams of the subscriptions its slot carries that had
+/// no message for the threshold — since the connection started or the
+/// stream's last renewal — are renewed. Absent without a threshold or
+/// subscriptions.
+struct StreamsWatch {
+    after: Duration,
+    started: tokio::time::Instant,
+    ticker: Option<tokio::time::Interval>,
+    /// When each stream was last renewed on this connection.
+    renewed: std::collections::HashMap<Arc<str>, tokio::time::Instant>,
+}
+
+impl StreamsWatch {
+    fn new(shared: &Shared) -> Self {
+        let after = shared
+            .settings
+            .streams
+            .as_ref()
+            .and_then(|s| s.stream_stale_after());
+        let ticker = after.map(|after| {
+            let every = (after / 4).max(Duration::from_millis(50));
+            let mut t = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        });
+        Self {
+            after: after.unwrap_or(Duration::MAX),
+            started: tokio::time::Instant::now(),
+            ticker,
+            renewed: std::collections::HashMap::new(),
+        }
+    }
+
+    async fn tick(&mut self) {
+        match &mut self.ticker {
+            Some(t) => {
+                t.tick().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    fn renew_stale(&mut self, shared: &Shared, slot: &super::SlotShared, inbox: &Inbox) {
+        let keys: Vec<Arc<str>> = shared
+            .subscriptions()
+            .carried(slot.index)
+            .iter()
+            .map(|s| s.shared_key().clone())
+            .collect();
+        if keys.is_empty() {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        let stale = slot.streams().stale(
+            &keys,
+            |k| {
+                self.renewed
+                    .get(k)
+                    .copied()
+                    .unwrap_or(self.started)
+                    .max(self.started)
+            },
+            now,
+            self.after,
+        );
+        for key in stale {
+            intake::renew(shared, slot, inbox, &key, "stale stream");
+            self.renewed.insert(key, now);
         }
     }
 }

@@ -17,6 +17,12 @@ pub(crate) struct Counters {
     pub(crate) msgs_in: AtomicU64,
     pub(crate) msgs_out: AtomicU64,
     pub(crate) rotations: AtomicU64,
+    /// Stream integrity (see `streams`).
+    pub(crate) gaps: AtomicU64,
+    pub(crate) missed: AtomicU64,
+    pub(crate) duplicates: AtomicU64,
+    pub(crate) late: AtomicU64,
+    pub(crate) renewals: AtomicU64,
     /// By [`Label`], at its index.
     disconnects: [AtomicU64; Label::COUNT],
     buckets: [AtomicU64; HANDSHAKE_BUCKETS_MS.len() + 1],
@@ -47,6 +53,11 @@ impl Counters {
             msgs_in: load(&self.msgs_in),
             msgs_out: load(&self.msgs_out),
             rotations: load(&self.rotations),
+            sequence_gaps: load(&self.gaps),
+            sequence_missed: load(&self.missed),
+            duplicates_dropped: load(&self.duplicates),
+            late_messages: load(&self.late),
+            renewals: load(&self.renewals),
             disconnects: DisconnectReason::LABELS
                 .into_iter()
                 .zip(&self.disconnects)
@@ -72,6 +83,17 @@ pub struct Totals {
     pub msgs_out: u64,
     /// Connections replaced after their lifetime (make-before-break).
     pub rotations: u64,
+    /// Gaps in streams' sequence numbers (see [`Streams`](super::Streams)).
+    pub sequence_gaps: u64,
+    /// Sequence numbers those gaps missed.
+    pub sequence_missed: u64,
+    /// Messages dropped as duplicates of a number delivered already.
+    pub duplicates_dropped: u64,
+    /// Messages delivered out of order (older than one delivered before).
+    pub late_messages: u64,
+    /// Subscriptions renewed (stale stream, or a gap under
+    /// [`GapPolicy::Renew`](super::GapPolicy::Renew)).
+    pub renewals: u64,
     /// Ended connections and failed attempts, by
     /// [`DisconnectReason::label`], in the order of [`DisconnectReason::LABELS`].
     pub disconnects: Vec<(&'static str, u64)>,

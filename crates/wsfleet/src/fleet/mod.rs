@@ -28,6 +28,7 @@ mod conn_task;
 mod counters;
 mod drain;
 mod inbox;
+mod intake;
 mod intensity;
 mod rate;
 mod reason;
@@ -35,6 +36,7 @@ mod rotation;
 mod running;
 mod stale;
 mod stats;
+mod streams;
 mod subscriptions;
 mod supervisor;
 
@@ -54,6 +56,7 @@ pub use counters::{HANDSHAKE_BUCKETS_MS, Totals};
 pub use intensity::RestartIntensity;
 pub use reason::DisconnectReason;
 pub use stats::{ConnState, ConnectionInfo, FleetStats};
+pub use streams::{Gap, GapCause, GapPolicy, MAX_HELD_PER_SLOT, MAX_STREAMS_PER_SLOT, Streams};
 pub use subscriptions::{Placement, SubscribeError, Subscription};
 
 use inbox::{Inbox, TrySendError};
@@ -139,6 +142,10 @@ pub enum EventKind {
     Disconnected(DisconnectReason),
     /// A message accepted by `send` that never reached the socket.
     Undelivered(Message),
+    /// Sequence numbers of a stream were never delivered (see
+    /// [`Streams::sequence`]); reported once per gap, on the connection
+    /// whose message revealed it.
+    Gap(Gap),
     /// Too many restarts fleet-wide: reconnects pause for this long.
     RestartIntensityTripped {
         /// How long reconnects pause.
@@ -252,6 +259,8 @@ pub(crate) struct SlotShared {
     pub(crate) current: Mutex<Arc<ConnRecord>>,
     /// Inbox of the ready connection; `None` when none is ready.
     pub(crate) inbox: Mutex<Option<(ConnId, Arc<Inbox>)>>,
+    /// Its streams' sequence state, shared by its successive connections.
+    pub(crate) streams: Mutex<streams::SlotStreams>,
 }
 
 impl SlotShared {
@@ -260,6 +269,10 @@ impl SlotShared {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    pub(crate) fn streams(&self) -> std::sync::MutexGuard<'_, streams::SlotStreams> {
+        self.streams.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn inbox(&self) -> Option<(ConnId, Arc<Inbox>)> {

@@ -63,6 +63,15 @@ pub enum DisconnectReason {
         /// The threshold that passed.
         after: Duration,
     },
+    /// A stream of this connection skipped sequence numbers and the gap
+    /// policy is [`GapPolicy::Reconnect`](super::GapPolicy::Reconnect):
+    /// replaced, closed with 1001.
+    SequenceGap {
+        /// The stream.
+        stream: Arc<str>,
+        /// The numbers it skipped.
+        missed: std::ops::RangeInclusive<u64>,
+    },
     /// The consumer of the fleet's events fell behind for longer than
     /// [`SlowConsumer::Disconnect`](super::SlowConsumer::Disconnect) allows.
     SlowConsumer,
@@ -130,6 +139,7 @@ labels! {
     WriteStalled => "write_stalled",
     SlowConsumer => "slow_consumer",
     Stale => "stale",
+    SequenceGap => "sequence_gap",
     PingFlood => "ping_flood",
     Abnormal => "abnormal",
     Io => "io",
@@ -170,6 +180,7 @@ impl DisconnectReason {
             Self::WriteStalled => Label::WriteStalled,
             Self::SlowConsumer => Label::SlowConsumer,
             Self::Stale { .. } => Label::Stale,
+            Self::SequenceGap { .. } => Label::SequenceGap,
             Self::PingFlood => Label::PingFlood,
             Self::Abnormal { .. } => Label::Abnormal,
             Self::Io { .. } => Label::Io,
@@ -189,7 +200,9 @@ impl DisconnectReason {
     pub fn close_code(&self) -> Option<CloseCode> {
         match self {
             Self::Protocol(e) => Some(e.close_code()),
-            Self::Rotated | Self::Shutdown | Self::Stale { .. } => Some(CloseCode::GOING_AWAY),
+            Self::Rotated | Self::Shutdown | Self::Stale { .. } | Self::SequenceGap { .. } => {
+                Some(CloseCode::GOING_AWAY)
+            }
             Self::PongTimeout | Self::PingFlood | Self::MessageStalled | Self::SlowConsumer => {
                 Some(CloseCode::POLICY_VIOLATION)
             }
@@ -263,6 +276,12 @@ impl fmt::Display for DisconnectReason {
             Self::Stale { after } => {
                 write!(f, "stale: no data message for {after:?} (closed with 1001)")
             }
+            Self::SequenceGap { stream, missed } => write!(
+                f,
+                "sequence gap in stream {stream:?}: {}..={} missed (closed with 1001)",
+                missed.start(),
+                missed.end()
+            ),
             Self::MessageStalled => f.write_str("message stalled: below the minimum rate (1008)"),
             Self::WriteStalled => f.write_str("write stalled: the peer stopped reading"),
             Self::SlowConsumer => {

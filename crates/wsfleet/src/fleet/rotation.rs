@@ -90,6 +90,7 @@ impl Supervisor<'_> {
             Ok(opened) => {
                 let fresh = Box::pin(start(shared, self.slot, new_id, opened)).await;
                 let old = std::mem::replace(current, fresh);
+                Box::pin(self.overlap(old.id)).await;
                 retire(shared, old, current.inbox.clone());
                 schedule.failures = 0;
                 schedule.at = next_rotation(
@@ -115,6 +116,35 @@ impl Supervisor<'_> {
         None
     }
 }
+
+impl Supervisor<'_> {
+    /// With sequence numbers configured, keeps the old connection `old`
+    /// serving until the new one has caught up with every stream it owns
+    /// (the slot's tracker holds the new one's messages that run ahead, and
+    /// drops the overlap's duplicates), at most
+    /// [`Streams::max_overlap`](super::Streams::max_overlap) or until
+    /// shutdown. Without them, the two overlap only for the close handshake.
+    async fn overlap(&mut self, old: super::ConnId) {
+        let Some(streams) = &self.shared.settings.streams else {
+            return;
+        };
+        if streams.seq_pointer().is_none() {
+            return;
+        }
+        let until = Instant::now() + streams.overlap();
+        // Polled, not awaited: `changed()` here would consume the shutdown
+        // notice the serving loop waits for.
+        while self.slot.streams().owned_by(old) > 0
+            && Instant::now() < until
+            && !*self.shutdown.borrow()
+        {
+            tokio::time::sleep_until((Instant::now() + OVERLAP_POLL).min(until)).await;
+        }
+    }
+}
+
+/// How often a rotation looks whether the new connection has caught up.
+const OVERLAP_POLL: Duration = Duration::from_millis(10);
 
 /// Breaks the replaced connection: it drains (close handshake, its inbox
 /// forwarded to `successor`) in a task that `Fleet::shutdown` awaits, and

@@ -221,7 +221,7 @@ pub(super) async fn start(
     let task = Task(tokio::spawn(
         ConnTask {
             shared: shared.clone(),
-            slot: slot.id,
+            index: slot.index,
             id,
             conn,
             inbox: Receiver::new(inbox.clone()),

@@ -32,6 +32,7 @@ pub struct Subscription {
     key: Arc<str>,
     start: Vec<Message>,
     end: Option<Message>,
+    placement: Placement,
 }
 
 impl Subscription {
@@ -42,7 +43,14 @@ impl Subscription {
             key: Arc::from(key.into()),
             start: vec![start],
             end: None,
+            placement: Placement::Every,
         }
+    }
+
+    /// Which connections carry it (default [`Placement::Every`]).
+    pub fn placement(mut self, placement: Placement) -> Self {
+        self.placement = placement;
+        self
     }
 
     /// One more message to send, after the previous ones, to start it.
@@ -78,7 +86,7 @@ impl Subscription {
     }
 }
 
-/// Which connections carry each subscription.
+/// Which connections carry a subscription.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Placement {
@@ -86,12 +94,13 @@ pub enum Placement {
     /// copies of each stream, or a per-connection preamble (auth, login).
     #[default]
     Every,
-    /// Each subscription is carried by one slot: the one carrying fewest
-    /// (the lowest slot on a tie), at most `per_connection` per slot, as
-    /// upstreams that cap channels per connection require. A slot keeps its
-    /// subscriptions across its reconnects and rotations.
+    /// One slot carries it: the one carrying the fewest spread
+    /// subscriptions (the lowest slot on a tie), refused when that one
+    /// carries `per_connection` already — as upstreams that cap channels
+    /// per connection require. A slot keeps its subscriptions across its
+    /// reconnects and rotations.
     Spread {
-        /// The most subscriptions one connection carries.
+        /// The most spread subscriptions one connection carries.
         per_connection: usize,
     },
 }
@@ -100,6 +109,11 @@ pub enum Placement {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SubscribeError {
+    /// [`Placement::Spread`] with `per_connection` 0.
+    ZeroPerConnection {
+        /// The key.
+        key: String,
+    },
     /// A subscription with this key exists already.
     Duplicate {
         /// The key.
@@ -125,6 +139,9 @@ impl fmt::Display for SubscribeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Duplicate { key } => write!(f, "subscription {key:?} exists already"),
+            Self::ZeroPerConnection { key } => {
+                write!(f, "subscription {key:?}: per_connection must be at least 1")
+            }
             Self::NoRoom {
                 key,
                 per_connection,
@@ -141,13 +158,13 @@ impl fmt::Display for SubscribeError {
 
 impl std::error::Error for SubscribeError {}
 
-/// A subscription in the table: added `order`-th, carried by `slots`.
+/// A subscription in the table: added `order`-th, carried by `slot`.
 #[derive(Debug)]
 struct Entry {
     order: u64,
     sub: Arc<Subscription>,
-    /// Slot indexes carrying it (empty for [`Placement::Every`]: all).
-    slots: Vec<usize>,
+    /// The slot index carrying it (`None` for [`Placement::Every`]: all).
+    slot: Option<usize>,
 }
 
 /// What the start of a connection must send to carry its slot's
@@ -163,26 +180,22 @@ pub(crate) struct Catchup {
 /// Every subscription of a fleet and the slots carrying each.
 #[derive(Debug)]
 pub(crate) struct Table {
-    placement: Placement,
     next_order: u64,
     by_key: HashMap<Arc<str>, Entry>,
-    /// Spread placement: each slot's subscriptions by order (unused for
-    /// `Every`, where every slot carries `by_key` whole).
+    /// Subscriptions every slot carries, by order.
+    every: BTreeMap<u64, Arc<Subscription>>,
+    /// Spread subscriptions of each slot, by order.
     per_slot: Vec<BTreeMap<u64, Arc<Subscription>>>,
 }
 
 impl Table {
     /// An empty table for `slots` slots.
-    pub(crate) fn new(placement: Placement, slots: usize) -> Self {
-        let per_slot = match placement {
-            Placement::Every => Vec::new(),
-            Placement::Spread { .. } => vec![BTreeMap::new(); slots],
-        };
+    pub(crate) fn new(slots: usize) -> Self {
         Self {
-            placement,
             next_order: 0,
             by_key: HashMap::new(),
-            per_slot,
+            every: BTreeMap::new(),
+            per_slot: vec![BTreeMap::new(); slots],
         }
     }
 
@@ -193,8 +206,13 @@ impl Table {
                 key: sub.key().to_owned(),
             });
         }
-        let slot = match self.placement {
+        let slot = match sub.placement {
             Placement::Every => None,
+            Placement::Spread { per_connection: 0 } => {
+                return Err(SubscribeError::ZeroPerConnection {
+                    key: sub.key().to_owned(),
+                });
+            }
             Placement::Spread { per_connection } => {
                 let (slot, carried) = self
                     .per_slot
@@ -216,17 +234,12 @@ impl Table {
         let order = self.next_order;
         self.next_order += 1;
         let sub = Arc::new(sub);
-        if let Some(slot) = slot {
-            self.per_slot[slot].insert(order, sub.clone());
-        }
-        self.by_key.insert(
-            sub.shared_key().clone(),
-            Entry {
-                order,
-                sub,
-                slots: slot.into_iter().collect(),
-            },
-        );
+        match slot {
+            Some(slot) => self.per_slot[slot].insert(order, sub.clone()),
+            None => self.every.insert(order, sub.clone()),
+        };
+        self.by_key
+            .insert(sub.shared_key().clone(), Entry { order, sub, slot });
         Ok(slot)
     }
 
@@ -242,11 +255,20 @@ impl Table {
             .ok_or_else(|| SubscribeError::Unknown {
                 key: key.to_owned(),
             })?;
-        let slot = entry.slots.first().copied();
-        if let Some(slot) = slot {
-            self.per_slot[slot].remove(&entry.order);
-        }
-        Ok((entry.sub, slot))
+        match entry.slot {
+            Some(slot) => self.per_slot[slot].remove(&entry.order),
+            None => self.every.remove(&entry.order),
+        };
+        Ok((entry.sub, entry.slot))
+    }
+
+    /// The subscription `key`, if slot `slot` carries it.
+    pub(crate) fn carried_key(&self, slot: usize, key: &str) -> Option<Arc<Subscription>> {
+        let entry = self.by_key.get(key)?;
+        entry
+            .slot
+            .is_none_or(|s| s == slot)
+            .then(|| entry.sub.clone())
     }
 
     /// Every key, in the order added.
@@ -258,18 +280,16 @@ impl Table {
 
     /// What slot `slot` carries, in the order the subscriptions were added.
     pub(crate) fn carried(&self, slot: usize) -> Vec<Arc<Subscription>> {
-        match self.placement {
-            Placement::Every => {
-                let mut all: Vec<&Entry> = self.by_key.values().collect();
-                all.sort_unstable_by_key(|e| e.order);
-                all.into_iter().map(|e| e.sub.clone()).collect()
-            }
-            Placement::Spread { .. } => self
-                .per_slot
-                .get(slot)
-                .map(|subs| subs.values().cloned().collect())
-                .unwrap_or_default(),
+        let spread = self.per_slot.get(slot);
+        let mut all: Vec<(&u64, &Arc<Subscription>)> = self
+            .every
+            .iter()
+            .chain(spread.into_iter().flatten())
+            .collect();
+        if spread.is_some_and(|s| !s.is_empty()) && !self.every.is_empty() {
+            all.sort_unstable_by_key(|(order, _)| **order);
         }
+        all.into_iter().map(|(_, s)| s.clone()).collect()
     }
 
     /// What a connection of `slot` that replayed `replayed` must send now
@@ -301,7 +321,7 @@ mod tests {
 
     #[test]
     fn every_slot_carries_every_subscription_in_the_order_added() {
-        let mut table = Table::new(Placement::Every, 3);
+        let mut table = Table::new(3);
         for k in ["b", "a", "c"] {
             assert_eq!(table.add(sub(k)), Ok(None));
         }
@@ -315,7 +335,7 @@ mod tests {
 
     #[test]
     fn a_key_is_unique_and_removing_an_unknown_one_is_an_error() {
-        let mut table = Table::new(Placement::Every, 1);
+        let mut table = Table::new(1);
         table.add(sub("a")).unwrap();
         assert_eq!(
             table.add(sub("a")),
@@ -330,16 +350,17 @@ mod tests {
 
     #[test]
     fn spread_fills_the_emptiest_slot_and_refuses_past_the_cap() {
-        let mut table = Table::new(Placement::Spread { per_connection: 2 }, 3);
+        let spread = |k: &str| sub(k).placement(Placement::Spread { per_connection: 2 });
+        let mut table = Table::new(3);
         let slots: Vec<_> = (0..6)
-            .map(|i| table.add(sub(&format!("k{i}"))).unwrap())
+            .map(|i| table.add(spread(&format!("k{i}"))).unwrap())
             .collect();
         assert_eq!(
             slots,
             [Some(0), Some(1), Some(2), Some(0), Some(1), Some(2)]
         );
         assert_eq!(keys(&table.carried(1)), ["k1", "k4"]);
-        let full = table.add(sub("k6")).unwrap_err();
+        let full = table.add(spread("k6")).unwrap_err();
         assert_eq!(
             full,
             SubscribeError::NoRoom {
@@ -351,13 +372,20 @@ mod tests {
         assert!(full.to_string().contains("all 3 connections carry 2"));
         // A removal makes room on the slot it leaves.
         assert_eq!(table.remove("k4").unwrap().1, Some(1));
-        assert_eq!(table.add(sub("k6")), Ok(Some(1)));
-        assert_eq!(keys(&table.carried(1)), ["k1", "k6"]);
+        assert_eq!(table.add(spread("k6")), Ok(Some(1)));
+        // An every-connection subscription goes everywhere, in order.
+        assert_eq!(table.add(sub("all")), Ok(None));
+        assert_eq!(keys(&table.carried(1)), ["k1", "k6", "all"]);
+        assert_eq!(keys(&table.carried(2)), ["k2", "k5", "all"]);
+        assert_eq!(
+            table.add(sub("z").placement(Placement::Spread { per_connection: 0 })),
+            Err(SubscribeError::ZeroPerConnection { key: "z".into() })
+        );
     }
 
     #[test]
     fn catch_up_starts_what_was_added_and_ends_what_was_removed_meanwhile() {
-        let mut table = Table::new(Placement::Every, 1);
+        let mut table = Table::new(1);
         table.add(sub("a")).unwrap();
         table.add(sub("b")).unwrap();
         let replayed = table.carried(0);
@@ -376,11 +404,12 @@ mod tests {
 
     #[test]
     fn spread_catch_up_is_per_slot() {
-        let mut table = Table::new(Placement::Spread { per_connection: 5 }, 2);
-        table.add(sub("a")).unwrap(); // slot 0
+        let spread = |k: &str| sub(k).placement(Placement::Spread { per_connection: 5 });
+        let mut table = Table::new(2);
+        table.add(spread("a")).unwrap(); // slot 0
         let replayed0 = table.carried(0);
         let replayed1 = table.carried(1);
-        table.add(sub("b")).unwrap(); // slot 1
+        table.add(spread("b")).unwrap(); // slot 1
         assert!(table.catch_up(0, &replayed0).start.is_empty());
         assert_eq!(keys(&table.catch_up(1, &replayed1).start), ["b"]);
     }

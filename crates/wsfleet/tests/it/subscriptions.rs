@@ -158,22 +158,22 @@ async fn spread_placement_keeps_each_subscription_on_one_slot_across_reconnects(
     let mut builder = Fleet::builder(server.url())
         .connections(3)
         .connect_rate(1000.0)
-        .max_lifetime(Duration::from_millis(300))
-        .placement(Placement::Spread { per_connection: 2 });
+        .max_lifetime(Duration::from_millis(300));
+    let spread = |k: &str| sub(k).placement(Placement::Spread { per_connection: 2 });
     for k in 0..5 {
-        builder = builder.subscribe(sub(&format!("k{k}")));
+        builder = builder.subscribe(spread(&format!("k{k}")));
     }
     let mut fleet = builder.spawn().expect("spawn");
     let mut events = fleet.events().expect("events");
     let mut seen = Seen::default();
     seen.until(&mut events, 12).await;
     assert_eq!(
-        fleet.subscribe(sub("k5")).await,
+        fleet.subscribe(spread("k5")).await,
         Ok(1),
         "the last free place, on the slot with one"
     );
     assert!(matches!(
-        fleet.subscribe(sub("k6")).await,
+        fleet.subscribe(spread("k6")).await,
         Err(SubscribeError::NoRoom {
             per_connection: 2,
             slots: 3,
