@@ -17,19 +17,20 @@ mod output;
 mod status;
 
 use std::io::{IsTerminal as _, Write as _};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use wsfleet::admin::AdminServer;
-use wsfleet::fleet::{Fleet, FleetBuilder, FleetMonitor};
+use wsfleet::fleet::{
+    Fleet, FleetBuilder, FleetMonitor, GapPolicy, Placement, Streams, Subscription,
+};
 use wsfleet::serve::EchoServer;
 use wsfleet::{ConnectionConfig, Message};
 
 use self::bus::{Bus, from_source};
-use self::config::Plan;
+use self::config::{OnGap, Plan};
 use self::status::{Snapshot, Status};
 use super::{Signals, UsageError};
 use crate::cli::RunArgs;
@@ -229,24 +230,45 @@ fn builder(plan: &Plan, urls: &[String], connection: ConnectionConfig) -> FleetB
     if let Some(rate) = plan.connect_rate {
         builder = builder.connect_rate(rate);
     }
-    if !plan.send_on_connect.is_empty() {
-        // Payloads are shared by every connection, not copied.
-        let messages: Arc<[Message]> = plan
-            .send_on_connect
-            .iter()
-            .map(|text| Message::text(text.clone()))
-            .collect();
-        builder = builder.on_connect(move |conn| {
-            let messages = messages.clone();
-            Box::pin(async move {
-                for message in messages.iter() {
-                    conn.send(message.clone())
-                        .await
-                        .map_err(|e| format!("--send-on-connect: {e}"))?;
-                }
-                Ok(())
-            })
+    // `send-on-connect` is a subscription of every connection without an
+    // end message; payloads are shared by every connection, not copied.
+    for (i, text) in plan.send_on_connect.iter().enumerate() {
+        builder = builder.subscribe(Subscription::new(
+            format!("send-on-connect #{}", i + 1),
+            Message::text(text.clone()),
+        ));
+    }
+    for sub in &plan.subscriptions {
+        let mut messages = sub.send.iter().map(|t| Message::text(t.clone()));
+        let Some(first) = messages.next() else {
+            continue; // refused by Plan::check
+        };
+        let mut subscription =
+            messages.fold(Subscription::new(sub.key.clone(), first), |s, m| s.then(m));
+        if let Some(end) = &sub.end {
+            subscription = subscription.end(Message::text(end.clone()));
+        }
+        if let Some(per_connection) = sub.per_connection {
+            subscription = subscription.placement(Placement::Spread { per_connection });
+        }
+        builder = builder.subscribe(subscription);
+    }
+    if let Some(s) = &plan.streams {
+        let mut streams = Streams::new(s.key.clone()).on_gap(match s.on_gap {
+            OnGap::Report => GapPolicy::Report,
+            OnGap::Renew => GapPolicy::Renew,
+            OnGap::Reconnect => GapPolicy::Reconnect,
         });
+        if let Some(seq) = &s.sequence {
+            streams = streams.sequence(seq.clone());
+        }
+        if let Some(after) = s.stale_after {
+            streams = streams.stale_after(after);
+        }
+        if let Some(overlap) = s.max_overlap {
+            streams = streams.max_overlap(overlap);
+        }
+        builder = builder.streams(streams);
     }
     builder
 }

@@ -56,6 +56,10 @@ pub(crate) struct Plan {
     pub(crate) connect_rate: Option<f64>,
     /// Texts sent on each new connection.
     pub(crate) send_on_connect: Vec<String>,
+    /// `[[subscription]]`: replayed on every connection carrying them.
+    pub(crate) subscriptions: Vec<SubscriptionPlan>,
+    /// `[streams]`: stream attribution and sequence checks, if set.
+    pub(crate) streams: Option<StreamsPlan>,
     /// Admin endpoint address, if any.
     pub(crate) admin: Option<SocketAddr>,
     /// Ready share for a healthy `/healthz`.
@@ -127,6 +131,13 @@ impl Plan {
             memory_budget: args.memory_budget.or(file.memory_budget.map(|s| s.0)),
             connect_rate: args.connect_rate.or(file.connect_rate.map(|r| r.0)),
             send_on_connect: list(args.send_on_connect, file.send_on_connect),
+            subscriptions: file
+                .subscription
+                .unwrap_or_default()
+                .into_iter()
+                .map(SubscriptionPlan::from)
+                .collect(),
+            streams: file.streams.map(StreamsPlan::from),
             admin: args.admin.or(file.admin),
             healthy_share: args
                 .healthy_share
@@ -212,6 +223,20 @@ impl Plan {
             return Err(UsageError(
                 "raw applies to --output text only (jsonl is escaped by JSON)".into(),
             ));
+        }
+        for sub in &self.subscriptions {
+            if sub.send.is_empty() {
+                return Err(UsageError(format!(
+                    "subscription {:?}: send must hold at least one message",
+                    sub.key
+                )));
+            }
+            if sub.per_connection == Some(0) {
+                return Err(UsageError(format!(
+                    "subscription {:?}: per-connection must be at least 1",
+                    sub.key
+                )));
+            }
         }
         let Shard { index, count } = self.shard;
         if index >= self.connections {
@@ -300,6 +325,93 @@ struct FileConfig {
     slow_consumer: Option<SlowPolicy>,
     sink: Option<SinkTable>,
     source: Option<SourceTable>,
+    subscription: Option<Vec<SubscriptionTable>>,
+    streams: Option<StreamsTable>,
+}
+
+/// `[[subscription]]`: what a connection sends to start (and end) a stream.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct SubscriptionTable {
+    key: String,
+    send: OneOrMany,
+    end: Option<String>,
+    per_connection: Option<usize>,
+}
+
+/// A text, or a list of texts.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// `[streams]`: how messages are attributed to streams and checked.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct StreamsTable {
+    key: String,
+    sequence: Option<String>,
+    on_gap: Option<OnGap>,
+    stale_after: Option<Lifetime>,
+    max_overlap: Option<Period>,
+}
+
+/// `[streams] on-gap`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum OnGap {
+    Report,
+    Renew,
+    Reconnect,
+}
+
+/// One `[[subscription]]`, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SubscriptionPlan {
+    pub(crate) key: String,
+    pub(crate) send: Vec<String>,
+    pub(crate) end: Option<String>,
+    /// Spread over the connections, at most this many per connection;
+    /// `None`: every connection carries it.
+    pub(crate) per_connection: Option<usize>,
+}
+
+impl From<SubscriptionTable> for SubscriptionPlan {
+    fn from(t: SubscriptionTable) -> Self {
+        Self {
+            key: t.key,
+            send: match t.send {
+                OneOrMany::One(s) => vec![s],
+                OneOrMany::Many(v) => v,
+            },
+            end: t.end,
+            per_connection: t.per_connection,
+        }
+    }
+}
+
+/// `[streams]`, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StreamsPlan {
+    pub(crate) key: String,
+    pub(crate) sequence: Option<String>,
+    pub(crate) on_gap: OnGap,
+    pub(crate) stale_after: Option<Duration>,
+    pub(crate) max_overlap: Option<Duration>,
+}
+
+impl From<StreamsTable> for StreamsPlan {
+    fn from(t: StreamsTable) -> Self {
+        Self {
+            key: t.key,
+            sequence: t.sequence,
+            on_gap: t.on_gap.unwrap_or(OnGap::Report),
+            stale_after: t.stale_after.map(|d| d.0),
+            max_overlap: t.max_overlap.map(|d| d.0),
+        }
+    }
 }
 
 /// `[sink]`: where received messages are published (`--sink`).
