@@ -26,10 +26,18 @@ Protocol (JSON text messages; binary or malformed messages get an error):
                     bad_request (not a JSON object, unknown op, channel not a string)
 
 Channels exist on first subscribe (any name). A channel's counter ticks --rate times a
-second (seq 1, 2, 3, ...; a channel's first message comes one period after its first
+second (seq 1, 2, 3, ...; a channel's first message comes within one period of its first
 subscribe) and is shared by all connections; it pauses while the channel has no
-subscription and resumes where it stopped. One ticker task per channel builds each
-message once and writes it to every subscriber with `websockets.asyncio.server.broadcast`.
+subscription and resumes where it stopped.
+
+One clock task drives every channel: on each tick it advances the counter of every channel
+with a subscription, builds each channel's message and its WebSocket frame once, and gives
+each connection the frames of the channels it receives in one write. With 1,000
+connections x 10 channels at 10 messages a second that is 10,000 writes a second instead
+of 100,000 (websockets' `broadcast()`, one write per message and connection, took a whole
+core for 200 connections' worth). The frames are written to the transport directly: no
+extension is ever negotiated (compression=None) and server frames are unmasked, so they
+are exactly what `websockets` would write; connections that are no longer open are skipped.
 `data` is --size dots (default 16). Subscribing twice is a no-op (acknowledged again);
 unsubscribing a channel not subscribed is acknowledged too. Transport pings are answered
 by `websockets`; this server sends none (ping_interval=None).
@@ -85,6 +93,7 @@ from typing import Any
 
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
 MAX_SIZE = 1024 * 1024
 
@@ -99,6 +108,8 @@ class Conn:
     subs: dict[str, None] = field(default_factory=dict)
     # Silenced channel name -> loop time it went silent.
     silenced: dict[str, float] = field(default_factory=dict)
+    # The channels written to it: subscribed and not silenced, in subscribe order.
+    receiving: dict[str, None] = field(default_factory=dict)
 
 
 @dataclass
@@ -111,11 +122,8 @@ class Channel:
     seq: int = 0
     sent: int = 0
     skipped: int = 0
-    # Every subscription (silenced ones included); the ticker runs while it is not empty.
+    # Every subscription (silenced ones included); the counter ticks while it is not empty.
     members: set[int] = field(default_factory=set)
-    # The connections the channel is written to (subscribed and not silenced).
-    receivers: set[ServerConnection] = field(default_factory=set)
-    ticker: asyncio.Task[None] | None = None
 
 
 class Feed:
@@ -179,30 +187,40 @@ class Feed:
             self.channels[name] = ch
         return ch
 
-    async def tick(self, ch: Channel) -> None:
-        """Advances `ch`'s counter --rate times a second while it has subscriptions."""
+    async def clock(self) -> None:
+        """Ticks every channel with a subscription --rate times a second."""
         loop = asyncio.get_running_loop()
         period = 1.0 / self.rate
         data = json.dumps("." * self.size)
         due = loop.time()
-        while ch.members:
+        while True:
             due += period
             delay = due - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-                if not ch.members:
-                    break
             elif delay < -1.0:
                 due = loop.time()  # stalled for over a second: do not burst to catch up
-            ch.seq += 1
-            if self.skip_ratio > 0 and self.rng.random() < self.skip_ratio:
-                ch.skipped += 1
-                self.report({"skip": {"channel": ch.name, "seq": ch.seq}})
-                continue
-            message = f'{{"channel":{ch.name_json},"seq":{ch.seq},"data":{data}}}'
-            broadcast(ch.receivers, message)
-            ch.sent = ch.seq
-        ch.ticker = None
+            frames: dict[str, bytes] = {}
+            for ch in self.channels.values():
+                if not ch.members:
+                    continue
+                ch.seq += 1
+                if self.skip_ratio > 0 and self.rng.random() < self.skip_ratio:
+                    ch.skipped += 1
+                    self.report({"skip": {"channel": ch.name, "seq": ch.seq}})
+                    continue
+                message = f'{{"channel":{ch.name_json},"seq":{ch.seq},"data":{data}}}'
+                frames[ch.name] = text_frame(message.encode())
+                ch.sent = ch.seq
+            if frames:
+                self.write_frames(frames)
+
+    def write_frames(self, frames: dict[str, bytes]) -> None:
+        """Writes to each connection, at once, the frames of the channels it receives."""
+        for conn in self.conns.values():
+            parts = [frames[name] for name in conn.receiving if name in frames]
+            if parts and conn.ws.protocol.state is State.OPEN:
+                conn.ws.transport.write(b"".join(parts))
 
     def subscribe(self, conn: Conn, name: str) -> dict[str, Any]:
         if name in conn.subs:
@@ -211,12 +229,9 @@ class Feed:
             return {"event": "subscribed", "channel": name}
         if self.max_channels is not None and len(conn.subs) >= self.max_channels:
             return {"event": "error", "channel": name, "code": "too_many_channels"}
-        ch = self.channel(name)
         conn.subs[name] = None
-        ch.members.add(conn.id)
-        ch.receivers.add(conn.ws)
-        if ch.ticker is None:
-            ch.ticker = asyncio.create_task(self.tick(ch))
+        conn.receiving[name] = None
+        self.channel(name).members.add(conn.id)
         return {"event": "subscribed", "channel": name}
 
     def unsubscribe(self, conn: Conn, name: str, how: str = "unsubscribe") -> None:
@@ -225,9 +240,8 @@ class Feed:
         if name in conn.silenced:
             self.unsilence(conn, name, how)
         del conn.subs[name]
-        ch = self.channels[name]
-        ch.members.discard(conn.id)
-        ch.receivers.discard(conn.ws)
+        conn.receiving.pop(name, None)
+        self.channels[name].members.discard(conn.id)
 
     def unsilence(self, conn: Conn, name: str, how: str) -> None:
         since = conn.silenced.pop(name)
@@ -235,7 +249,7 @@ class Feed:
         restore = {"conn": conn.id, "channel": name, "by": how, "after_ms": after_ms}
         self.report({"restore": restore})
         if how == "subscribe":
-            self.channels[name].receivers.add(conn.ws)
+            conn.receiving[name] = None
 
     # -- connections -------------------------------------------------------------
 
@@ -248,7 +262,8 @@ class Feed:
                 reply = self.request(conn, raw)
                 if reply is not None:
                     # Synchronous write, so an acknowledgement is ordered with the
-                    # tickers' broadcasts exactly as the state changes are.
+                    # clock's writes exactly as the state changes are: no message of
+                    # a channel before its "subscribed", none after "unsubscribed".
                     broadcast([ws], json.dumps(reply, separators=(",", ":")))
         except ConnectionClosed:
             pass
@@ -297,7 +312,7 @@ class Feed:
                 continue
             conn, name = self.rng.choice(live)
             conn.silenced[name] = loop.time()
-            self.channels[name].receivers.discard(conn.ws)
+            del conn.receiving[name]
             self.silences += 1
             self.report({"silence": {"conn": conn.id, "channel": name}})
 
@@ -312,13 +327,13 @@ class Feed:
                 conn = self.conns.pop(self.rng.choice(list(self.conns)))
                 self.kills += 1
                 self.report({"kill": {"conn": conn.id}})
-                for name in conn.subs:
-                    self.channels[name].receivers.discard(conn.ws)
+                conn.receiving.clear()
                 conn.ws.transport.abort()
             if not self.conns:
                 budget = 0.0
 
-    def start_faults(self) -> None:
+    def start(self) -> None:
+        self.spawn(self.clock())
         if self.silence_every is not None:
             self.spawn(self.silencer(self.silence_every))
         if self.kill_ratio > 0:
@@ -329,6 +344,17 @@ class Feed:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
+
+def text_frame(payload: bytes) -> bytes:
+    """An unmasked, unfragmented text frame (RFC 6455 section 5.2), as a server sends it."""
+    n = len(payload)
+    if n < 126:
+        header = bytes([0x81, n])
+    elif n < 1 << 16:
+        header = bytes([0x81, 126]) + n.to_bytes(2, "big")
+    else:
+        header = bytes([0x81, 127]) + n.to_bytes(8, "big")
+    return header + payload
 
 def bad_request(message: str) -> dict[str, Any]:
     return {"event": "error", "code": "bad_request", "message": message}
@@ -399,7 +425,7 @@ async def main() -> None:
         port = server.sockets[0].getsockname()[1]
         print(f"LISTENING {port}", flush=True)
         watch_stdin(asyncio.get_running_loop(), feed, args.exit_on_stdin_eof)
-        feed.start_faults()
+        feed.start()
         await server.serve_forever()
 
 
@@ -408,3 +434,4 @@ if __name__ == "__main__":
         asyncio.run(main())
     except KeyboardInterrupt:
         pass
+
