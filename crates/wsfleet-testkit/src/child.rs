@@ -5,8 +5,8 @@ use std::io;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, ChildStdin, Command};
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::task::JoinHandle;
 
 use crate::capture::Captured;
@@ -16,7 +16,7 @@ use crate::capture::Captured;
 pub(crate) struct ChildServer {
     child: Child,
     // Held open: the child exits when it closes (the servers watch their stdin).
-    _stdin: Option<ChildStdin>,
+    stdin: Option<ChildStdin>,
     port: u16,
     stderr: Captured,
 }
@@ -28,11 +28,26 @@ impl ChildServer {
     /// `what` names the server in errors; `hint` may add a line to a startup
     /// error, given the child's stderr.
     pub(crate) async fn spawn(
-        mut cmd: Command,
+        cmd: Command,
         what: &str,
         startup_timeout: Duration,
         hint: fn(&str) -> Option<String>,
     ) -> io::Result<ChildServer> {
+        let (server, mut lines) = Self::spawn_with_stdout(cmd, what, startup_timeout, hint).await?;
+        // Drain stdout so a chatty server never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(server)
+    }
+
+    /// As [`ChildServer::spawn`], but hands back the rest of stdout (after the
+    /// `LISTENING` line) instead of draining it: the caller must keep reading it,
+    /// or the child blocks once the pipe is full.
+    pub(crate) async fn spawn_with_stdout(
+        mut cmd: Command,
+        what: &str,
+        startup_timeout: Duration,
+        hint: fn(&str) -> Option<String>,
+    ) -> io::Result<(ChildServer, Lines<BufReader<ChildStdout>>)> {
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -64,14 +79,13 @@ impl ChildServer {
         .await;
         let problem = match startup {
             Ok(Ok(Some(port))) => {
-                // Drain stdout so a chatty server never blocks on a full pipe.
-                tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-                return Ok(ChildServer {
+                let server = ChildServer {
                     child,
-                    _stdin: stdin,
+                    stdin,
                     port,
                     stderr,
-                });
+                };
+                return Ok((server, lines));
             }
             Ok(Ok(None)) => "exited before it reported its port".to_owned(),
             Ok(Err(e)) => format!("failed while starting: {e}"),
@@ -82,6 +96,16 @@ impl ChildServer {
 
     pub(crate) fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The child's stdin, for peers that take commands there. Whoever takes it
+    /// must keep it open as long as the child should run.
+    pub(crate) fn take_stdin(&mut self) -> Option<ChildStdin> {
+        self.stdin.take()
+    }
+
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.id()
     }
 
     pub(crate) fn stderr(&self) -> String {

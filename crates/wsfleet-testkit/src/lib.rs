@@ -9,6 +9,10 @@
 //!   permessage-deflate via [`ServerOptions::deflate`].
 //! - [`AiohttpServer`]: the aiohttp server (`py/aiohttp_server.py`), same venv,
 //!   same [`Mode`]s and options.
+//! - [`FeedServer`]: a numbered-message feed (`py/feed_server.py`, same venv)
+//!   for stream-integrity tests: channels, sequence numbers, application
+//!   pings, and faults it injects and reports (skipped numbers, silenced
+//!   subscriptions, killed connections); options in [`FeedOptions`].
 //! - [`NodeServer`]: the Node.js `ws` server (`node/ws_server.js`), same [`Mode`]s
 //!   and options.
 //! - [`RustServer`]: an in-process tokio-tungstenite server, same [`Mode`]s
@@ -48,6 +52,7 @@
 
 mod capture;
 mod child;
+mod feed;
 pub mod measure;
 mod nats;
 mod nginx;
@@ -60,6 +65,10 @@ mod venv;
 use std::future::Future;
 use std::time::Duration;
 
+pub use feed::{
+    ChannelStats, FeedOptions, FeedReports, FeedServer, FeedStats, Kill, REPORT_CAP, Restored,
+    RestoredBy, Silence,
+};
 pub use nats::{NatsOptions, NatsServer, nats_server_binary};
 pub use nginx::{Nginx, NginxOptions};
 pub use node::{NodeOptions, NodeServer, node, node_dir};
