@@ -17,6 +17,7 @@ mod redirect;
 mod script;
 mod slow_consumer;
 mod stale;
+mod streams;
 mod subscriptions;
 mod tls;
 
