@@ -3,7 +3,7 @@
 use std::fmt::Write;
 
 use super::exposition::{MetricKind, write_family as metric};
-use crate::fleet::{ConnState, FleetStats, HANDSHAKE_BUCKETS_MS};
+use crate::fleet::{ConnState, FleetStats, HANDSHAKE_BUCKETS_MS, RTT_BUCKETS_US};
 
 /// Renders every fleet metric.
 pub(super) fn render(s: &FleetStats) -> String {
@@ -208,5 +208,34 @@ pub(super) fn render(s: &FleetStats) -> String {
         s.totals.handshake_sum.as_secs_f64()
     );
     let _ = writeln!(out, "wsfleet_handshake_seconds_count {cumulative}");
+    for (name, help, h) in [
+        (
+            "wsfleet_ping_rtt_seconds",
+            "Round trips of keepalive pings answered by a pong, all connections.",
+            &s.totals.ping_rtt,
+        ),
+        (
+            "wsfleet_heartbeat_rtt_seconds",
+            "Round trips of application heartbeats answered, all connections.",
+            &s.totals.heartbeat_rtt,
+        ),
+    ] {
+        metric(&mut out, name, MetricKind::Histogram, help);
+        rtt_histogram(&mut out, name, h);
+    }
     out
+}
+
+/// A round-trip histogram's exposition lines (cumulative buckets, sum, count).
+fn rtt_histogram(out: &mut String, name: &str, h: &crate::fleet::Histogram) {
+    let mut cumulative = 0;
+    for (i, n) in h.counts.iter().enumerate() {
+        cumulative += n;
+        let le = RTT_BUCKETS_US
+            .get(i)
+            .map_or_else(|| "+Inf".to_owned(), |us| (*us as f64 / 1e6).to_string());
+        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+    }
+    let _ = writeln!(out, "{name}_sum {}", h.sum.as_secs_f64());
+    let _ = writeln!(out, "{name}_count {cumulative}");
 }

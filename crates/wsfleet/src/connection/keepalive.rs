@@ -160,6 +160,14 @@ impl KeepaliveState {
         self.last_rx = now;
     }
 
+    /// A pong arrived at `now`: the round trip of our outstanding ping, if
+    /// one is (an unsolicited pong, or a second one, measures nothing).
+    pub(crate) fn on_pong(&mut self, now: Instant) -> Option<Duration> {
+        let sent = self.ping_sent.take()?;
+        self.last_rx = now;
+        Some(now.saturating_duration_since(sent))
+    }
+
     /// The timer fired at `now`.
     pub(crate) fn on_timer(&mut self, now: Instant) -> Action {
         let Some(interval) = self.config.interval else {
@@ -233,6 +241,20 @@ mod tests {
         k.on_receive(t0 + secs(21));
         assert_eq!(k.on_timer(t0 + secs(30)), Action::Wait(t0 + secs(41)));
         assert_eq!(k.on_timer(t0 + secs(41)), Action::Ping(t0 + secs(51)));
+    }
+
+    #[test]
+    fn a_pong_measures_the_round_trip_of_the_ping_once() {
+        let t0 = Instant::now();
+        let mut k = KeepaliveState::new(Keepalive::default(), t0);
+        assert_eq!(k.on_pong(t0 + secs(1)), None, "no ping outstanding");
+        assert_eq!(k.on_timer(t0 + secs(20)), Action::Ping(t0 + secs(30)));
+        let rtt = k.on_pong(t0 + secs(20) + Duration::from_millis(7));
+        assert_eq!(rtt, Some(Duration::from_millis(7)));
+        assert_eq!(k.on_pong(t0 + secs(21)), None);
+        // The answer reset the cycle.
+        let answered = t0 + secs(20) + Duration::from_millis(7);
+        assert_eq!(k.on_timer(t0 + secs(30)), Action::Wait(answered + secs(20)));
     }
 
     #[test]

@@ -55,6 +55,10 @@ pub struct ConnectionStats {
     pub buffered_bytes: usize,
     /// Most buffer bytes ever held.
     pub peak_buffered_bytes: usize,
+    /// Pongs that answered one of our keepalive pings.
+    pub pongs: u64,
+    /// The round trip of the last keepalive ping answered.
+    pub last_ping_rtt: Option<Duration>,
 }
 
 /// One WebSocket client connection.
@@ -411,7 +415,12 @@ impl Connection {
                         return Input::Rare(Rare::Abandon(e));
                     }
                 }
-                Ok(Some(_pong)) => {}
+                Ok(Some(_pong)) => {
+                    if let Some(rtt) = self.keepalive.on_pong(Instant::now()) {
+                        self.stats.pongs += 1;
+                        self.stats.last_ping_rtt = Some(rtt);
+                    }
+                }
                 Ok(None) => {
                     if let Some(wanted) = self.proto.budget_blocked() {
                         return Input::Rare(Rare::WaitForBudget(wanted));

@@ -57,6 +57,7 @@ pub(crate) struct Settings {
     pub(crate) slow_consumer: SlowConsumer,
     pub(crate) stale_after: Option<Duration>,
     pub(crate) streams: Option<Arc<super::Streams>>,
+    pub(crate) heartbeat: Option<Arc<super::Heartbeat>>,
 }
 
 /// Builds a [`Fleet`]. Every setting has a default a user would expect;
@@ -96,6 +97,7 @@ impl FleetBuilder {
                 slow_consumer: SlowConsumer::default(),
                 stale_after: None,
                 streams: None,
+                heartbeat: None,
                 seed: None,
             },
             subscriptions: Vec::new(),
@@ -270,6 +272,13 @@ impl FleetBuilder {
         self
     }
 
+    /// An application heartbeat on every connection; see
+    /// [`Heartbeat`](super::Heartbeat).
+    pub fn heartbeat(mut self, heartbeat: super::Heartbeat) -> Self {
+        self.settings.heartbeat = Some(Arc::new(heartbeat));
+        self
+    }
+
     /// Capacity of the event stream (default 1,024 events).
     pub fn event_capacity(mut self, n: usize) -> Self {
         self.event_capacity = n;
@@ -403,6 +412,11 @@ impl FleetBuilder {
                     value,
                     "must be a JSON pointer: empty, or starting with '/'",
                 );
+            }
+        }
+        if let Some(heartbeat) = &self.settings.heartbeat {
+            if let Err((field, value, problem)) = heartbeat.validate() {
+                return bad(field, value, problem);
             }
         }
         let budget = Arc::new(FleetBudget::new(self.budget));

@@ -12,6 +12,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use wsfleet_proto::{CloseCode, Message};
 
+use super::heartbeat::{self, Due, HeartbeatWatch};
 use super::inbox::{Inbox, Receiver};
 use super::intake;
 use super::reason::DisconnectReason;
@@ -100,6 +101,10 @@ impl ConnTask {
         let mut watch = StaleWatch::new(shared.settings.stale_after);
         let slot_shared = &shared.slots[index];
         let mut streams_watch = StreamsWatch::new(&shared);
+        let heartbeat = shared.settings.heartbeat.clone();
+        let mut heartbeat_watch = heartbeat
+            .as_deref()
+            .map(|h| HeartbeatWatch::new(h, tokio::time::Instant::now()));
         let reason = loop {
             let (_, written) = conn.outbound_offsets();
             while inflight.front().is_some_and(|(end, _)| *end <= written) {
@@ -170,6 +175,25 @@ impl ConnTask {
                     }
                     draining = Some(DisconnectReason::Stale { after });
                 }
+                due = heartbeat::due(&mut heartbeat_watch, || budget.as_ref().is_some_and(|b| b.is_paused())), if draining.is_none() => match due {
+                    Due::Send => {
+                        if let (Some(h), Some(w)) = (&heartbeat, &mut heartbeat_watch) {
+                            match conn.try_send(h.message().clone()) {
+                                // No room now: the next interval tries again.
+                                Ok(()) | Err(Error::Send(_)) => w.sent(tokio::time::Instant::now()),
+                                Err(e) => break DisconnectReason::from_error(&e),
+                            }
+                        }
+                    }
+                    Due::TimedOut(after) => {
+                        tracing::warn!(conn = %id, ?after, "application heartbeat unanswered: replacing this connection");
+                        record.set_state(ConnState::Draining);
+                        if let Err(e) = conn.begin_close(CloseCode::POLICY_VIOLATION, "heartbeat timeout") {
+                            break DisconnectReason::from_error(&e);
+                        }
+                        draining = Some(DisconnectReason::HeartbeatTimeout { after });
+                    }
+                },
                 // Streams of this connection's subscriptions without data:
                 // renew them here (end, start).
                 () = streams_watch.tick() => {
@@ -177,6 +201,17 @@ impl ConnTask {
                 }
                 event = conn.recv() => match event {
                     Some(Ok(m)) => {
+                        if let (Some(h), Some(w)) = (&heartbeat, &mut heartbeat_watch) {
+                            if h.is_answer(m.payload()) {
+                                if let Some(rtt) = w.answered(tokio::time::Instant::now()) {
+                                    record.heartbeat_rtt(rtt, &shared.counters);
+                                }
+                                if !h.delivers_answers() {
+                                    // Not data: the stale watch does not see it.
+                                    continue;
+                                }
+                            }
+                        }
                         let intake = intake::take(&shared, slot_shared, &record, id, &inbox, m).await;
                         if let Some((stream, missed)) = intake.reconnect {
                             if draining.is_none() {

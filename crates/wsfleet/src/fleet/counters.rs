@@ -10,6 +10,62 @@ use super::reason::{DisconnectReason, Label};
 pub const HANDSHAKE_BUCKETS_MS: [u64; 11] =
     [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000];
 
+/// Upper bounds of the round-trip buckets (keepalive pings, application
+/// heartbeats), in microseconds: 0.5 ms to 2.5 s.
+pub const RTT_BUCKETS_US: [u64; 12] = [
+    500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
+    2_500_000,
+];
+
+/// A fleet-wide round-trip histogram (one per kind: bounded cardinality,
+/// never per connection).
+#[derive(Debug, Default)]
+pub(crate) struct RttHistogram {
+    buckets: [AtomicU64; RTT_BUCKETS_US.len() + 1],
+    sum_us: AtomicU64,
+}
+
+impl RttHistogram {
+    pub(crate) fn observe(&self, took: Duration) {
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let i = RTT_BUCKETS_US
+            .iter()
+            .position(|b| us <= *b)
+            .unwrap_or(RTT_BUCKETS_US.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> Histogram {
+        Histogram {
+            counts: self
+                .buckets
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .collect(),
+            sum: Duration::from_micros(self.sum_us.load(Ordering::Relaxed)),
+        }
+    }
+}
+
+/// A round-trip histogram's snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Histogram {
+    /// Observations per bucket: bucket `i` counts those at most
+    /// [`RTT_BUCKETS_US`]`[i]` µs (not cumulative); the last, the rest.
+    pub counts: Vec<u64>,
+    /// Sum of all observations.
+    pub sum: Duration,
+}
+
+impl Histogram {
+    /// Observations in all.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub(crate) bytes_in: AtomicU64,
@@ -23,6 +79,8 @@ pub(crate) struct Counters {
     pub(crate) duplicates: AtomicU64,
     pub(crate) late: AtomicU64,
     pub(crate) renewals: AtomicU64,
+    pub(crate) ping_rtt: RttHistogram,
+    pub(crate) heartbeat_rtt: RttHistogram,
     /// By [`Label`], at its index.
     disconnects: [AtomicU64; Label::COUNT],
     buckets: [AtomicU64; HANDSHAKE_BUCKETS_MS.len() + 1],
@@ -58,6 +116,8 @@ impl Counters {
             duplicates_dropped: load(&self.duplicates),
             late_messages: load(&self.late),
             renewals: load(&self.renewals),
+            ping_rtt: self.ping_rtt.snapshot(),
+            heartbeat_rtt: self.heartbeat_rtt.snapshot(),
             disconnects: DisconnectReason::LABELS
                 .into_iter()
                 .zip(&self.disconnects)
@@ -94,6 +154,11 @@ pub struct Totals {
     /// Subscriptions renewed (stale stream, or a gap under
     /// [`GapPolicy::Renew`](super::GapPolicy::Renew)).
     pub renewals: u64,
+    /// Round trips of keepalive pings answered by a pong.
+    pub ping_rtt: Histogram,
+    /// Round trips of application heartbeats answered (see
+    /// [`Heartbeat`](super::Heartbeat)).
+    pub heartbeat_rtt: Histogram,
     /// Ended connections and failed attempts, by
     /// [`DisconnectReason::label`], in the order of [`DisconnectReason::LABELS`].
     pub disconnects: Vec<(&'static str, u64)>,

@@ -63,6 +63,13 @@ pub enum DisconnectReason {
         /// The threshold that passed.
         after: Duration,
     },
+    /// An application heartbeat went unanswered (see
+    /// [`Heartbeat`](super::Heartbeat)): closed with 1008, like a pong
+    /// timeout.
+    HeartbeatTimeout {
+        /// How long the answer was waited for.
+        after: Duration,
+    },
     /// A stream of this connection skipped sequence numbers and the gap
     /// policy is [`GapPolicy::Reconnect`](super::GapPolicy::Reconnect):
     /// replaced, closed with 1001.
@@ -140,6 +147,7 @@ labels! {
     SlowConsumer => "slow_consumer",
     Stale => "stale",
     SequenceGap => "sequence_gap",
+    HeartbeatTimeout => "heartbeat_timeout",
     PingFlood => "ping_flood",
     Abnormal => "abnormal",
     Io => "io",
@@ -181,6 +189,7 @@ impl DisconnectReason {
             Self::SlowConsumer => Label::SlowConsumer,
             Self::Stale { .. } => Label::Stale,
             Self::SequenceGap { .. } => Label::SequenceGap,
+            Self::HeartbeatTimeout { .. } => Label::HeartbeatTimeout,
             Self::PingFlood => Label::PingFlood,
             Self::Abnormal { .. } => Label::Abnormal,
             Self::Io { .. } => Label::Io,
@@ -203,9 +212,11 @@ impl DisconnectReason {
             Self::Rotated | Self::Shutdown | Self::Stale { .. } | Self::SequenceGap { .. } => {
                 Some(CloseCode::GOING_AWAY)
             }
-            Self::PongTimeout | Self::PingFlood | Self::MessageStalled | Self::SlowConsumer => {
-                Some(CloseCode::POLICY_VIOLATION)
-            }
+            Self::PongTimeout
+            | Self::HeartbeatTimeout { .. }
+            | Self::PingFlood
+            | Self::MessageStalled
+            | Self::SlowConsumer => Some(CloseCode::POLICY_VIOLATION),
             _ => None,
         }
     }
@@ -275,6 +286,12 @@ impl fmt::Display for DisconnectReason {
             Self::PongTimeout => f.write_str("peer silent: ping unanswered"),
             Self::Stale { after } => {
                 write!(f, "stale: no data message for {after:?} (closed with 1001)")
+            }
+            Self::HeartbeatTimeout { after } => {
+                write!(
+                    f,
+                    "heartbeat timeout: no answer within {after:?} (closed with 1008)"
+                )
             }
             Self::SequenceGap { stream, missed } => write!(
                 f,

@@ -90,6 +90,11 @@ pub(crate) struct ConnRecord {
     waiting_for_consumer: AtomicBool,
     peak_buffered: AtomicUsize,
     last_error: Mutex<Option<String>>,
+    /// Pongs seen so far (to notice a new round trip), and the last round
+    /// trips in µs (0: none yet).
+    pongs: AtomicU64,
+    ping_rtt_us: AtomicU64,
+    heartbeat_rtt_us: AtomicU64,
 }
 
 impl ConnRecord {
@@ -109,6 +114,9 @@ impl ConnRecord {
             waiting_for_consumer: AtomicBool::new(false),
             peak_buffered: AtomicUsize::new(0),
             last_error: Mutex::new(None),
+            pongs: AtomicU64::new(0),
+            ping_rtt_us: AtomicU64::new(0),
+            heartbeat_rtt_us: AtomicU64::new(0),
         }
     }
 
@@ -187,6 +195,18 @@ impl ConnRecord {
         }
         self.peak_buffered
             .fetch_max(s.peak_buffered_bytes, Ordering::Relaxed);
+        if s.pongs > self.pongs.swap(s.pongs, Ordering::Relaxed) {
+            if let Some(rtt) = s.last_ping_rtt {
+                totals.ping_rtt.observe(rtt);
+                self.ping_rtt_us.store(micros(rtt), Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// An application heartbeat was answered after `rtt`.
+    pub(crate) fn heartbeat_rtt(&self, rtt: Duration, totals: &Counters) {
+        totals.heartbeat_rtt.observe(rtt);
+        self.heartbeat_rtt_us.store(micros(rtt), Ordering::Relaxed);
     }
 
     /// Marks this connection as waiting for the consumer until the guard
@@ -231,6 +251,8 @@ impl ConnRecord {
                 u64::try_from(b.paused_time().as_millis()).unwrap_or(u64::MAX)
             }),
             peak_buffered_bytes: self.peak_buffered.load(Ordering::Relaxed),
+            ping_rtt_us: nonzero(&self.ping_rtt_us),
+            heartbeat_rtt_us: nonzero(&self.heartbeat_rtt_us),
             last_error: self
                 .last_error
                 .lock()
@@ -238,6 +260,15 @@ impl ConnRecord {
                 .clone(),
         }
     }
+}
+
+/// Whole microseconds, at least 1 (0 means "none yet" in the records).
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
+}
+
+fn nonzero(a: &AtomicU64) -> Option<u64> {
+    Some(a.load(Ordering::Relaxed)).filter(|v| *v > 0)
 }
 
 /// A snapshot of one connection: what `wsfleet top` and `/connections` show
@@ -276,6 +307,12 @@ pub struct ConnectionInfo {
     pub paused_ms: u64,
     /// Most buffer bytes the slot has held.
     pub peak_buffered_bytes: usize,
+    /// The last keepalive ping's round trip, in µs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ping_rtt_us: Option<u64>,
+    /// The last application heartbeat's round trip, in µs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_rtt_us: Option<u64>,
     /// Why the previous connection ended.
     pub last_error: Option<String>,
 }

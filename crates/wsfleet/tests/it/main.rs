@@ -8,6 +8,7 @@ mod buffers;
 mod chaos;
 mod fleet;
 mod fleet_1k;
+mod heartbeat;
 mod hostile;
 mod interop;
 mod mtls;
