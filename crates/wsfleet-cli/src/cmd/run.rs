@@ -24,7 +24,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use wsfleet::admin::AdminServer;
 use wsfleet::fleet::{
-    Fleet, FleetBuilder, FleetMonitor, GapPolicy, Placement, Streams, Subscription,
+    Fleet, FleetBuilder, FleetMonitor, GapPolicy, Heartbeat, Placement, Streams, Subscription,
 };
 use wsfleet::serve::EchoServer;
 use wsfleet::{ConnectionConfig, Message};
@@ -252,6 +252,20 @@ fn builder(plan: &Plan, urls: &[String], connection: ConnectionConfig) -> FleetB
             subscription = subscription.placement(Placement::Spread { per_connection });
         }
         builder = builder.subscribe(subscription);
+    }
+    if let Some(h) = &plan.heartbeat {
+        let mut heartbeat = Heartbeat::new(Message::text(h.send.clone()), h.interval)
+            .deliver_answers(h.deliver_answers);
+        if let Some(timeout) = h.timeout {
+            heartbeat = heartbeat.timeout(timeout);
+        }
+        if let Some(prefix) = &h.answer_prefix {
+            heartbeat = heartbeat.answer_prefix(prefix.clone().into_bytes());
+        }
+        if let (Some(pointer), Some(value)) = (&h.answer_pointer, &h.answer_value) {
+            heartbeat = heartbeat.answer_field(pointer.clone(), value.clone());
+        }
+        builder = builder.heartbeat(heartbeat);
     }
     if let Some(s) = &plan.streams {
         let mut streams = Streams::new(s.key.clone()).on_gap(match s.on_gap {

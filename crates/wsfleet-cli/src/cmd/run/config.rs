@@ -60,6 +60,8 @@ pub(crate) struct Plan {
     pub(crate) subscriptions: Vec<SubscriptionPlan>,
     /// `[streams]`: stream attribution and sequence checks, if set.
     pub(crate) streams: Option<StreamsPlan>,
+    /// `[heartbeat]`: an application heartbeat, if set.
+    pub(crate) heartbeat: Option<HeartbeatPlan>,
     /// Admin endpoint address, if any.
     pub(crate) admin: Option<SocketAddr>,
     /// Ready share for a healthy `/healthz`.
@@ -138,6 +140,7 @@ impl Plan {
                 .map(SubscriptionPlan::from)
                 .collect(),
             streams: file.streams.map(StreamsPlan::from),
+            heartbeat: file.heartbeat.map(HeartbeatPlan::from),
             admin: args.admin.or(file.admin),
             healthy_share: args
                 .healthy_share
@@ -238,6 +241,18 @@ impl Plan {
                 )));
             }
         }
+        if let Some(h) = &self.heartbeat {
+            if h.answer_pointer.is_some() != h.answer_value.is_some() {
+                return Err(UsageError(
+                    "[heartbeat]: answer-pointer and answer-value go together".into(),
+                ));
+            }
+            if h.answer_prefix.is_some() && h.answer_pointer.is_some() {
+                return Err(UsageError(
+                    "[heartbeat]: answer-prefix or answer-pointer, not both".into(),
+                ));
+            }
+        }
         let Shard { index, count } = self.shard;
         if index >= self.connections {
             return Err(UsageError(format!(
@@ -327,6 +342,46 @@ struct FileConfig {
     source: Option<SourceTable>,
     subscription: Option<Vec<SubscriptionTable>>,
     streams: Option<StreamsTable>,
+    heartbeat: Option<HeartbeatTable>,
+}
+
+/// `[heartbeat]`: an application heartbeat on every connection.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct HeartbeatTable {
+    send: String,
+    interval: Period,
+    timeout: Option<Period>,
+    answer_prefix: Option<String>,
+    answer_pointer: Option<String>,
+    answer_value: Option<String>,
+    deliver_answers: Option<bool>,
+}
+
+/// `[heartbeat]`, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct HeartbeatPlan {
+    pub(crate) send: String,
+    pub(crate) interval: Duration,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) answer_prefix: Option<String>,
+    pub(crate) answer_pointer: Option<String>,
+    pub(crate) answer_value: Option<String>,
+    pub(crate) deliver_answers: bool,
+}
+
+impl From<HeartbeatTable> for HeartbeatPlan {
+    fn from(t: HeartbeatTable) -> Self {
+        Self {
+            send: t.send,
+            interval: t.interval.0,
+            timeout: t.timeout.map(|d| d.0),
+            answer_prefix: t.answer_prefix,
+            answer_pointer: t.answer_pointer,
+            answer_value: t.answer_value,
+            deliver_answers: t.deliver_answers.unwrap_or(false),
+        }
+    }
 }
 
 /// `[[subscription]]`: what a connection sends to start (and end) a stream.
@@ -955,6 +1010,96 @@ peer-ping-limit = 0
     }
 
     #[test]
+    fn subscriptions_streams_and_heartbeat_from_the_file() {
+        let text = r#"
+send-on-connect = ["login"]
+
+[[subscription]]
+key = "c1"
+send = '{"op":"subscribe","channel":"c1"}'
+end = '{"op":"unsubscribe","channel":"c1"}'
+per-connection = 10
+
+[[subscription]]
+key = "c2"
+send = ["first", "second"]
+
+[streams]
+key = "/channel"
+sequence = "/seq"
+on-gap = "renew"
+stale-after = "30s"
+max-overlap = "2s"
+
+[heartbeat]
+send = '{"op":"ping"}'
+interval = "15s"
+timeout = "5s"
+answer-pointer = "/op"
+answer-value = "pong"
+"#;
+        let plan = with_file("streams", text, &[]).unwrap();
+        assert_eq!(plan.send_on_connect, ["login"]);
+        assert_eq!(
+            plan.subscriptions,
+            [
+                SubscriptionPlan {
+                    key: "c1".into(),
+                    send: vec![r#"{"op":"subscribe","channel":"c1"}"#.into()],
+                    end: Some(r#"{"op":"unsubscribe","channel":"c1"}"#.into()),
+                    per_connection: Some(10),
+                },
+                SubscriptionPlan {
+                    key: "c2".into(),
+                    send: vec!["first".into(), "second".into()],
+                    end: None,
+                    per_connection: None,
+                },
+            ]
+        );
+        assert_eq!(
+            plan.streams,
+            Some(StreamsPlan {
+                key: "/channel".into(),
+                sequence: Some("/seq".into()),
+                on_gap: OnGap::Renew,
+                stale_after: Some(Duration::from_secs(30)),
+                max_overlap: Some(Duration::from_secs(2)),
+            })
+        );
+        let heartbeat = plan.heartbeat.unwrap();
+        assert_eq!(heartbeat.interval, Duration::from_secs(15));
+        assert_eq!(heartbeat.answer_value.as_deref(), Some("pong"));
+        assert!(!heartbeat.deliver_answers);
+
+        for (name, bad, needle) in [
+            (
+                "nosend",
+                "[[subscription]]\nkey = \"a\"\nsend = []\n",
+                "send must hold",
+            ),
+            (
+                "zero",
+                "[[subscription]]\nkey = \"a\"\nsend = \"x\"\nper-connection = 0\n",
+                "per-connection must be at least 1",
+            ),
+            (
+                "half",
+                "[heartbeat]\nsend = \"p\"\ninterval = \"1s\"\nanswer-pointer = \"/op\"\n",
+                "go together",
+            ),
+            (
+                "gap",
+                "[streams]\nkey = \"/c\"\non-gap = \"panic\"\n",
+                "on-gap",
+            ),
+        ] {
+            let e = with_file(name, bad, &[]).unwrap_err().0;
+            assert!(e.contains(needle), "{name}: {e}");
+        }
+    }
+
+    #[test]
     fn the_example_file_is_valid_and_documents_every_key() {
         let config: FileConfig = toml::from_str(EXAMPLE).unwrap();
         // It runs the demo as it is: no URL.
@@ -964,7 +1109,9 @@ peer-ping-limit = 0
         for key in keys {
             let documented = EXAMPLE.lines().any(|line| {
                 let line = line.trim_start_matches('#').trim_start();
-                line.starts_with(&format!("{key} =")) || line == format!("[{key}]")
+                line.starts_with(&format!("{key} ="))
+                    || line == format!("[{key}]")
+                    || line == format!("[[{key}]]")
             });
             assert!(documented, "key {key:?} is not in examples/wsfleet.toml");
         }
@@ -972,6 +1119,9 @@ peer-ping-limit = 0
         for (table, keys) in [
             ("[sink]", keys_of::<SinkTable>()),
             ("[source]", keys_of::<SourceTable>()),
+            ("[[subscription]]", keys_of::<SubscriptionTable>()),
+            ("[streams]", keys_of::<StreamsTable>()),
+            ("[heartbeat]", keys_of::<HeartbeatTable>()),
         ] {
             let section: String = EXAMPLE
                 .split(table)
