@@ -116,7 +116,9 @@ impl Target {
         }
         let host = match parsed.host() {
             Some(::url::Host::Domain(d)) if !d.is_empty() => d.to_owned(),
-            Some(::url::Host::Ipv4(ip)) => ip.to_string(),
+            // The URL's serialisation of an IPv4 host is the dotted quad
+            // already: no second formatting.
+            Some(::url::Host::Ipv4(_)) => parsed.host_str().unwrap_or_default().to_owned(),
             Some(::url::Host::Ipv6(ip)) => ip.to_string(),
             _ => return Err(invalid("missing host".into())),
         };
@@ -321,6 +323,15 @@ mod tests {
                 9001,
                 "/",
                 "127.0.0.1:9001",
+            ),
+            // WHATWG IPv4 forms are stored as the dotted quad.
+            (
+                "ws://0x7f.1/",
+                Scheme::Ws,
+                "127.0.0.1",
+                80,
+                "/",
+                "127.0.0.1",
             ),
             (
                 "ws://[::1]:9001/x?y=1",
