@@ -170,6 +170,17 @@ impl Target {
         }
     }
 
+    /// [`host_header`](Self::host_header), given this target's
+    /// [`authority`](Self::authority): a connect has that at hand already,
+    /// so it is not formatted twice.
+    pub(crate) fn host_header_with(&self, authority: &str) -> String {
+        if self.port == self.scheme.default_port() {
+            self.bracketed_host()
+        } else {
+            authority.to_owned()
+        }
+    }
+
     /// Whether the scheme is `wss`.
     pub fn is_tls(&self) -> bool {
         self.scheme == Scheme::Wss
@@ -375,6 +386,7 @@ mod tests {
             assert_eq!(t.port, port, "{url}");
             assert_eq!(t.path_and_query, pq, "{url}");
             assert_eq!(t.host_header(), host_header, "{url}");
+            assert_eq!(t.host_header_with(&t.authority()), host_header, "{url}");
             assert_eq!(t.is_tls(), scheme == Scheme::Wss, "{url}");
         }
     }
