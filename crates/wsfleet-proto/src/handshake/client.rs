@@ -193,6 +193,10 @@ fn list_header<'a>(
     Ok(elements)
 }
 
+/// Header slots a response is parsed with on the stack: the default
+/// [`Limits::max_handshake_headers`]. A larger limit takes a heap buffer.
+const STACK_HEADERS: usize = 64;
+
 /// RFC 7230 `tchar`.
 fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
@@ -244,8 +248,17 @@ impl ClientHandshake {
         &self,
         buf: &[u8],
     ) -> Result<Option<(HandshakeResponse, usize)>, HandshakeError> {
-        let mut headers = vec![httparse::EMPTY_HEADER; self.max_headers];
-        let mut response = httparse::Response::new(&mut headers);
+        // Up to the default limit the header slots live on the stack: no
+        // 2 KiB allocation per answer (or per partial read of one).
+        let mut on_stack = [httparse::EMPTY_HEADER; STACK_HEADERS];
+        let mut on_heap = Vec::new();
+        let headers = if self.max_headers <= STACK_HEADERS {
+            &mut on_stack[..self.max_headers]
+        } else {
+            on_heap.resize(self.max_headers, httparse::EMPTY_HEADER);
+            &mut on_heap[..]
+        };
+        let mut response = httparse::Response::new(headers);
         let used = match response.parse(buf) {
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) => {
@@ -565,6 +578,40 @@ mod tests {
             hs.parse_response(&bytes),
             Err(HandshakeError::TooManyHeaders { max: 8 })
         );
+    }
+
+    /// The header limit holds on both sides of the stack/heap switch.
+    #[test]
+    fn header_limits_around_the_stack_slots() {
+        let req = HandshakeRequest::new("h", "/", [0; 16]);
+        for (max, sent, fits) in [
+            (STACK_HEADERS, STACK_HEADERS, true),
+            (STACK_HEADERS, STACK_HEADERS + 1, false),
+            (STACK_HEADERS + 36, STACK_HEADERS + 36, true),
+            (STACK_HEADERS + 36, STACK_HEADERS + 37, false),
+        ] {
+            let limits = Limits::default()
+                .with_max_handshake_headers(max)
+                .with_max_handshake_bytes(64 * 1024);
+            let hs = ClientHandshake::new(&req, &limits);
+            // The three required headers, then fillers up to `sent`.
+            let mut bytes = ok_response(&req, "");
+            bytes.truncate(bytes.len() - 2);
+            for i in 3..sent {
+                bytes.extend_from_slice(format!("X-{i}: 1\r\n").as_bytes());
+            }
+            bytes.extend_from_slice(b"\r\n");
+            let got = hs.parse_response(&bytes);
+            if fits {
+                assert_eq!(got.unwrap().unwrap().0.headers.len(), sent, "{max}/{sent}");
+            } else {
+                assert_eq!(
+                    got,
+                    Err(HandshakeError::TooManyHeaders { max }),
+                    "{max}/{sent}"
+                );
+            }
+        }
     }
 
     #[test]

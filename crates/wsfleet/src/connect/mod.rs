@@ -171,6 +171,19 @@ pub async fn open_via(
     tls: Option<&Arc<rustls::ClientConfig>>,
     deadlines: &Deadlines,
 ) -> Result<MaybeTlsStream, ConnectError> {
+    open_at(target, &target.authority(), proxy, tls, deadlines).await
+}
+
+/// [`open_via`], given `target`'s [`authority`](Target::authority) (a
+/// connection has it at hand already: it names the peer), so a connect
+/// formats it once.
+pub(crate) async fn open_at(
+    target: &Target,
+    authority: &str,
+    proxy: Option<&Proxy>,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    deadlines: &Deadlines,
+) -> Result<MaybeTlsStream, ConnectError> {
     // Resolve the TLS configuration first, so a configuration problem costs no
     // DNS lookup or connection.
     let tls_config = if target.is_tls() {
@@ -190,7 +203,7 @@ pub async fn open_via(
         None => {
             let addrs = tcp::resolve(&target.host, target.port, deadlines.dns).await?;
             let host_is_ip = target.host.parse::<std::net::IpAddr>().is_ok();
-            tcp::connect_tcp(&target.authority(), host_is_ip, &addrs, deadlines.tcp).await?
+            tcp::connect_tcp(authority, host_is_ip, &addrs, deadlines.tcp).await?
         }
         Some(proxy) => {
             let addrs = tcp::resolve(&proxy.host, proxy.port, deadlines.dns).await?;
@@ -210,7 +223,7 @@ pub async fn open_via(
     match tls_config {
         None => Ok(MaybeTlsStream::Plain(tcp)),
         Some(config) => {
-            let stream = tls_handshake(tcp, target, config, deadlines.tls).await?;
+            let stream = tls_handshake(tcp, target, authority, config, deadlines.tls).await?;
             Ok(MaybeTlsStream::Tls(Box::new(stream)))
         }
     }
@@ -220,24 +233,24 @@ pub async fn open_via(
 async fn tls_handshake(
     tcp: TcpStream,
     target: &Target,
+    authority: &str,
     config: Arc<rustls::ClientConfig>,
     limit: Duration,
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ConnectError> {
-    let authority = target.authority();
     let name = url::server_name(&target.host).map_err(|why| {
         ConnectError::new(
             Phase::Tls,
-            authority.as_str(),
+            authority,
             ConnectErrorKind::InvalidUrl(format!("host is not a valid TLS server name: {why}")),
         )
     })?;
     let started = tokio::time::Instant::now();
     let connector = TlsConnector::from(config);
-    let stream = tcp::with_deadline(Phase::Tls, &authority, limit, async {
+    let stream = tcp::with_deadline(Phase::Tls, authority, limit, async {
         connector
             .connect(name, tcp)
             .await
-            .map_err(|e| ConnectError::new(Phase::Tls, authority.as_str(), tls_error_kind(e)))
+            .map_err(|e| ConnectError::new(Phase::Tls, authority, tls_error_kind(e)))
     })
     .await?;
     tracing::debug!(

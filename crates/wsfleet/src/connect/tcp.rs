@@ -79,8 +79,9 @@ pub(crate) async fn connect_tcp(
     limit: Duration,
 ) -> Result<TcpStream, ConnectError> {
     let started = Instant::now();
-    let label = tcp_label(authority, host_is_ip, addrs);
-    let (stream, addr) = connect_each(&label, addrs, limit, TcpStream::connect).await?;
+    // The label names the target in an error only: built then, not per connect.
+    let label = || tcp_label(authority, host_is_ip, addrs);
+    let (stream, addr) = connect_each(label, addrs, limit, TcpStream::connect).await?;
     stream
         .set_nodelay(true)
         .map_err(|e| ConnectError::new(Phase::Tcp, addr.to_string(), ConnectErrorKind::Io(e)))?;
@@ -99,8 +100,9 @@ const MIN_ATTEMPT: Duration = Duration::from_secs(2);
 /// never more than what remains), so one address that never answers does not use up
 /// the whole deadline. If the deadline runs out the error is
 /// [`ConnectErrorKind::Timeout`]`(limit)`; otherwise it is the last address's error.
+/// `label` names the target in that error (called only then).
 async fn connect_each<T, F, Fut>(
-    label: &str,
+    label: impl FnOnce() -> String,
     addrs: &[SocketAddr],
     limit: Duration,
     mut connect: F,
@@ -142,7 +144,7 @@ where
         Some(e) => ConnectErrorKind::Io(e),
         None => ConnectErrorKind::Timeout(limit),
     };
-    Err(ConnectError::new(Phase::Tcp, label, kind))
+    Err(ConnectError::new(Phase::Tcp, label(), kind))
 }
 
 /// How TCP errors name their target: the address itself for an IP literal
@@ -231,13 +233,18 @@ mod tests {
     async fn a_silent_address_gets_only_its_share() {
         let addrs = [addr("[::1]:1"), addr("127.0.0.1:1")];
         let started = Instant::now();
-        let (value, used) = connect_each("h:1", &addrs, Duration::from_secs(10), |a| async move {
-            if a.is_ipv6() {
-                pending::<io::Result<u32>>().await
-            } else {
-                Ok(42)
-            }
-        })
+        let (value, used) = connect_each(
+            || "h:1".into(),
+            &addrs,
+            Duration::from_secs(10),
+            |a| async move {
+                if a.is_ipv6() {
+                    pending::<io::Result<u32>>().await
+                } else {
+                    Ok(42)
+                }
+            },
+        )
         .await
         .unwrap();
         assert_eq!((value, used), (42, addrs[1]));
@@ -252,16 +259,21 @@ mod tests {
         let last = addrs[9];
         let tried = std::cell::Cell::new(0);
         let started = Instant::now();
-        let e = connect_each("h:1", &addrs, Duration::from_secs(10), |a| {
-            tried.set(tried.get() + 1);
-            async move {
-                if a == last {
-                    Ok(())
-                } else {
-                    pending::<io::Result<()>>().await
+        let e = connect_each(
+            || "h:1".into(),
+            &addrs,
+            Duration::from_secs(10),
+            |a| {
+                tried.set(tried.get() + 1);
+                async move {
+                    if a == last {
+                        Ok(())
+                    } else {
+                        pending::<io::Result<()>>().await
+                    }
                 }
-            }
-        })
+            },
+        )
         .await
         .unwrap_err();
         assert!(e.is_timeout(), "{e}");
@@ -273,7 +285,7 @@ mod tests {
     async fn all_silent_is_a_timeout_for_the_whole_deadline() {
         let addrs = [addr("[::1]:1"), addr("127.0.0.1:1")];
         let e = connect_each(
-            "h:1 ([::1]:1, 127.0.0.1:1)",
+            || "h:1 ([::1]:1, 127.0.0.1:1)".into(),
             &addrs,
             Duration::from_secs(10),
             |_| pending::<io::Result<()>>(),
@@ -290,12 +302,17 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn all_refused_reports_the_last_error() {
         let addrs = [addr("[::1]:1"), addr("127.0.0.1:1")];
-        let e = connect_each("h:1", &addrs, Duration::from_secs(10), |a| async move {
-            Err::<(), _>(io::Error::new(
-                io::ErrorKind::ConnectionRefused,
-                a.to_string(),
-            ))
-        })
+        let e = connect_each(
+            || "h:1".into(),
+            &addrs,
+            Duration::from_secs(10),
+            |a| async move {
+                Err::<(), _>(io::Error::new(
+                    io::ErrorKind::ConnectionRefused,
+                    a.to_string(),
+                ))
+            },
+        )
         .await
         .unwrap_err();
         match e.kind() {

@@ -116,7 +116,9 @@ impl Target {
         }
         let host = match parsed.host() {
             Some(::url::Host::Domain(d)) if !d.is_empty() => d.to_owned(),
-            Some(::url::Host::Ipv4(ip)) => ip.to_string(),
+            // The URL's serialisation of an IPv4 host is the dotted quad
+            // already: no second formatting.
+            Some(::url::Host::Ipv4(_)) => parsed.host_str().unwrap_or_default().to_owned(),
             Some(::url::Host::Ipv6(ip)) => ip.to_string(),
             _ => return Err(invalid("missing host".into())),
         };
@@ -165,6 +167,17 @@ impl Target {
             self.bracketed_host()
         } else {
             self.authority()
+        }
+    }
+
+    /// [`host_header`](Self::host_header), given this target's
+    /// [`authority`](Self::authority): a connect has that at hand already,
+    /// so it is not formatted twice.
+    pub(crate) fn host_header_with(&self, authority: &str) -> String {
+        if self.port == self.scheme.default_port() {
+            self.bracketed_host()
+        } else {
+            authority.to_owned()
         }
     }
 
@@ -322,6 +335,15 @@ mod tests {
                 "/",
                 "127.0.0.1:9001",
             ),
+            // WHATWG IPv4 forms are stored as the dotted quad.
+            (
+                "ws://0x7f.1/",
+                Scheme::Ws,
+                "127.0.0.1",
+                80,
+                "/",
+                "127.0.0.1",
+            ),
             (
                 "ws://[::1]:9001/x?y=1",
                 Scheme::Ws,
@@ -364,6 +386,7 @@ mod tests {
             assert_eq!(t.port, port, "{url}");
             assert_eq!(t.path_and_query, pq, "{url}");
             assert_eq!(t.host_header(), host_header, "{url}");
+            assert_eq!(t.host_header_with(&t.authority()), host_header, "{url}");
             assert_eq!(t.is_tls(), scheme == Scheme::Wss, "{url}");
         }
     }

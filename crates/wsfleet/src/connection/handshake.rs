@@ -14,10 +14,12 @@ use crate::keys;
 /// Sends the upgrade request and validates the answer. Returns the response
 /// and any WebSocket bytes that arrived with it. With `same_origin` false
 /// (a redirect has left the configured origin), only the headers and
-/// subprotocols named in `forward_on_redirect` go.
+/// subprotocols named in `forward_on_redirect` go. `authority` is
+/// `target`'s, as errors name it.
 pub(crate) async fn client_handshake(
     stream: &mut MaybeTlsStream,
     target: &Target,
+    authority: &str,
     config: &ConnectionConfig,
     same_origin: bool,
 ) -> Result<(HandshakeResponse, Bytes), ConnectError> {
@@ -28,10 +30,9 @@ pub(crate) async fn client_handshake(
                 .iter()
                 .any(|f| f.trim().eq_ignore_ascii_case(name.trim()))
     };
-    let authority = target.authority();
-    let fail = |kind| ConnectError::new(Phase::Handshake, authority.clone(), kind);
+    let fail = |kind| ConnectError::new(Phase::Handshake, authority, kind);
     let mut request = HandshakeRequest::new(
-        target.host_header(),
+        target.host_header_with(authority),
         target.path_and_query.clone(),
         keys::nonce(),
     );

@@ -222,9 +222,13 @@ impl Connection {
         } else {
             None
         };
-        let mut stream = connect::open_via(target, proxy.as_ref(), tls, &config.deadlines).await?;
+        // `host:port` names the peer, in errors and logs of every phase:
+        // formatted once per attempt.
+        let peer = target.authority();
+        let mut stream =
+            connect::open_at(target, &peer, proxy.as_ref(), tls, &config.deadlines).await?;
         let (response, leftover) =
-            handshake::client_handshake(&mut stream, target, config, same_origin).await?;
+            handshake::client_handshake(&mut stream, target, &peer, config, same_origin).await?;
         let mut proto = Protocol::client(config.limits, Box::new(OsRngKeys));
         if let Some(budget) = &config.budget {
             proto = proto.with_budget(budget.clone());
@@ -232,7 +236,6 @@ impl Connection {
         if let Some(params) = response.deflate {
             proto = proto.with_deflate(params);
         }
-        let peer = target.authority();
         tracing::debug!(peer = %peer, protocol = ?response.protocol, "websocket connected");
         Ok(Self::from_parts(
             stream,
