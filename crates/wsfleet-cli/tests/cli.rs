@@ -606,3 +606,84 @@ fn stale_after_replaces_connections_that_receive_no_data() {
     serve.signal("TERM");
     assert!(serve.wait_exit(Duration::from_secs(10)).success());
 }
+
+#[test]
+fn run_keeps_subscriptions_and_checks_sequences_from_the_config_file() {
+    // The feed server: numbered messages per channel after a subscribe,
+    // 5 % of the numbers skipped (and reported on its stdout).
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let feed = runtime
+        .block_on(wsfleet_testkit::FeedServer::start(
+            wsfleet_testkit::FeedOptions {
+                rate: 50.0,
+                skip_ratio: 0.05,
+                seed: Some(3),
+                ..Default::default()
+            },
+        ))
+        .expect("feed server");
+    let mut config = format!(
+        "url = [\"{}\"]\nconnections = 2\nmax-lifetime = \"700ms\"\noutput = \"jsonl\"\n",
+        feed.url()
+    );
+    for ch in ["a", "b", "c", "d"] {
+        config.push_str(&format!(
+            "\n[[subscription]]\nkey = \"{ch}\"\nsend = '{{\"op\":\"subscribe\",\"channel\":\"{ch}\"}}'\nend = '{{\"op\":\"unsubscribe\",\"channel\":\"{ch}\"}}'\nper-connection = 2\n"
+        ));
+    }
+    config.push_str("\n[streams]\nkey = \"/channel\"\nsequence = \"/seq\"\n");
+    let dir = std::env::temp_dir().join(format!("wsfleet-cli-streams-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("wsfleet.toml");
+    std::fs::write(&path, &config).unwrap();
+    let output = wsfleet()
+        .args([
+            "run",
+            "--config",
+            path.to_str().unwrap(),
+            "--duration",
+            "3s",
+        ])
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let _ = std::fs::remove_dir_all(&dir);
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    let mut seqs: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
+    for line in stdout.lines().filter(|l| l.starts_with('{')) {
+        let event: serde_json::Value = serde_json::from_str(line).unwrap();
+        let Some(payload) = event["payload"].as_str() else {
+            continue;
+        };
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(payload) else {
+            continue;
+        };
+        if let (Some(ch), Some(seq)) = (message["channel"].as_str(), message["seq"].as_u64()) {
+            seqs.entry(ch.to_owned()).or_default().push(seq);
+        }
+    }
+    assert_eq!(seqs.len(), 4, "every subscription flowed: {stdout}");
+    for (ch, numbers) in &seqs {
+        assert!(
+            numbers.windows(2).all(|w| w[0] < w[1]),
+            "{ch} delivered a number twice across rotations: {numbers:?}"
+        );
+    }
+    // Gaps are logged, one line per gap, naming the stream and the range.
+    let skipped = feed.skipped();
+    let logged = stderr.matches("sequence gap").count();
+    let within: usize = skipped
+        .iter()
+        .map(|(ch, numbers)| {
+            let seen = &seqs[ch];
+            numbers.range(seen[0] + 1..seen[seen.len() - 1]).count()
+        })
+        .sum();
+    assert!(within > 0, "no skip within the run");
+    assert!(
+        logged >= 1 && logged <= within,
+        "{logged} gap lines for {within} skipped numbers:\n{stderr}"
+    );
+}
