@@ -25,6 +25,7 @@ mod report;
 mod rotation;
 mod sample;
 mod servers;
+mod streams;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -43,6 +44,7 @@ enum Scenario {
     Exhaustion,
     Stalled,
     Pinning,
+    Streams,
 }
 
 /// Hostile-server soak, rotation leak check and resource exhaustion for
@@ -140,6 +142,18 @@ async fn run(args: Args) -> ExitCode {
     if matches!(which, Scenario::All | Scenario::Pinning) {
         eprintln!("wsfleet-soak: pinning next to healthy");
         reports.push(budget::pinning(long).await);
+    }
+    if matches!(which, Scenario::All | Scenario::Streams) {
+        let shape = if long {
+            streams::Shape::long(args.connections, args.minutes.map(|_| duration))
+        } else {
+            streams::Shape::short()
+        };
+        eprintln!(
+            "wsfleet-soak: streams, {} connections for {:?}",
+            shape.connections, shape.duration
+        );
+        reports.push(streams::run(shape).await);
     }
     for r in &reports {
         r.print();

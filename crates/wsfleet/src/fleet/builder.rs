@@ -436,6 +436,7 @@ impl FleetBuilder {
                     current: Mutex::new(Arc::new(ConnRecord::new(id, url))),
                     inbox: Mutex::new(None),
                     streams: Mutex::default(),
+                    delivery: tokio::sync::Mutex::new(()),
                 }
             })
             .collect();

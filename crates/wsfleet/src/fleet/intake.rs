@@ -45,17 +45,24 @@ pub(super) async fn take(
         intake.gave_up = !shared.deliver(record, conn, slot.id, message).await;
         return intake;
     };
-    let now = Instant::now();
     let Some(seq) = located.seq else {
-        slot.streams().note(&located.key, now);
+        slot.streams().note(&located.key, Instant::now());
         intake.gave_up = !shared.deliver(record, conn, slot.id, message).await;
         return intake;
     };
+    // While this connection waits for the consumer, the slot's other one
+    // (during a rotation) waits here: the tracker's order is the event order.
+    let _order = slot.delivery.lock().await;
+    let now = Instant::now();
     let (expired, verdict, message) = {
         let mut tracker = slot.streams();
-        tracker.note(&located.key, now);
         let expired = tracker.expire(now, streams.overlap());
         let (verdict, message) = tracker.observe(conn, &located.key, seq, message, now);
+        // Liveness is what reaches the consumer: a stream whose owner went
+        // silent while a successor's messages wait is stale.
+        if message.is_some() || !verdict.before.is_empty() || !verdict.released.is_empty() {
+            tracker.note(&located.key, now);
+        }
         (expired, verdict, message)
     };
     let counters = &shared.counters;
@@ -78,7 +85,7 @@ pub(super) async fn take(
             }
         }
     }
-    for (from, m) in expired_released {
+    for (from, m) in expired_released.into_iter().chain(verdict.before) {
         intake.gave_up |= !shared.deliver(record, from, slot.id, m).await;
     }
     if let Some(message) = message {
@@ -96,6 +103,7 @@ pub(super) async fn ended(shared: &Shared, slot: &SlotShared, record: &ConnRecor
     if shared.settings.streams.is_none() {
         return;
     }
+    let _order = slot.delivery.lock().await;
     let (gaps, released) = slot.streams().ended(conn);
     for gap in gaps {
         report_gap(shared, slot, conn, gap).await;

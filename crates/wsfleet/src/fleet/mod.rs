@@ -263,6 +263,10 @@ pub(crate) struct SlotShared {
     pub(crate) inbox: Mutex<Option<(ConnId, Arc<Inbox>)>>,
     /// Its streams' sequence state, shared by its successive connections.
     pub(crate) streams: Mutex<streams::SlotStreams>,
+    /// Held from a sequence check to the last delivery it allows, so the
+    /// slot's two connections during a rotation hand their messages to the
+    /// consumer in the order the tracker decided.
+    pub(crate) delivery: tokio::sync::Mutex<()>,
 }
 
 impl SlotShared {

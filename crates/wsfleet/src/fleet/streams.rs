@@ -225,6 +225,9 @@ pub(crate) struct Verdict {
     pub(crate) held: bool,
     /// Gaps to report, before the message.
     pub(crate) gaps: Vec<Gap>,
+    /// Held messages of another connection to deliver before the message
+    /// (its owner jumped past them).
+    pub(crate) before: Vec<(ConnId, Message)>,
     /// Held messages of another connection now due, after the message.
     pub(crate) released: Vec<(ConnId, Message)>,
 }
@@ -349,6 +352,17 @@ impl SlotStreams {
             verdict.late = true;
             return (verdict, Some(message));
         }
+        if seq > stream.next && (stream.owner == conn || stream.orphan) {
+            // The owner (or the next connection of an orphaned stream)
+            // jumped ahead: what is held below the jump goes first, in order
+            // (its holes are handover gaps); only the rest is the jump's gap.
+            let (mut gaps, before) = self.flush(|h| h.key == *key && h.seq < seq);
+            verdict.gaps.append(&mut gaps);
+            verdict.before = before;
+        }
+        let Some(stream) = self.streams.get_mut(key) else {
+            return (verdict, Some(message));
+        };
         if seq == stream.next || stream.owner == conn {
             if seq > stream.next {
                 verdict.gaps.push(Gap {
@@ -564,6 +578,9 @@ mod tests {
         fn feed(&mut self, conn: ConnId, seq: u64) -> Verdict {
             let (mut v, message) = self.s.observe(conn, &self.key, seq, m(seq), self.now);
             self.gaps.append(&mut v.gaps);
+            for (c, message) in v.before.drain(..) {
+                self.delivered.push((c, num(&message)));
+            }
             if let Some(message) = message {
                 assert!(v.deliver);
                 self.delivered.push((conn, num(&message)));
@@ -652,6 +669,25 @@ mod tests {
         assert!(r.feed(A, 6).duplicate);
         assert_eq!(r.seqs(), [1, 2, 3, 4, 5, 6]);
         assert!(r.gaps.is_empty());
+    }
+
+    #[test]
+    fn an_owner_jumping_past_held_messages_delivers_them_first() {
+        let mut r = Run::new();
+        r.feed(A, 1);
+        // A goes silent on the stream; B (newer) runs ahead and is held.
+        assert!(r.feed(B, 3).held);
+        assert!(r.feed(B, 4).held);
+        // A's subscription is renewed and it resumes at 9: B's 3 and 4 go
+        // first, B owns the stream now, so A's 9 waits for B.
+        assert!(r.feed(A, 9).held);
+        assert_eq!(r.seqs(), [1, 3, 4]);
+        for seq in 5..=9 {
+            r.feed(B, seq);
+        }
+        assert_eq!(r.seqs(), [1, 3, 4, 5, 6, 7, 8, 9]);
+        assert_eq!(r.missed(), [(2..=2, GapCause::Handover)]);
+        assert_eq!(r.s.held(), 0);
     }
 
     #[test]
