@@ -1100,6 +1100,19 @@ answer-value = "pong"
     }
 
     #[test]
+    fn the_readme_streams_config_is_valid() {
+        const README: &str = include_str!("../../../../../README.md");
+        let block = README
+            .split("```toml\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .expect("a toml block in README.md");
+        let plan = with_file("readme", block, &[]).unwrap_or_else(|e| panic!("{e:?}\n{block}"));
+        assert_eq!(plan.subscriptions.len(), 1);
+        assert!(plan.streams.is_some() && plan.heartbeat.is_some());
+    }
+
+    #[test]
     fn the_example_file_is_valid_and_documents_every_key() {
         let config: FileConfig = toml::from_str(EXAMPLE).unwrap();
         // It runs the demo as it is: no URL.
