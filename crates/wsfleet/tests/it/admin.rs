@@ -54,6 +54,13 @@ async fn metrics_connections_and_healthz() {
         "# TYPE wsfleet_reconnects_total counter",
         "wsfleet_disconnects_total{reason=\"pong_timeout\"} 0",
         "wsfleet_budget_max_bytes",
+        "wsfleet_sequence_gaps_total 0",
+        "wsfleet_duplicates_dropped_total 0",
+        "wsfleet_subscription_renewals_total 0",
+        "# TYPE wsfleet_ping_rtt_seconds histogram",
+        "wsfleet_heartbeat_rtt_seconds_bucket{le=\"+Inf\"} 0",
+        "wsfleet_disconnects_total{reason=\"heartbeat_timeout\"} 0",
+        "wsfleet_disconnects_total{reason=\"sequence_gap\"} 0",
     ] {
         assert!(metrics.contains(line), "missing {line:?} in\n{metrics}");
     }

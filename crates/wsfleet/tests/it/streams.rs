@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use wsfleet::Message;
-use wsfleet::fleet::{EventKind, Fleet, Gap, GapCause, Placement, Streams, Subscription};
+use wsfleet::fleet::{
+    DisconnectReason, EventKind, Fleet, Gap, GapCause, GapPolicy, Placement, Streams, Subscription,
+};
 use wsfleet_testkit::{FeedOptions, FeedServer, bounded};
 
 /// Channels, spread `PER_CONNECTION` to a connection.
@@ -263,4 +265,73 @@ async fn a_silent_subscription_is_renewed_within_its_threshold() {
     );
     assert!(seen.gaps.is_empty() || seen.gaps.iter().all(|g| g.cause == GapCause::InStream));
     eprintln!("silences {}, renewals {}", due.len(), totals.renewals);
+}
+
+/// A fleet on `feed` with `per_connection` channels on each of 2
+/// connections and `policy` for gaps.
+fn gap_fleet(feed: &FeedServer, policy: GapPolicy) -> Fleet {
+    let mut builder = Fleet::builder(feed.url())
+        .connections(2)
+        .connect_rate(1000.0)
+        .streams(Streams::new("/channel").sequence("/seq").on_gap(policy));
+    for ch in channels(4) {
+        builder = builder.subscribe(subscription(&ch, 2));
+    }
+    builder.spawn().expect("spawn")
+}
+
+#[tokio::test]
+async fn the_gap_policy_renews_the_subscription_or_replaces_the_connection() {
+    let feed = FeedServer::start(FeedOptions {
+        rate: 50.0,
+        skip_ratio: 0.05,
+        seed: Some(29),
+        ..FeedOptions::default()
+    })
+    .await
+    .expect("feed server");
+
+    // Renew: each in-stream gap sends unsubscribe, subscribe on that
+    // connection; the connections stay.
+    let mut fleet = gap_fleet(&feed, GapPolicy::Renew);
+    let seen = bounded("2 s of feed", consume(&mut fleet, Duration::from_secs(2))).await;
+    let totals = fleet.stats().totals;
+    fleet.shutdown().await;
+    let gaps = seen
+        .gaps
+        .iter()
+        .filter(|g| g.cause == GapCause::InStream)
+        .count() as u64;
+    assert!(gaps >= 2, "{gaps} gaps");
+    assert_eq!(totals.renewals, gaps, "one renewal per in-stream gap");
+    assert_eq!(seen.connected, 2, "no connection replaced");
+
+    // Reconnect: the connection that skipped is replaced (1001, reason
+    // sequence_gap) and its channels come back on its successor.
+    let mut fleet = gap_fleet(&feed, GapPolicy::Reconnect);
+    let mut events = fleet.events().expect("events");
+    let reason = bounded("a sequence_gap disconnect", async {
+        loop {
+            if let EventKind::Disconnected(reason) = events.recv().await.expect("runs").kind {
+                return reason;
+            }
+        }
+    })
+    .await;
+    assert!(
+        matches!(&reason, DisconnectReason::SequenceGap { missed, .. } if missed.start() <= missed.end()),
+        "{reason}"
+    );
+    assert_eq!(reason.label(), "sequence_gap");
+    assert_eq!(reason.close_code(), Some(wsfleet::CloseCode::GOING_AWAY));
+    let back = bounded("its successor ready", async {
+        loop {
+            if let EventKind::Connected { .. } = events.recv().await.expect("runs").kind {
+                return true;
+            }
+        }
+    })
+    .await;
+    assert!(back);
+    fleet.shutdown().await;
 }
