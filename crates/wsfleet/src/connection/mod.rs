@@ -55,10 +55,12 @@ pub struct ConnectionStats {
     pub buffered_bytes: usize,
     /// Most buffer bytes ever held.
     pub peak_buffered_bytes: usize,
-    /// Pongs that answered one of our keepalive pings.
-    pub pongs: u64,
-    /// The round trip of the last keepalive ping answered.
-    pub last_ping_rtt: Option<Duration>,
+    /// Pongs that answered one of our keepalive pings (wrapping).
+    pub pongs: u32,
+    /// The round trip of the last keepalive ping answered, in µs (at
+    /// least 1; 0 before the first answer). 32 bits: every connection
+    /// carries it.
+    pub last_ping_rtt_us: u32,
 }
 
 /// One WebSocket client connection.
@@ -420,8 +422,9 @@ impl Connection {
                 }
                 Ok(Some(_pong)) => {
                     if let Some(rtt) = self.keepalive.on_pong(Instant::now()) {
-                        self.stats.pongs += 1;
-                        self.stats.last_ping_rtt = Some(rtt);
+                        self.stats.pongs = self.stats.pongs.wrapping_add(1);
+                        self.stats.last_ping_rtt_us =
+                            u32::try_from(rtt.as_micros()).unwrap_or(u32::MAX).max(1);
                     }
                 }
                 Ok(None) => {

@@ -422,6 +422,7 @@ impl FleetBuilder {
         let budget = Arc::new(FleetBudget::new(self.budget));
         let mut settings = self.settings;
         settings.connection.budget = Some(budget.clone());
+        let with_streams = settings.streams.is_some();
         let slots: Vec<SlotShared> = (0..self.connections)
             .filter(|i| i % count == index)
             .enumerate()
@@ -435,8 +436,7 @@ impl FleetBuilder {
                     url: url.clone(),
                     current: Mutex::new(Arc::new(ConnRecord::new(id, url))),
                     inbox: Mutex::new(None),
-                    streams: Mutex::default(),
-                    delivery: tokio::sync::Mutex::new(()),
+                    streams: with_streams.then(Box::default),
                 }
             })
             .collect();

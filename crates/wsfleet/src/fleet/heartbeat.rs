@@ -5,7 +5,9 @@
 //! missing answer like a pong timeout. Transport pings prove only that the
 //! socket lives; this proves the application behind it does.
 
+use std::future::Future as _;
 use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -213,25 +215,25 @@ impl HeartbeatWatch {
         Some(now.saturating_duration_since(sent))
     }
 
-    /// Resolves when something may be due. Cancel-safe.
-    async fn wake(&mut self) {
-        let at = self.deadline();
-        if self.timer.deadline() != at {
-            self.timer.as_mut().reset(at);
-        }
-        self.timer.as_mut().await;
-    }
-}
-
-/// Resolves with what is due on `watch`; never without one.
-pub(super) async fn due(watch: &mut Option<HeartbeatWatch>, paused: impl Fn() -> bool) -> Due {
-    let Some(w) = watch else {
-        return std::future::pending().await;
-    };
-    loop {
-        w.wake().await;
-        if let Some(due) = w.poll_due(Instant::now(), paused()) {
-            return due;
+    /// Polls for what is due: a send, or the outstanding heartbeat's
+    /// timeout (`paused`: see [`poll_due`](Self::poll_due)). Registers the
+    /// waker for the next deadline when nothing is.
+    pub(super) fn poll_wake(
+        &mut self,
+        cx: &mut Context<'_>,
+        paused: impl Fn() -> bool,
+    ) -> Poll<Due> {
+        loop {
+            let at = self.deadline();
+            if self.timer.deadline() != at {
+                self.timer.as_mut().reset(at);
+            }
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if let Some(due) = self.poll_due(Instant::now(), paused()) {
+                return Poll::Ready(due);
+            }
         }
     }
 }

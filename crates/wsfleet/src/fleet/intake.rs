@@ -41,21 +41,21 @@ pub(super) async fn take(
         .streams
         .as_ref()
         .and_then(|s| Some((s, s.locate(message.payload())?)));
-    let Some((streams, located)) = located else {
+    let (Some((streams, located)), Some(cell)) = (located, slot.streams.as_deref()) else {
         intake.gave_up = !shared.deliver(record, conn, slot.id, message).await;
         return intake;
     };
     let Some(seq) = located.seq else {
-        slot.streams().note(&located.key, Instant::now());
+        cell.tracker().note(&located.key, Instant::now());
         intake.gave_up = !shared.deliver(record, conn, slot.id, message).await;
         return intake;
     };
     // While this connection waits for the consumer, the slot's other one
     // (during a rotation) waits here: the tracker's order is the event order.
-    let _order = slot.delivery.lock().await;
+    let _order = cell.delivery.lock().await;
     let now = Instant::now();
     let (expired, verdict, message) = {
-        let mut tracker = slot.streams();
+        let mut tracker = cell.tracker();
         let expired = tracker.expire(now, streams.overlap());
         let (verdict, message) = tracker.observe(conn, &located.key, seq, message, now);
         // Liveness is what reaches the consumer: a stream whose owner went
@@ -100,11 +100,11 @@ pub(super) async fn take(
 /// Connection `conn` of `slot` has ended: what a successor held behind
 /// its streams is delivered now, holes reported.
 pub(super) async fn ended(shared: &Shared, slot: &SlotShared, record: &ConnRecord, conn: ConnId) {
-    if shared.settings.streams.is_none() {
+    let Some(cell) = slot.streams.as_deref() else {
         return;
-    }
-    let _order = slot.delivery.lock().await;
-    let (gaps, released) = slot.streams().ended(conn);
+    };
+    let _order = cell.delivery.lock().await;
+    let (gaps, released) = cell.tracker().ended(conn);
     for gap in gaps {
         report_gap(shared, slot, conn, gap).await;
     }

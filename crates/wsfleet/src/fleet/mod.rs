@@ -27,6 +27,7 @@ mod builder;
 mod conn_task;
 mod counters;
 mod drain;
+mod extras;
 mod heartbeat;
 mod inbox;
 mod intake;
@@ -261,12 +262,26 @@ pub(crate) struct SlotShared {
     pub(crate) current: Mutex<Arc<ConnRecord>>,
     /// Inbox of the ready connection; `None` when none is ready.
     pub(crate) inbox: Mutex<Option<(ConnId, Arc<Inbox>)>>,
+    /// Its streams' state, only with [`Streams`] configured (boxed: an
+    /// idle slot without it carries a pointer).
+    pub(crate) streams: Option<Box<SlotStreamsCell>>,
+}
+
+/// A slot's stream tracker and the lock that orders its deliveries.
+#[derive(Debug, Default)]
+pub(crate) struct SlotStreamsCell {
     /// Its streams' sequence state, shared by its successive connections.
-    pub(crate) streams: Mutex<streams::SlotStreams>,
+    tracker: Mutex<streams::SlotStreams>,
     /// Held from a sequence check to the last delivery it allows, so the
     /// slot's two connections during a rotation hand their messages to the
     /// consumer in the order the tracker decided.
     pub(crate) delivery: tokio::sync::Mutex<()>,
+}
+
+impl SlotStreamsCell {
+    pub(crate) fn tracker(&self) -> std::sync::MutexGuard<'_, streams::SlotStreams> {
+        self.tracker.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl SlotShared {
@@ -275,10 +290,6 @@ impl SlotShared {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
-    }
-
-    pub(crate) fn streams(&self) -> std::sync::MutexGuard<'_, streams::SlotStreams> {
-        self.streams.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn inbox(&self) -> Option<(ConnId, Arc<Inbox>)> {

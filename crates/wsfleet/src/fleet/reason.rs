@@ -76,8 +76,11 @@ pub enum DisconnectReason {
     SequenceGap {
         /// The stream.
         stream: Arc<str>,
-        /// The numbers it skipped.
-        missed: std::ops::RangeInclusive<u64>,
+        /// The first number it skipped.
+        first: u64,
+        /// The last number it skipped (a range, kept as two numbers so the
+        /// reason stays as small as its other variants).
+        last: u64,
     },
     /// The consumer of the fleet's events fell behind for longer than
     /// [`SlowConsumer::Disconnect`](super::SlowConsumer::Disconnect) allows.
@@ -293,11 +296,13 @@ impl fmt::Display for DisconnectReason {
                     "heartbeat timeout: no answer within {after:?} (closed with 1008)"
                 )
             }
-            Self::SequenceGap { stream, missed } => write!(
+            Self::SequenceGap {
+                stream,
+                first,
+                last,
+            } => write!(
                 f,
-                "sequence gap in stream {stream:?}: {}..={} missed (closed with 1001)",
-                missed.start(),
-                missed.end()
+                "sequence gap in stream {stream:?}: {first}..={last} missed (closed with 1001)"
             ),
             Self::MessageStalled => f.write_str("message stalled: below the minimum rate (1008)"),
             Self::WriteStalled => f.write_str("write stalled: the peer stopped reading"),

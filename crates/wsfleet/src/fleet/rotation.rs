@@ -125,7 +125,9 @@ impl Supervisor<'_> {
     /// [`Streams::max_overlap`](super::Streams::max_overlap) or until
     /// shutdown. Without them, the two overlap only for the close handshake.
     async fn overlap(&mut self, old: super::ConnId) {
-        let Some(streams) = &self.shared.settings.streams else {
+        let (Some(streams), Some(cell)) =
+            (&self.shared.settings.streams, self.slot.streams.as_deref())
+        else {
             return;
         };
         if streams.seq_pointer().is_none() {
@@ -134,9 +136,7 @@ impl Supervisor<'_> {
         let until = Instant::now() + streams.overlap();
         // Polled, not awaited: `changed()` here would consume the shutdown
         // notice the serving loop waits for.
-        while self.slot.streams().owned_by(old) > 0
-            && Instant::now() < until
-            && !*self.shutdown.borrow()
+        while cell.tracker().owned_by(old) > 0 && Instant::now() < until && !*self.shutdown.borrow()
         {
             tokio::time::sleep_until((Instant::now() + OVERLAP_POLL).min(until)).await;
         }

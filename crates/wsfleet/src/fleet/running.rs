@@ -90,6 +90,14 @@ impl Running {
                 undelivered: Vec::new(),
             },
         };
+        // Its streams pass to the slot's next connection; what a successor
+        // held behind them goes out now (also after a panic or an abort).
+        if let Ok(i) = shared.slots.binary_search_by_key(&slot, |s| s.id) {
+            let slot_shared = &shared.slots[i];
+            if slot_shared.streams.is_some() {
+                Box::pin(super::intake::ended(shared, slot_shared, &self.record, id)).await;
+            }
+        }
         if end.reason.is_failure() {
             tracing::warn!(conn = %id, reason = %end.reason, undelivered = end.undelivered.len(), "connection dropped");
             self.record.set_error(end.reason.to_string());
@@ -221,7 +229,7 @@ pub(super) async fn start(
     let task = Task(tokio::spawn(
         ConnTask {
             shared: shared.clone(),
-            index: slot.index,
+            index: u32::try_from(slot.index).unwrap_or(u32::MAX),
             id,
             conn,
             inbox: Receiver::new(inbox.clone()),

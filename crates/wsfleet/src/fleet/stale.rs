@@ -3,7 +3,9 @@
 //! replaced. Pings and pongs do not count: an upstream can answer them long
 //! after its feed stopped.
 
+use std::future::Future as _;
 use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
@@ -33,29 +35,39 @@ impl StaleWatch {
         self.last_data = Instant::now();
     }
 
-    /// Resolves once `after` passed without data; returns `after`. While
-    /// `paused()` (we do not read, so silence means nothing) the clock
-    /// starts again. Cancel-safe: the state lives in `self`.
-    async fn stale(&mut self, paused: impl Fn() -> bool) -> Duration {
+    /// Ready with `after` once `after` passed without data. While `paused`
+    /// (we do not read, so silence means nothing) the clock starts again.
+    /// Registers the waker for the next deadline when not ready.
+    pub(super) fn poll_stale(
+        &mut self,
+        cx: &mut Context<'_>,
+        paused: impl Fn() -> bool,
+    ) -> Poll<Duration> {
         loop {
-            self.timer.as_mut().await;
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
             let now = Instant::now();
             if paused() {
                 self.last_data = now;
             }
             let due = self.last_data + self.after;
             if due <= now {
-                return self.after;
+                // Fired: the next poll (if any) waits a whole threshold.
+                self.last_data = now;
+                self.timer.as_mut().reset(now + self.after);
+                return Poll::Ready(self.after);
             }
             self.timer.as_mut().reset(due);
         }
     }
 }
 
-/// Resolves when `watch` finds its connection stale; never without one.
-pub(super) async fn stale(watch: &mut Option<StaleWatch>, paused: impl Fn() -> bool) -> Duration {
+/// Resolves when `watch` finds its connection stale (tests).
+#[cfg(test)]
+async fn stale(watch: &mut Option<StaleWatch>, paused: impl Fn() -> bool) -> Duration {
     match watch {
-        Some(w) => w.stale(paused).await,
+        Some(w) => std::future::poll_fn(|cx| w.poll_stale(cx, &paused)).await,
         None => std::future::pending().await,
     }
 }

@@ -3,7 +3,7 @@
 //! consistent across connections (as deadpool's `Status` says of its pool):
 //! each number is exact for its connection at the moment it was read.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -92,9 +92,9 @@ pub(crate) struct ConnRecord {
     last_error: Mutex<Option<String>>,
     /// Pongs seen so far (to notice a new round trip), and the last round
     /// trips in µs (0: none yet).
-    pongs: AtomicU64,
-    ping_rtt_us: AtomicU64,
-    heartbeat_rtt_us: AtomicU64,
+    pongs: AtomicU32,
+    ping_rtt_us: AtomicU32,
+    heartbeat_rtt_us: AtomicU32,
 }
 
 impl ConnRecord {
@@ -114,9 +114,9 @@ impl ConnRecord {
             waiting_for_consumer: AtomicBool::new(false),
             peak_buffered: AtomicUsize::new(0),
             last_error: Mutex::new(None),
-            pongs: AtomicU64::new(0),
-            ping_rtt_us: AtomicU64::new(0),
-            heartbeat_rtt_us: AtomicU64::new(0),
+            pongs: AtomicU32::new(0),
+            ping_rtt_us: AtomicU32::new(0),
+            heartbeat_rtt_us: AtomicU32::new(0),
         }
     }
 
@@ -195,11 +195,11 @@ impl ConnRecord {
         }
         self.peak_buffered
             .fetch_max(s.peak_buffered_bytes, Ordering::Relaxed);
-        if s.pongs > self.pongs.swap(s.pongs, Ordering::Relaxed) {
-            if let Some(rtt) = s.last_ping_rtt {
-                totals.ping_rtt.observe(rtt);
-                self.ping_rtt_us.store(micros(rtt), Ordering::Relaxed);
-            }
+        if s.pongs != self.pongs.swap(s.pongs, Ordering::Relaxed) && s.last_ping_rtt_us > 0 {
+            let rtt = Duration::from_micros(u64::from(s.last_ping_rtt_us));
+            totals.ping_rtt.observe(rtt);
+            self.ping_rtt_us
+                .store(s.last_ping_rtt_us, Ordering::Relaxed);
         }
     }
 
@@ -262,13 +262,14 @@ impl ConnRecord {
     }
 }
 
-/// Whole microseconds, at least 1 (0 means "none yet" in the records).
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
+/// Whole microseconds, at least 1 (0 means "none yet" in the records; 32
+/// bits hold 71 minutes).
+fn micros(d: Duration) -> u32 {
+    u32::try_from(d.as_micros()).unwrap_or(u32::MAX).max(1)
 }
 
-fn nonzero(a: &AtomicU64) -> Option<u64> {
-    Some(a.load(Ordering::Relaxed)).filter(|v| *v > 0)
+fn nonzero(a: &AtomicU32) -> Option<u64> {
+    Some(u64::from(a.load(Ordering::Relaxed))).filter(|v| *v > 0)
 }
 
 /// A snapshot of one connection: what `wsfleet top` and `/connections` show

@@ -319,7 +319,7 @@ async fn the_gap_policy_renews_the_subscription_or_replaces_the_connection() {
     })
     .await;
     assert!(
-        matches!(&reason, DisconnectReason::SequenceGap { missed, .. } if missed.start() <= missed.end()),
+        matches!(&reason, DisconnectReason::SequenceGap { first, last, .. } if first <= last),
         "{reason}"
     );
     assert_eq!(reason.label(), "sequence_gap");
