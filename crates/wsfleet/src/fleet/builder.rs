@@ -432,7 +432,7 @@ impl FleetBuilder {
                 let id = SlotId(i as u32);
                 SlotShared {
                     id,
-                    index: position,
+                    index: position as u32,
                     url: url.clone(),
                     current: Mutex::new(Arc::new(ConnRecord::new(id, url))),
                     inbox: Mutex::new(None),

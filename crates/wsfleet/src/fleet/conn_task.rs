@@ -219,13 +219,13 @@ impl ConnTask {
                                 reconnect: None,
                             }
                         };
-                        if let Some((stream, missed)) = intake.reconnect {
+                        if let Some(gap) = intake.reconnect {
                             if draining.is_none() {
                                 record.set_state(ConnState::Draining);
                                 if let Err(e) = conn.begin_close(CloseCode::GOING_AWAY, "sequence gap") {
                                     break DisconnectReason::from_error(&e);
                                 }
-                                draining = Some(DisconnectReason::SequenceGap { stream, first: *missed.start(), last: *missed.end() });
+                                draining = Some(*gap);
                             }
                         }
                         let delivered = !intake.gave_up;

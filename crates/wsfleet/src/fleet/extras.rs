@@ -182,7 +182,7 @@ impl StreamsWatch {
         };
         let keys: Vec<Arc<str>> = shared
             .subscriptions()
-            .carried(slot.index)
+            .carried(slot.index())
             .iter()
             .map(|s| s.shared_key().clone())
             .collect();

@@ -5,14 +5,13 @@
 //! reporting gaps), then deliver it and whatever it released. Also the
 //! renewal of a subscription (end, then start) on the connection.
 
-use std::ops::RangeInclusive;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use tokio::time::Instant;
 use wsfleet_proto::Message;
 
 use super::inbox::Inbox;
+use super::reason::DisconnectReason;
 use super::stats::ConnRecord;
 use super::streams::{Gap, GapCause, GapPolicy};
 use super::{ConnId, EventKind, Shared, SlotShared};
@@ -22,8 +21,9 @@ use super::{ConnId, EventKind, Shared, SlotShared};
 pub(super) struct Intake {
     /// The slow-consumer policy gave up on this connection.
     pub(super) gave_up: bool,
-    /// An in-stream gap under [`GapPolicy::Reconnect`]: close for it.
-    pub(super) reconnect: Option<(Arc<str>, RangeInclusive<u64>)>,
+    /// An in-stream gap under [`GapPolicy::Reconnect`]: close for it
+    /// (boxed: rare, and this value passes through every connection's task).
+    pub(super) reconnect: Option<Box<DisconnectReason>>,
 }
 
 /// Takes in one received message of connection `conn` of `slot`.
@@ -81,7 +81,13 @@ pub(super) async fn take(
             match streams.gap_policy() {
                 GapPolicy::Report => {}
                 GapPolicy::Renew => renew(shared, slot, inbox, &key, "sequence gap"),
-                GapPolicy::Reconnect => intake.reconnect = Some((key, missed)),
+                GapPolicy::Reconnect => {
+                    intake.reconnect = Some(Box::new(DisconnectReason::SequenceGap {
+                        stream: key,
+                        first: *missed.start(),
+                        last: *missed.end(),
+                    }));
+                }
             }
         }
     }
@@ -135,7 +141,7 @@ async fn report_gap(shared: &Shared, slot: &SlotShared, conn: ConnId, gap: Gap) 
 /// messages, queued ahead of nothing else (in order with what the fleet
 /// sends it). Counted and logged with `why`.
 pub(super) fn renew(shared: &Shared, slot: &SlotShared, inbox: &Inbox, key: &str, why: &str) {
-    let Some(sub) = shared.subscriptions().carried_key(slot.index, key) else {
+    let Some(sub) = shared.subscriptions().carried_key(slot.index(), key) else {
         return;
     };
     for m in sub.end_message().into_iter().chain(sub.start_messages()) {

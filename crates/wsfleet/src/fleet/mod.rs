@@ -256,8 +256,9 @@ impl Events {
 #[derive(Debug)]
 pub(crate) struct SlotShared {
     pub(crate) id: SlotId,
-    /// Its index in [`Shared::slots`] (the id counts every shard's slots).
-    pub(crate) index: usize,
+    /// Its index in [`Shared::slots`] (the id counts every shard's slots;
+    /// 32 bits like the id, so the two share a word).
+    pub(crate) index: u32,
     pub(crate) url: Arc<str>,
     pub(crate) current: Mutex<Arc<ConnRecord>>,
     /// Inbox of the ready connection; `None` when none is ready.
@@ -285,6 +286,11 @@ impl SlotStreamsCell {
 }
 
 impl SlotShared {
+    /// Its index in [`Shared::slots`].
+    pub(crate) fn index(&self) -> usize {
+        self.index as usize
+    }
+
     pub(crate) fn record(&self) -> Arc<ConnRecord> {
         self.current
             .lock()

@@ -50,7 +50,7 @@ impl RotationSchedule {
 /// the stack, so the large variant costs nothing).
 #[allow(clippy::large_enum_variant)]
 enum Rotation {
-    Opened(Result<Opened, DisconnectReason>),
+    Opened(Result<Box<Opened>, DisconnectReason>),
     OldEnded(Result<TaskEnd, tokio::task::JoinError>),
     Shutdown,
 }

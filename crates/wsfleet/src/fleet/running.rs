@@ -121,13 +121,13 @@ pub(super) async fn open(
     shared: &Arc<Shared>,
     slot: &SlotShared,
     target: &Target,
-) -> Result<Opened, DisconnectReason> {
+) -> Result<Box<Opened>, DisconnectReason> {
     let mut config = shared.settings.connection.clone();
     let budget = shared.budget.member();
     config.budget = Some(budget.clone());
     config.gate = Some(budget.clone());
     let hook = shared.settings.on_connect.clone();
-    let replayed = shared.subscriptions().carried(slot.index);
+    let replayed = shared.subscriptions().carried(slot.index());
     let target = target.clone();
     let started = Instant::now();
     let task = Task(tokio::spawn(async move {
@@ -159,12 +159,13 @@ pub(super) async fn open(
             }
         }
         let protocol = conn.protocol().map(str::to_owned);
-        Ok(Opened {
+        // Boxed: it waits in every slot's future while the slot starts it.
+        Ok(Box::new(Opened {
             conn,
             protocol,
             budget,
             replayed,
-        })
+        }))
     }));
     let result = task.await;
     if matches!(result, Ok(Ok(_))) {
@@ -214,14 +215,14 @@ pub(super) async fn start(
     shared: &Arc<Shared>,
     slot: &SlotShared,
     id: ConnId,
-    opened: Opened,
+    opened: Box<Opened>,
 ) -> Running {
     let Opened {
         conn,
         protocol,
         budget,
         replayed,
-    } = opened;
+    } = *opened;
     let record = Arc::new(ConnRecord::successor(&slot.record(), id, budget));
     let inbox = Arc::new(Inbox::new(shared.settings.inbox_capacity));
     let (drain_tx, drain_rx) = oneshot::channel();
@@ -229,7 +230,7 @@ pub(super) async fn start(
     let task = Task(tokio::spawn(
         ConnTask {
             shared: shared.clone(),
-            index: u32::try_from(slot.index).unwrap_or(u32::MAX),
+            index: slot.index,
             id,
             conn,
             inbox: Receiver::new(inbox.clone()),
@@ -244,7 +245,7 @@ pub(super) async fn start(
         // the replay is caught up with here, or reaches this inbox through
         // `Fleet::subscribe`, never both.
         let table = shared.subscriptions();
-        let catchup = table.catch_up(slot.index, &replayed);
+        let catchup = table.catch_up(slot.index(), &replayed);
         let ends = catchup.end.iter().filter_map(|s| s.end_message());
         let starts = catchup.start.iter().flat_map(|s| s.start_messages());
         for message in ends.chain(starts) {

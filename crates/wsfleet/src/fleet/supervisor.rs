@@ -174,7 +174,7 @@ impl Supervisor<'_> {
 
     /// Serves a ready connection until it ends or the fleet shuts down,
     /// replacing it whenever its lifetime is up.
-    async fn serve(&mut self, id: ConnId, opened: Opened) -> Outcome {
+    async fn serve(&mut self, id: ConnId, opened: Box<Opened>) -> Outcome {
         let mut current = Box::pin(start(self.shared, self.slot, id, opened)).await;
         let mut rotation = RotationSchedule::new(&self.shared.settings, &mut self.jitter);
         loop {
