@@ -94,6 +94,8 @@ struct Seen {
     handover_numbers: u64,
     gaps: u64,
     ready: u64,
+    /// Errors the feed answered (`too_many_channels` and the like).
+    errors: u64,
     /// The first numbers delivered twice or out of order.
     disorder: Vec<String>,
 }
@@ -103,6 +105,10 @@ impl Seen {
         let Ok(v) = serde_json::from_slice::<serde_json::Value>(payload) else {
             return;
         };
+        if v["event"] == "error" {
+            self.errors += 1;
+            return;
+        }
         let (Some(ch), Some(seq)) = (v["channel"].as_str(), v["seq"].as_u64()) else {
             return;
         };
@@ -156,6 +162,9 @@ pub(crate) async fn run(shape: Shape) -> Report {
         skip_ratio: SKIP_RATIO,
         kill_ratio_per_minute: shape.kills_per_minute,
         silence_every: Some(shape.silence_every),
+        // The upstream's cap: a connection subscribing an eleventh channel
+        // gets an error (counted below; must never happen).
+        max_channels: Some(PER_CONNECTION),
         seed: Some(1017),
         ..FeedOptions::default()
     })
@@ -383,11 +392,21 @@ pub(crate) async fn run(shape: Shape) -> Report {
         ),
     );
     report.figure(
+        "errors from the feed (over its 10-channel cap)",
+        seen.errors.to_string(),
+    );
+    report.figure(
         "RSS before / peak",
         format!("{} / {}", mib(before.rss), mib(rss_peak)),
     );
 
     report.check(skips_checked > 0, || "no skipped number was checked".into());
+    report.check(seen.errors == 0, || {
+        format!(
+            "the feed refused {} subscriptions (over its cap of {PER_CONNECTION} a connection)",
+            seen.errors
+        )
+    });
     report.check(unreported.is_empty(), || {
         format!(
             "{} skipped numbers never reported: {:?}",
