@@ -175,8 +175,8 @@ impl ConnTask {
                         draining = Some(DisconnectReason::Stale { after });
                     }
                     Extra::Heartbeat(Due::Send) => {
-                        if let Some(x) = extras.as_deref_mut() {
-                            match conn.try_send(x.heartbeat_message()) {
+                        if let Some((x, beat)) = extras.as_deref_mut().and_then(|x| x.heartbeat_message().map(|m| (x, m))) {
+                            match conn.try_send(beat) {
                                 // No room now: the next interval tries again.
                                 Ok(()) | Err(Error::Send(_)) => x.heartbeat_sent(),
                                 Err(e) => break DisconnectReason::from_error(&e),

@@ -102,12 +102,9 @@ impl Extras {
         }
     }
 
-    /// The heartbeat to send (a shared payload, not a copy).
-    pub(super) fn heartbeat_message(&self) -> Message {
-        self.heartbeat
-            .as_ref()
-            .map(|(h, _)| h.message().clone())
-            .unwrap_or_else(|| Message::text(""))
+    /// The heartbeat to send (a shared payload, not a copy), if any.
+    pub(super) fn heartbeat_message(&self) -> Option<Message> {
+        self.heartbeat.as_ref().map(|(h, _)| h.message().clone())
     }
 
     /// The heartbeat was queued now.

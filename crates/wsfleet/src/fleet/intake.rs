@@ -65,6 +65,13 @@ pub(super) async fn take(
         }
         (expired, verdict, message)
     };
+    if verdict.first_untracked {
+        tracing::warn!(
+            slot = %slot.id,
+            limit = super::streams::MAX_STREAMS_PER_SLOT,
+            "too many streams on one slot: messages of new streams are delivered unchecked"
+        );
+    }
     let counters = &shared.counters;
     if verdict.duplicate {
         counters.duplicates.fetch_add(1, Ordering::Relaxed);

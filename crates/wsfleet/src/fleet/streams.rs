@@ -21,7 +21,8 @@ use super::ConnId;
 
 /// Streams a slot tracks at most: an upstream that invents a new key per
 /// message would otherwise grow the table without end. Beyond it, messages
-/// of new streams are delivered unchecked (and counted).
+/// of new streams are delivered unchecked (a warning is logged once per
+/// slot).
 pub const MAX_STREAMS_PER_SLOT: usize = 4096;
 /// Sequence numbers behind the newest one of a stream that are remembered,
 /// to tell a duplicate from a late (reordered) message.
@@ -215,14 +216,15 @@ pub struct Gap {
 /// What to do with one observed message.
 #[derive(Debug, Default)]
 pub(crate) struct Verdict {
-    /// Deliver the message (false: a duplicate, or held).
-    pub(crate) deliver: bool,
     /// A duplicate, dropped.
     pub(crate) duplicate: bool,
     /// Delivered out of order (older than the newest seen, never seen).
     pub(crate) late: bool,
     /// Held until the connection it replaces catches up.
     pub(crate) held: bool,
+    /// The slot's first message past [`MAX_STREAMS_PER_SLOT`] streams
+    /// (delivered unchecked, as every later one of a new stream): to log.
+    pub(crate) first_untracked: bool,
     /// Gaps to report, before the message.
     pub(crate) gaps: Vec<Gap>,
     /// Held messages of another connection to deliver before the message
@@ -325,7 +327,7 @@ impl SlotStreams {
         let Some(stream) = self.streams.get_mut(key) else {
             if self.streams.len() >= MAX_STREAMS_PER_SLOT {
                 self.untracked += 1;
-                verdict.deliver = true;
+                verdict.first_untracked = self.untracked == 1;
                 return (verdict, Some(message));
             }
             self.streams.insert(
@@ -337,7 +339,6 @@ impl SlotStreams {
                     orphan: false,
                 },
             );
-            verdict.deliver = true;
             return (verdict, Some(message));
         };
         if seq < stream.next {
@@ -348,7 +349,6 @@ impl SlotStreams {
                 return (verdict, None);
             }
             stream.mark(seq);
-            verdict.deliver = true;
             verdict.late = true;
             return (verdict, Some(message));
         }
@@ -373,7 +373,6 @@ impl SlotStreams {
             }
             stream.mark(seq);
             stream.own(conn);
-            verdict.deliver = true;
             verdict.released = self.release(key);
             return (verdict, Some(message));
         }
@@ -386,18 +385,22 @@ impl SlotStreams {
             });
             stream.mark(seq);
             stream.own(conn);
-            verdict.deliver = true;
             return (verdict, Some(message));
         }
         if self.held.len() >= MAX_HELD_PER_SLOT {
-            // Out of room to wait: deliver what is held, with its gaps.
-            let mut flushed = self.flush(|_| true);
-            verdict.gaps.append(&mut flushed.0);
-            verdict.released = flushed.1;
-            let (mut more, message) = self.observe(conn, key, seq, message, now);
-            verdict.gaps.append(&mut more.gaps);
-            verdict.released.append(&mut more.released);
-            verdict.deliver = more.deliver;
+            // Out of room to wait: deliver what is held, with its gaps,
+            // before this message (it is older).
+            let (gaps, flushed) = self.flush(|_| true);
+            verdict.gaps = gaps;
+            verdict.before = flushed;
+            // The held queue is empty now: this cannot come back here.
+            let (more, message) = self.observe(conn, key, seq, message, now);
+            verdict.gaps.extend(more.gaps);
+            verdict.before.extend(more.before);
+            verdict.released.extend(more.released);
+            verdict.duplicate = more.duplicate;
+            verdict.late = more.late;
+            verdict.held = more.held;
             return (verdict, message);
         }
         self.held.push_back(Held {
@@ -582,7 +585,6 @@ mod tests {
                 self.delivered.push((c, num(&message)));
             }
             if let Some(message) = message {
-                assert!(v.deliver);
                 self.delivered.push((conn, num(&message)));
             }
             for (c, message) in v.released.drain(..) {
@@ -742,12 +744,33 @@ mod tests {
     fn streams_past_the_cap_are_delivered_unchecked() {
         let mut s = SlotStreams::default();
         let now = Instant::now();
+        let mut warnings = 0;
         for i in 0..MAX_STREAMS_PER_SLOT + 3 {
             let key: Arc<str> = Arc::from(i.to_string());
             let (v, m) = s.observe(A, &key, 1, Message::text("x"), now);
-            assert!(v.deliver && m.is_some());
+            assert!(m.is_some());
+            warnings += usize::from(v.first_untracked);
         }
         assert_eq!(s.untracked, 3);
+        assert_eq!(warnings, 1, "logged once per slot");
+    }
+
+    #[test]
+    fn a_full_hold_queue_delivers_what_it_holds_with_the_hole_reported() {
+        let mut r = Run::new();
+        r.feed(A, 0);
+        // B runs ahead of A from 10 on: held until the queue is full.
+        let limit = MAX_HELD_PER_SLOT as u64;
+        for seq in 10..10 + limit {
+            assert!(r.feed(B, seq).held);
+        }
+        assert_eq!(r.s.held(), MAX_HELD_PER_SLOT);
+        // One more: everything held goes out in order, the hole reported once.
+        r.feed(B, 10 + limit);
+        assert_eq!(r.s.held(), 0);
+        let expected: Vec<u64> = std::iter::once(0).chain(10..=10 + limit).collect();
+        assert_eq!(r.seqs(), expected);
+        assert_eq!(r.missed(), [(1..=9, GapCause::Handover)]);
     }
 
     #[test]
