@@ -90,7 +90,7 @@ impl Supervisor<'_> {
             Ok(opened) => {
                 let fresh = Box::pin(start(shared, self.slot, new_id, opened)).await;
                 let old = std::mem::replace(current, fresh);
-                Box::pin(self.overlap(old.id)).await;
+                Box::pin(self.overlap(&old)).await;
                 retire(shared, old, current.inbox.clone());
                 schedule.failures = 0;
                 schedule.at = next_rotation(
@@ -123,8 +123,10 @@ impl Supervisor<'_> {
     /// (the slot's tracker holds the new one's messages that run ahead, and
     /// drops the overlap's duplicates), at most
     /// [`Streams::max_overlap`](super::Streams::max_overlap) or until
-    /// shutdown. Without them, the two overlap only for the close handshake.
-    async fn overlap(&mut self, old: super::ConnId) {
+    /// shutdown, or until the old one ends (killed meanwhile: it is retired
+    /// at once, and its report hands its streams to the new one). Without
+    /// them, the two overlap only for the close handshake.
+    async fn overlap(&mut self, old: &Running) {
         let (Some(streams), Some(cell)) =
             (&self.shared.settings.streams, self.slot.streams.as_deref())
         else {
@@ -136,7 +138,10 @@ impl Supervisor<'_> {
         let until = Instant::now() + streams.overlap();
         // Polled, not awaited: `changed()` here would consume the shutdown
         // notice the serving loop waits for.
-        while cell.tracker().owned_by(old) > 0 && Instant::now() < until && !*self.shutdown.borrow()
+        while cell.tracker().owned_by(old.id) > 0
+            && !old.task.is_finished()
+            && Instant::now() < until
+            && !*self.shutdown.borrow()
         {
             tokio::time::sleep_until((Instant::now() + OVERLAP_POLL).min(until)).await;
         }

@@ -34,6 +34,13 @@ impl<T> Future for Task<T> {
     }
 }
 
+impl<T> Task<T> {
+    /// Whether the task has ended (its output waits to be taken).
+    pub(super) fn is_finished(&self) -> bool {
+        self.0.is_finished()
+    }
+}
+
 impl<T> Drop for Task<T> {
     fn drop(&mut self) {
         self.0.abort();
