@@ -28,7 +28,7 @@ use async_nats::jetstream::{self, AckKind, consumer, stream};
 use bytes::Bytes;
 use futures_util::StreamExt as _;
 use futures_util::future::BoxFuture;
-use wsfleet::fleet::{ConnId, ConnState, Fleet, FleetMonitor, SlotId};
+use wsfleet::fleet::{ConnId, ConnState, FleetControl, FleetMonitor, SlotId};
 use wsfleet::{Message, Utf8Bytes};
 
 use crate::sink::{SinkSetupError, connect_client};
@@ -481,7 +481,11 @@ impl Settle for NatsSettle {
 /// Hands `inbound` to the fleet and settles it with the bus (acknowledged
 /// when taken, answered when not; see the [module docs](self)). Waits while
 /// the target's inbox is full (backpressure on the source).
-pub async fn deliver(fleet: &Fleet, monitor: &FleetMonitor, inbound: Inbound) -> DeliverOutcome {
+pub async fn deliver(
+    fleet: &FleetControl,
+    monitor: &FleetMonitor,
+    inbound: Inbound,
+) -> DeliverOutcome {
     let Inbound {
         outbound,
         body,

@@ -375,7 +375,7 @@ async fn source_messages_reach_their_connection_and_undeliverable_ones_are_answe
                 .await
                 .expect("the source yields")
                 .expect("source open");
-            outcomes.push(deliver(&fleet, &monitor, inbound).await);
+            outcomes.push(deliver(&fleet.control(), &monitor, inbound).await);
         }
         assert_eq!(outcomes[..4], vec![DeliverOutcome::Taken(1); 4]);
         assert_eq!(

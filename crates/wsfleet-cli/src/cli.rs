@@ -91,7 +91,7 @@ pub(crate) enum Command {
 /// Flags of `wsfleet run`. Each can also be set in the --config file, as a
 /// key named like the flag without its dashes; a flag on the command line
 /// wins over the file.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Default, Args)]
 pub(crate) struct RunArgs {
     /// TOML file with any of the settings below, one key per flag (`url =
     /// ["wss://…"]`, `connections = 1000`, `max-lifetime = "55m"`); flags
@@ -149,6 +149,21 @@ pub(crate) struct RunArgs {
     /// off].
     #[arg(long, value_name = "ADDR")]
     pub(crate) admin: Option<SocketAddr>,
+    /// Serve the control API on --admin too (POST /control/...: send,
+    /// scale, pause, resume, drop, rotate, reload; see docs/admin.md). It
+    /// needs --admin-token-file, or --admin-trusted.
+    #[arg(long)]
+    pub(crate) admin_control: bool,
+    /// File holding the bearer token the control API requires
+    /// (`Authorization: Bearer TOKEN`; surrounding whitespace ignored).
+    /// Turns the control API on.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) admin_token_file: Option<PathBuf>,
+    /// Serve the control API without a token: whoever reaches --admin may
+    /// change the fleet (a listener on loopback of a trusted host, or behind
+    /// an authenticating proxy). Turns the control API on.
+    #[arg(long)]
+    pub(crate) admin_trusted: bool,
     /// /healthz answers 200 while at least this share of the target is
     /// ready, 503 otherwise (0.0 to 1.0) [default: 0.9].
     #[arg(long, value_name = "F", value_parser = parse_share)]

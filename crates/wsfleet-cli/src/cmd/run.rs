@@ -14,29 +14,36 @@ mod budget;
 mod bus;
 mod config;
 mod output;
+mod pools;
 mod status;
 
 use std::io::{IsTerminal as _, Write as _};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
-use wsfleet::admin::AdminServer;
+use wsfleet::admin::{AdminServer, ControlAuth, ControlPools};
 use wsfleet::fleet::{
-    Fleet, FleetBuilder, FleetMonitor, GapPolicy, Heartbeat, Placement, Streams, Subscription,
+    Events, Fleet, FleetBudget, FleetBuilder, GapPolicy, Heartbeat, Placement, Streams,
+    Subscription,
 };
 use wsfleet::serve::EchoServer;
 use wsfleet::{ConnectionConfig, Message};
 
 use self::bus::{Bus, from_source};
-use self::config::{OnGap, Plan};
-use self::status::{Snapshot, Status};
+use self::config::{AdminControl, OnGap, Plan};
+use self::pools::Pools;
+use self::status::Status;
 use super::{Signals, UsageError};
 use crate::cli::RunArgs;
 
 /// How often the demo sender wakes up to send what is due.
 const DEMO_TICK: Duration = Duration::from_millis(10);
+/// Events queued between the pools and the output (the library's default
+/// for one fleet): what they hold stays charged to the memory budget.
+const EVENT_CAPACITY: usize = 1024;
 
 /// Runs the fleet until a signal or `--duration`, shuts it down with close
 /// handshakes, then prints the summary line on stdout.
@@ -46,58 +53,82 @@ const DEMO_TICK: Duration = Duration::from_millis(10);
 /// otherwise if the embedded server or the admin endpoint cannot listen, or
 /// a second signal cut the shutdown short.
 pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let mut plan = Plan::resolve(args)?;
-    plan.memory_budget = Some(budget::Budget::choose(&plan).log());
+    let mut plan = Plan::resolve(args.clone())?;
+    // Before the budget is derived: a reload compares the file as written.
+    let process = plan.process_part();
+    let mut sizing = plan.clone();
+    sizing.connections = plan.pool_plans().iter().map(|(_, p)| p.connections).sum();
+    let budget_bytes = budget::Budget::choose(&sizing).log();
+    plan.memory_budget = Some(budget_bytes);
     let mut signals = Signals::install()?;
-    let connection = plan.connection_config()?;
+    let mut hangups = Hangups::install()?;
+    let auth = match &plan.admin_control {
+        Some(AdminControl::TokenFile(path)) => Some(ControlAuth::Token(read_token(path)?)),
+        Some(AdminControl::Trusted) => Some(ControlAuth::Trusted),
+        None => None,
+    };
 
     // Kept alive until the fleet has closed its connections.
-    let server = if plan.urls.is_empty() {
-        Some(
-            EchoServer::bind("127.0.0.1:0", ConnectionConfig::default())
-                .await
-                .context("cannot start the embedded echo server")?,
-        )
+    let server = if plan.runs_default_pool() && plan.urls.is_empty() {
+        let server = EchoServer::bind("127.0.0.1:0", ConnectionConfig::default())
+            .await
+            .context("cannot start the embedded echo server")?;
+        tracing::info!(url = %server.url(), "no --url: demo fleet against an embedded echo server");
+        Some(server)
     } else {
         None
     };
-    let urls = match &server {
-        Some(server) => {
-            tracing::info!(url = %server.url(), "no --url: demo fleet against an embedded echo server");
-            vec![server.url()]
-        }
-        None => plan.urls.clone(),
-    };
 
-    let mut fleet = builder(&plan, &urls, connection)
-        .spawn()
-        .map_err(|e| UsageError(format!("invalid fleet settings: {e}")))?;
-    let monitor = fleet.monitor();
+    let (events_tx, events) = Events::channel(EVENT_CAPACITY);
+    let pools = Pools::start(
+        &plan,
+        process,
+        args,
+        Arc::new(FleetBudget::new(budget_bytes)),
+        events_tx,
+        server.as_ref().map(EchoServer::url),
+    )?;
+    let (primary, primary_control) = pools.primary().context("no pool to run")?;
+    let monitor = primary_control.monitor();
+    let control_pools = pools.control();
     let _trimmer = crate::memory::spawn_trimmer(monitor.clone());
-    let events = fleet
-        .events()
-        .context("the fleet's events are taken once")?;
     tracing::info!(
-        connections = monitor.target(),
+        pools = %control_pools.names().join(","),
+        connections = pools.snapshot().target,
         shard = %format_args!("{}/{}", plan.shard.index, plan.shard.count),
-        urls = urls.len(),
         "fleet started"
     );
     // Before the admin endpoint: its /metrics serves the bus's counters.
     let bus = Bus::connect(&plan, &monitor).await?;
+    let pools = Arc::new(tokio::sync::Mutex::new(pools));
     let admin = match plan.admin {
         Some(addr) => {
             let mut admin = AdminServer::builder(monitor.clone()).healthy_share(plan.healthy_share);
             for source in bus.metrics_sources() {
                 admin = admin.metrics_source(source);
             }
+            if let Some(auth) = auth {
+                let reloading = pools.clone();
+                admin = admin
+                    .control(control_pools.clone(), auth)
+                    .reload(Arc::new(move || {
+                        let pools = reloading.clone();
+                        Box::pin(async move { pools.lock().await.reload().await })
+                    }));
+            }
             let admin = admin
                 .bind(addr)
                 .await
                 .with_context(|| format!("cannot serve the admin endpoint on {addr}"))?;
             tracing::info!(
-                "admin endpoint on http://{}/ (/metrics /connections /healthz)",
-                admin.local_addr()
+                control = plan.admin_control.is_some(),
+                "admin endpoint on http://{}/ (/metrics /connections /healthz{})",
+                admin.local_addr(),
+                if plan.admin_control.is_some() {
+                    " /control/"
+                } else {
+                    ""
+                }
             );
             Some(admin)
         }
@@ -121,8 +152,10 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
     let reason = {
         let sender = async {
             match source {
-                Some(source) => from_source(&fleet, &monitor, source).await,
-                None if server.is_some() => demo_sender(&fleet, &monitor, plan.interval).await,
+                Some(source) => from_source(&control_pools, &primary, source).await,
+                None if server.is_some() => {
+                    demo_sender(&control_pools, &primary, plan.interval).await;
+                }
                 None => {}
             }
             std::future::pending::<()>().await;
@@ -143,23 +176,34 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
                 () = &mut deadline => break "--duration elapsed",
                 () = stdout_gone.cancelled() => break "stdout closed",
                 () = &mut sender => {}
-                _ = ticker.tick() => status.show(&Snapshot::of(&monitor.stats())),
+                () = hangups.recv() => {
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    if let Err(why) = pools.lock().await.reload().await {
+                        tracing::warn!(%why, "reload refused");
+                    }
+                }
+                _ = ticker.tick() => {
+                    let mut pools = pools.lock().await;
+                    pools.collect_closed();
+                    status.show(&pools.snapshot());
+                }
             }
         }
     };
 
-    let at_stop = Snapshot::of(&monitor.stats());
+    let at_stop = pools.lock().await.snapshot();
     status.finish(&at_stop);
     tracing::info!(
         reason,
         "stopping: closing {} connections (1001)",
         at_stop.ready
     );
-    let mut cut_short = tokio::select! {
-        () = fleet.shutdown() => None,
+    let mut pools = pools.lock().await;
+    let (done, mut cut_short) = tokio::select! {
+        done = pools.shutdown() => (done, None),
         signal = signals.recv() => {
             tracing::warn!(signal, "second signal: stopping without waiting for close handshakes");
-            Some(signal)
+            (pools.snapshot(), Some(signal))
         }
     };
     finish.cancel();
@@ -181,7 +225,6 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
     drop(admin);
     drop(server);
 
-    let done = Snapshot::of(&monitor.stats());
     let mut summary = format!(
         "sent={} received={} connections={} reconnects={} undelivered={}",
         done.sent, done.received, at_stop.ready, done.reconnects, tally.undelivered
@@ -205,6 +248,57 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Reads the control API's bearer token: the file's text, trimmed.
+///
+/// # Errors
+/// A [`UsageError`] naming the file: unreadable, or empty.
+fn read_token(path: &std::path::Path) -> anyhow::Result<Arc<[u8]>> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        UsageError(format!(
+            "cannot read --admin-token-file {}: {e}",
+            path.display()
+        ))
+    })?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(UsageError(format!("--admin-token-file {} is empty", path.display())).into());
+    }
+    Ok(Arc::from(token.as_bytes()))
+}
+
+/// SIGHUP: reload the configuration.
+struct Hangups {
+    #[cfg(unix)]
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl Hangups {
+    fn install() -> anyhow::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                hangup: signal(SignalKind::hangup()).context("cannot handle SIGHUP")?,
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(Self {})
+        }
+    }
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        {
+            if self.hangup.recv().await.is_none() {
+                std::future::pending::<()>().await;
+            }
+        }
+        #[cfg(not(unix))]
+        std::future::pending::<()>().await;
+    }
 }
 
 /// The fleet the plan asks for, against `urls` (at least one).
@@ -287,10 +381,10 @@ fn builder(plan: &Plan, urls: &[String], connection: ConnectionConfig) -> FleetB
     builder
 }
 
-/// The demo's traffic: each ready connection gets one message every
-/// `interval`, spread evenly over it, through `fleet.send` (round robin).
-/// Never returns.
-async fn demo_sender(fleet: &Fleet, monitor: &FleetMonitor, interval: Duration) {
+/// The demo's traffic: each ready connection of pool `pool` gets one
+/// message every `interval`, spread evenly over it, through `send` (round
+/// robin). Never returns.
+async fn demo_sender(pools: &ControlPools, pool: &str, interval: Duration) {
     let mut ticker = tokio::time::interval(DEMO_TICK);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let share = DEMO_TICK.as_secs_f64() / interval.as_secs_f64();
@@ -299,9 +393,13 @@ async fn demo_sender(fleet: &Fleet, monitor: &FleetMonitor, interval: Duration) 
     let mut seq = 0u64;
     for tick in 0u64.. {
         ticker.tick().await;
+        // A reload may replace the pool: looked up each tick.
+        let Some(fleet) = pools.get(pool) else {
+            continue;
+        };
         // Counting ready connections visits every slot: not every tick.
         if tick % 10 == 0 {
-            ready = monitor.ready();
+            ready = fleet.monitor().ready();
         }
         #[allow(clippy::cast_precision_loss)]
         let due = ready as f64 * share;

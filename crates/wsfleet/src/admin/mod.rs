@@ -6,9 +6,11 @@
 //! [`MetricsSource`] writes: the way a crate the fleet knows nothing of (a
 //! bus sink, the application) puts its counters on the same endpoint.
 
+mod control;
 mod exposition;
 mod metrics;
 
+pub use control::{ControlAuth, ControlPools, MAX_CONTROL_BODY, ReloadHook};
 pub use exposition::{MetricKind, MetricsSource, write_family, write_metric};
 
 use std::convert::Infallible;
@@ -76,6 +78,8 @@ pub struct AdminBuilder {
     monitor: FleetMonitor,
     healthy_share: f64,
     sources: Vec<Arc<dyn MetricsSource>>,
+    control: Option<(ControlPools, ControlAuth)>,
+    reload: Option<ReloadHook>,
 }
 
 impl std::fmt::Debug for AdminBuilder {
@@ -102,6 +106,20 @@ impl AdminBuilder {
         self
     }
 
+    /// Serves the control API (`POST /control/...`: send, scale, pause,
+    /// resume, drop, rotate; see `docs/admin.md`) over `pools`, to requests
+    /// that `auth` lets in. Without it, `/control/` answers 404.
+    pub fn control(mut self, pools: ControlPools, auth: ControlAuth) -> Self {
+        self.control = Some((pools, auth));
+        self
+    }
+
+    /// What `POST /control/reload` runs (with [`control`](Self::control)).
+    pub fn reload(mut self, hook: ReloadHook) -> Self {
+        self.reload = Some(hook);
+        self
+    }
+
     /// Listens on `addr` and serves. Cancel-safe: dropped before it
     /// returns, it leaves nothing listening.
     ///
@@ -114,6 +132,11 @@ impl AdminBuilder {
             monitor: self.monitor,
             healthy_share: self.healthy_share.clamp(0.0, 1.0),
             sources: self.sources,
+            control: self.control.map(|(pools, auth)| control::Control {
+                pools,
+                auth,
+                reload: self.reload,
+            }),
         });
         let task = tokio::spawn(serve(listener, routes));
         Ok(AdminServer { local_addr, task })
@@ -146,6 +169,8 @@ impl AdminServer {
             monitor,
             healthy_share: 0.9,
             sources: Vec::new(),
+            control: None,
+            reload: None,
         }
     }
 
@@ -166,6 +191,7 @@ struct Routes {
     monitor: FleetMonitor,
     healthy_share: f64,
     sources: Vec<Arc<dyn MetricsSource>>,
+    control: Option<control::Control>,
 }
 
 async fn serve(listener: TcpListener, routes: Arc<Routes>) {
@@ -175,7 +201,7 @@ async fn serve(listener: TcpListener, routes: Arc<Routes>) {
         async move {
             let service = hyper::service::service_fn(move |req| {
                 let routes = routes.clone();
-                async move { Ok::<_, Infallible>(routes.route(&req)) }
+                async move { Ok::<_, Infallible>(routes.handle(req).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .max_buf_size(MAX_REQUEST_BUFFER)
@@ -187,6 +213,13 @@ async fn serve(listener: TcpListener, routes: Arc<Routes>) {
 }
 
 impl Routes {
+    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        match &self.control {
+            Some(control) if req.uri().path().starts_with("/control/") => control.handle(req).await,
+            _ => self.route(&req),
+        }
+    }
+
     fn route(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         if req.method() != Method::GET {
             return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".into());

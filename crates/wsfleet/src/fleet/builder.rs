@@ -14,10 +14,11 @@ use super::SlowConsumer;
 use super::backoff::Backoff;
 use super::budget::FleetBudget;
 use super::intensity::{IntensityWindow, RestartIntensity};
+use super::orders::Orders;
 use super::rate::Pacer;
-use super::stats::ConnRecord;
+use super::slots::SlotTable;
 use super::subscriptions::{SubscribeError, Subscription, Table};
-use super::{Events, Fleet, Shared, SlotId, SlotShared, supervisor};
+use super::{ConnIds, EventSender, Events, Fleet, Shared};
 use crate::connect::{Deadlines, Target};
 use crate::{Connection, ConnectionConfig, Keepalive};
 
@@ -74,6 +75,12 @@ pub struct FleetBuilder {
     event_capacity: usize,
     settings: Settings,
     subscriptions: Vec<Subscription>,
+    /// Set by `shared_budget`: the budget of several fleets.
+    shared_budget: Option<Arc<FleetBudget>>,
+    /// Set by `events_to`: an event stream several fleets share.
+    events_to: Option<EventSender>,
+    /// Set by `conn_ids`: ids unique across several fleets.
+    conn_ids: Option<ConnIds>,
 }
 
 impl FleetBuilder {
@@ -101,6 +108,9 @@ impl FleetBuilder {
                 seed: None,
             },
             subscriptions: Vec::new(),
+            shared_budget: None,
+            events_to: None,
+            conn_ids: None,
         }
     }
 
@@ -140,6 +150,30 @@ impl FleetBuilder {
     /// Bytes all connections' buffers may hold together (default 1 GiB).
     pub fn memory_budget(mut self, bytes: usize) -> Self {
         self.budget = bytes;
+        self
+    }
+
+    /// Charges this fleet's connections to `budget`, shared with other
+    /// fleets (the pools of one process): one limit over all of them, and
+    /// the budget's fair share counts every connection of every fleet.
+    /// Replaces [`memory_budget`](Self::memory_budget).
+    pub fn shared_budget(mut self, budget: Arc<FleetBudget>) -> Self {
+        self.shared_budget = Some(budget);
+        self
+    }
+
+    /// Sends this fleet's events to a stream shared with other fleets (see
+    /// [`Events::channel`]); [`Fleet::events`](super::Fleet::events) is then
+    /// `None`. Replaces [`event_capacity`](Self::event_capacity).
+    pub fn events_to(mut self, sender: EventSender) -> Self {
+        self.events_to = Some(sender);
+        self
+    }
+
+    /// Draws connection ids from `ids`, shared with other fleets, so an id
+    /// names one connection across all of them (on a shared event stream).
+    pub fn conn_ids(mut self, ids: ConnIds) -> Self {
+        self.conn_ids = Some(ids);
         self
     }
 
@@ -392,10 +426,11 @@ impl FleetBuilder {
         self.intensity.validate()?;
         self.settings.connection.limits.validate()?;
         let min_budget = self.settings.connection.limits.read_chunk * 4;
-        if self.budget < min_budget {
+        let budget_max = self.shared_budget.as_ref().map_or(self.budget, |b| b.max());
+        if budget_max < min_budget {
             return bad(
                 "memory_budget",
-                self.budget.to_string(),
+                budget_max.to_string(),
                 "must hold a few read chunks at least",
             );
         }
@@ -419,35 +454,65 @@ impl FleetBuilder {
                 return bad(field, value, problem);
             }
         }
-        let budget = Arc::new(FleetBudget::new(self.budget));
+        if self.connections > super::MAX_CONNECTIONS {
+            return bad(
+                "connections",
+                self.connections.to_string(),
+                "above the most a fleet holds (1,048,576)",
+            );
+        }
+        let budget = match self.shared_budget {
+            Some(shared) => shared,
+            None => Arc::new(FleetBudget::new(self.budget)),
+        };
         let mut settings = self.settings;
         settings.connection.budget = Some(budget.clone());
-        let with_streams = settings.streams.is_some();
-        let slots: Vec<SlotShared> = (0..self.connections)
-            .filter(|i| i % count == index)
-            .enumerate()
-            .map(|(position, i)| {
-                let target = &targets[i % targets.len()];
-                let url: Arc<str> = Arc::from(target.to_string());
-                let id = SlotId(i as u32);
-                SlotShared {
-                    id,
-                    index: position as u32,
-                    url: url.clone(),
-                    current: Mutex::new(Arc::new(ConnRecord::new(id, url))),
-                    inbox: Mutex::new(None),
-                    streams: with_streams.then(Box::default),
-                }
-            })
-            .collect();
-        if slots.is_empty() {
+        let (finished_tx, finished_rx) = watch::channel(false);
+        let (events_tx, events) = match &self.events_to {
+            Some(shared) => (shared.tx.clone(), None),
+            None => {
+                let (tx, rx) = mpsc::channel(self.event_capacity);
+                let events = Events {
+                    rx,
+                    finished: finished_rx,
+                };
+                (tx, Some(events))
+            }
+        };
+        let (orders, _) = watch::channel(Orders::default());
+        let mut shared = Shared {
+            slots: SlotTable::new(0),
+            shard: (index, count),
+            targets,
+            wanted: AtomicUsize::new(self.connections),
+            orders,
+            slot_tasks: Mutex::new(Vec::new()),
+            runtime,
+            scaling: tokio::sync::Mutex::new(()),
+            settings,
+            events: events_tx,
+            budget,
+            pacer: Pacer::new(self.connect_rate),
+            intensity: Mutex::new(IntensityWindow::new(self.intensity)),
+            draining: Mutex::new(Vec::new()),
+            next_id: self.conn_ids.unwrap_or_default().0,
+            round_robin: AtomicUsize::new(0),
+            reconnects: AtomicU64::new(0),
+            events_dropped: AtomicU64::new(0),
+            counters: Default::default(),
+            draining_tasks: Mutex::new(Vec::new()),
+            subscriptions: Mutex::new(Table::new(0)),
+            subscription_changes: tokio::sync::Mutex::new(()),
+        };
+        let positions = shared.positions_for(self.connections);
+        if positions == 0 {
             return bad(
                 "shard",
                 format!("{index}/{count}"),
                 "this shard gets no slot: it needs more connections than shards",
             );
         }
-        let mut table = Table::new(slots.len());
+        let mut table = Table::new(positions);
         for sub in self.subscriptions {
             if let Err(e) = table.add(sub) {
                 let (value, problem) = match e {
@@ -469,46 +534,20 @@ impl FleetBuilder {
                 });
             }
         }
-        let (events_tx, events_rx) = mpsc::channel(self.event_capacity);
-        let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let (finished_tx, finished_rx) = watch::channel(false);
-        let shared = Arc::new(Shared {
-            slots,
-            settings,
-            events: events_tx,
-            budget,
-            pacer: Pacer::new(self.connect_rate),
-            intensity: Mutex::new(IntensityWindow::new(self.intensity)),
-            draining: Mutex::new(Vec::new()),
-            next_id: AtomicU64::new(0),
-            round_robin: AtomicUsize::new(0),
-            reconnects: AtomicU64::new(0),
-            events_dropped: AtomicU64::new(0),
-            counters: Default::default(),
-            draining_tasks: Mutex::new(Vec::new()),
-            subscriptions: Mutex::new(table),
-            subscription_changes: tokio::sync::Mutex::new(()),
-        });
-        let tasks = (0..shared.slots.len())
-            .map(|i| {
-                let target = targets[shared.slots[i].id.0 as usize % targets.len()].clone();
-                runtime.spawn(supervisor::run_slot(
-                    shared.clone(),
-                    i,
-                    target,
-                    shutdown_rx.clone(),
-                ))
-            })
-            .collect();
+        shared.subscriptions = Mutex::new(table);
+        // The first segment holds exactly the fleet's first size.
+        shared.slots = SlotTable::new(positions);
+        shared.orders.send_modify(|o| o.active = positions);
+        let shared = Arc::new(shared);
+        shared.slots.grow_to(positions, |p| shared.make_slot(p));
+        for position in 0..positions {
+            shared.spawn_slot(position);
+        }
         Ok(Fleet {
             shared,
-            events: Some(Events {
-                rx: events_rx,
-                finished: finished_rx,
-            }),
-            shutdown: shutdown_tx,
+            events,
             finished: finished_tx,
-            tasks,
+            _shared_events: self.events_to,
         })
     }
 }

@@ -139,7 +139,13 @@ impl ConnTask {
                     }
                     inbox_open = false;
                     record.set_state(ConnState::Draining);
-                    let why = if matches!(command.reason, DisconnectReason::Rotated) { "rotation" } else { "shutdown" };
+                    let why = match command.reason {
+                        DisconnectReason::Rotated => "rotation",
+                        DisconnectReason::ScaledDown => "scaled down",
+                        DisconnectReason::Paused => "paused",
+                        DisconnectReason::Dropped => "dropped",
+                        _ => "shutdown",
+                    };
                     if let Err(e) = conn.begin_close(CloseCode::GOING_AWAY, why) {
                         break DisconnectReason::from_error(&e);
                     }

@@ -1,10 +1,13 @@
-//! Shutdown of a slot: its current connection closes with a close handshake
-//! (1001), delivering what was in flight, within the close deadline plus a
-//! grace; a connection still open then is aborted.
+//! A slot stopping (the fleet shuts down, is scaled down below it or
+//! paused): its current connection closes with a close handshake (1001),
+//! delivering what was in flight, within the close deadline plus a grace; a
+//! connection still open then is aborted. Messages still queued for it come
+//! back as `Undelivered`.
 
 use std::time::Duration;
 
 use super::DisconnectReason;
+use super::orders::Stop;
 use super::running::Running;
 use super::stats::ConnState;
 use super::supervisor::{Outcome, Supervisor};
@@ -14,11 +17,16 @@ use super::supervisor::{Outcome, Supervisor};
 pub(super) const DRAIN_GRACE: Duration = Duration::from_millis(500);
 
 impl Supervisor<'_> {
-    /// Drains `current` for the fleet's shutdown. Boxed by the caller: it
-    /// runs once per slot, at the end.
-    pub(super) async fn drain_for_shutdown(&self, mut current: Running) -> Outcome {
+    /// Drains `current` because the slot stops. Boxed by the caller: it
+    /// runs once per slot task, at the end.
+    pub(super) async fn drain_to_stop(&self, mut current: Running, stop: Stop) -> Outcome {
         *self.slot.inbox.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        current.drain(DisconnectReason::Shutdown, None);
+        let reason = match stop {
+            Stop::Shutdown => DisconnectReason::Shutdown,
+            Stop::ScaledDown => DisconnectReason::ScaledDown,
+            Stop::Paused => DisconnectReason::Paused,
+        };
+        current.drain(reason, None);
         let limit = self.shared.settings.connection.deadlines.close + DRAIN_GRACE;
         match tokio::time::timeout(limit, &mut current.task).await {
             Ok(end) => Box::pin(current.report(self.shared, end)).await,
@@ -27,6 +35,6 @@ impl Supervisor<'_> {
             }
         }
         current.record.set_state(ConnState::Closed);
-        Outcome::Shutdown
+        Outcome::Stopped
     }
 }

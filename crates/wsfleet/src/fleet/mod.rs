@@ -32,10 +32,13 @@ mod heartbeat;
 mod inbox;
 mod intake;
 mod intensity;
+mod orders;
 mod rate;
 mod reason;
 mod rotation;
 mod running;
+mod scale;
+mod slots;
 mod stale;
 mod stats;
 mod streams;
@@ -58,6 +61,7 @@ pub use counters::{HANDSHAKE_BUCKETS_MS, Histogram, RTT_BUCKETS_US, Totals};
 pub use heartbeat::Heartbeat;
 pub use intensity::RestartIntensity;
 pub use reason::DisconnectReason;
+pub use scale::{ControlError, MAX_CONNECTIONS, Scaled};
 pub use stats::{ConnState, ConnectionInfo, FleetStats};
 pub use streams::{Gap, GapCause, GapPolicy, MAX_HELD_PER_SLOT, MAX_STREAMS_PER_SLOT, Streams};
 pub use subscriptions::{Placement, SubscribeError, Subscription};
@@ -223,7 +227,48 @@ pub struct Events {
     finished: watch::Receiver<bool>,
 }
 
+/// The sending side of an event stream several fleets share: from
+/// [`Events::channel`], given to each with
+/// [`FleetBuilder::events_to`].
+#[derive(Debug, Clone)]
+pub struct EventSender {
+    tx: mpsc::Sender<Event>,
+    /// The stream ends (after its queued events) once every sender and
+    /// every fleet holding one is gone.
+    _open: Arc<watch::Sender<bool>>,
+}
+
+/// Connection ids several fleets share, so that an id names one
+/// connection across them: give each fleet a clone with
+/// [`FleetBuilder::conn_ids`].
+#[derive(Debug, Clone, Default)]
+pub struct ConnIds(Arc<AtomicU64>);
+
+impl ConnIds {
+    /// Ids from 1.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
 impl Events {
+    /// A stream of at most `capacity` queued events that several fleets
+    /// send to (the pools of one process), and its sender. Ends once every
+    /// [`EventSender`] clone and every fleet built with one is gone; until
+    /// then a consumer stops it itself.
+    ///
+    /// # Panics
+    /// If `capacity` is 0.
+    pub fn channel(capacity: usize) -> (EventSender, Events) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let (open, finished) = watch::channel(false);
+        let sender = EventSender {
+            tx,
+            _open: Arc::new(open),
+        };
+        (sender, Events { rx, finished })
+    }
+
     /// The next event; `None` once the fleet has shut down (or was dropped)
     /// and every event was taken — even while a [`FleetMonitor`] is alive.
     ///
@@ -266,6 +311,8 @@ pub(crate) struct SlotShared {
     /// Its streams' state, only with [`Streams`] configured (boxed: an
     /// idle slot without it carries a pointer).
     pub(crate) streams: Option<Box<SlotStreamsCell>>,
+    /// A pending drop or rotation of its connection.
+    pub(crate) requests: orders::Requests,
 }
 
 /// A slot's stream tracker and the lock that orders its deliveries.
@@ -298,21 +345,37 @@ impl SlotShared {
             .clone()
     }
 
-    fn inbox(&self) -> Option<(ConnId, Arc<Inbox>)> {
+    pub(crate) fn inbox(&self) -> Option<(ConnId, Arc<Inbox>)> {
         self.inbox.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
 /// State shared by the fleet handle and every slot task.
 pub(crate) struct Shared {
-    pub(crate) slots: Vec<SlotShared>,
+    /// Every slot made (positions `0..`); those below the active count run.
+    pub(crate) slots: slots::SlotTable,
+    /// This process's share of the fleet: slot `p` has id `p·count + index`.
+    pub(crate) shard: (usize, usize),
+    /// The URLs, slots spread over them round robin by id.
+    pub(crate) targets: Vec<crate::connect::Target>,
+    /// Connections wanted (all shards).
+    pub(crate) wanted: AtomicUsize,
+    /// Shutdown, the active slot count, pause: every slot task watches it.
+    pub(crate) orders: watch::Sender<orders::Orders>,
+    /// Each slot position's task.
+    pub(crate) slot_tasks: Mutex<Vec<Option<JoinHandle<()>>>>,
+    /// Where slot tasks run.
+    pub(crate) runtime: tokio::runtime::Handle,
+    /// Held by a change of the slot count or pause, one at a time.
+    pub(crate) scaling: tokio::sync::Mutex<()>,
     pub(crate) settings: builder::Settings,
     pub(crate) events: mpsc::Sender<Event>,
     pub(crate) budget: Arc<FleetBudget>,
     pub(crate) pacer: rate::Pacer,
     pub(crate) intensity: Mutex<intensity::IntensityWindow>,
     pub(crate) draining: Mutex<Vec<Arc<ConnRecord>>>,
-    next_id: AtomicU64,
+    /// Shared with other fleets through [`FleetBuilder::conn_ids`].
+    pub(crate) next_id: Arc<AtomicU64>,
     round_robin: AtomicUsize,
     pub(crate) reconnects: AtomicU64,
     /// Received messages the slow-consumer policy dropped.
@@ -450,9 +513,9 @@ impl Drop for Outbound {
 pub struct Fleet {
     shared: Arc<Shared>,
     events: Option<Events>,
-    shutdown: watch::Sender<bool>,
     finished: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
+    /// Keeps a shared event stream open while the fleet lives.
+    _shared_events: Option<EventSender>,
 }
 
 impl Fleet {
@@ -478,31 +541,7 @@ impl Fleet {
     /// # Errors
     /// [`FleetSendError::NoReadyConnection`] with the message when none is ready.
     pub async fn send(&self, message: Message) -> Result<ConnId, FleetSendError> {
-        let message = self.shared.charge_outbound(message);
-        let n = self.shared.slots.len();
-        let start = self.shared.round_robin.fetch_add(1, Ordering::Relaxed);
-        let mut message = message;
-        let mut first_ready = None;
-        for i in 0..n {
-            let slot = &self.shared.slots[(start + i) % n];
-            if let Some((id, inbox)) = slot.inbox() {
-                match inbox.try_send(message) {
-                    Ok(()) => return Ok(id),
-                    Err(TrySendError::Full(back)) => {
-                        message = back;
-                        first_ready.get_or_insert((id, inbox));
-                    }
-                    Err(TrySendError::Closed(back)) => message = back,
-                }
-            }
-        }
-        match first_ready {
-            Some((id, inbox)) => match inbox.send(message).await {
-                Ok(()) => Ok(id),
-                Err(back) => Err(FleetSendError::NoReadyConnection(back)),
-            },
-            None => Err(FleetSendError::NoReadyConnection(message)),
-        }
+        self.shared.send(message).await
     }
 
     /// Sends to one connection, waiting while its inbox is full.
@@ -513,18 +552,7 @@ impl Fleet {
     /// # Errors
     /// [`FleetSendError::UnknownConnection`] if it is not ready.
     pub async fn send_to(&self, conn: ConnId, message: Message) -> Result<(), FleetSendError> {
-        let message = self.shared.charge_outbound(message);
-        for slot in &self.shared.slots {
-            if let Some((id, inbox)) = slot.inbox() {
-                if id == conn {
-                    return inbox
-                        .send(message)
-                        .await
-                        .map_err(FleetSendError::UnknownConnection);
-                }
-            }
-        }
-        Err(FleetSendError::UnknownConnection(message))
+        self.shared.send_to(conn, message).await
     }
 
     /// Sends a copy to every ready connection (payloads are shared, not
@@ -534,17 +562,7 @@ impl Fleet {
     /// connections before that one have the message and the rest do not,
     /// and the count is lost.
     pub async fn broadcast(&self, message: Message) -> usize {
-        // Charged once: every inbox shares the one payload.
-        let message = self.shared.charge_outbound(message);
-        let mut sent = 0;
-        for slot in &self.shared.slots {
-            if let Some((_, inbox)) = slot.inbox() {
-                if inbox.send(message.clone()).await.is_ok() {
-                    sent += 1;
-                }
-            }
-        }
-        sent
+        self.shared.broadcast(message).await
     }
 
     /// Adds a subscription: its start messages go to the ready connections
@@ -559,14 +577,7 @@ impl Fleet {
     /// [`SubscribeError::Duplicate`] or [`SubscribeError::NoRoom`]; the
     /// table is unchanged.
     pub async fn subscribe(&self, subscription: Subscription) -> Result<usize, SubscribeError> {
-        let _order = self.shared.subscription_changes.lock().await;
-        let messages = subscription.start_messages().to_vec();
-        let inboxes = {
-            let mut table = self.shared.subscriptions();
-            let slot = table.add(subscription)?;
-            self.carrying_inboxes(slot)
-        };
-        Ok(send_all(&inboxes, &messages).await)
+        self.shared.subscribe(subscription).await
     }
 
     /// Removes the subscription `key`: its end message (if it has one) goes
@@ -576,39 +587,13 @@ impl Fleet {
     /// # Errors
     /// [`SubscribeError::Unknown`] if no subscription has this key.
     pub async fn unsubscribe(&self, key: &str) -> Result<usize, SubscribeError> {
-        let _order = self.shared.subscription_changes.lock().await;
-        let (removed, inboxes) = {
-            let mut table = self.shared.subscriptions();
-            let (removed, slot) = table.remove(key)?;
-            (removed, self.carrying_inboxes(slot))
-        };
-        let messages: Vec<Message> = removed.end_message().cloned().into_iter().collect();
-        if messages.is_empty() {
-            return Ok(0);
-        }
-        Ok(send_all(&inboxes, &messages).await)
+        self.shared.unsubscribe(key).await
     }
 
     /// The keys of every subscription, in the order they were added.
     pub fn subscriptions(&self) -> Vec<String> {
         let table = self.shared.subscriptions();
         table.keys()
-    }
-
-    /// The inboxes of the ready connections of `slot` (every slot when
-    /// `None`). Called under the table lock: a connection registers its
-    /// inbox under it too, so each one is reached here or catches up when
-    /// it starts, never both, never neither.
-    fn carrying_inboxes(&self, slot: Option<usize>) -> Vec<Arc<Inbox>> {
-        let slots = &self.shared.slots;
-        let carrying: Vec<&SlotShared> = match slot {
-            Some(i) => slots.get(i).into_iter().collect(),
-            None => slots.iter().collect(),
-        };
-        carrying
-            .into_iter()
-            .filter_map(|s| s.inbox().map(|(_, inbox)| inbox))
-            .collect()
     }
 
     /// Connections ready now.
@@ -627,6 +612,13 @@ impl Fleet {
         FleetMonitor(self.shared.clone())
     }
 
+    /// A cheap, clonable handle that changes the fleet while it runs (an
+    /// admin control API, an operator task): send, scale, pause, drop or
+    /// rotate one connection.
+    pub fn control(&self) -> FleetControl {
+        FleetControl(self.shared.clone())
+    }
+
     /// The memory budget every connection charges.
     pub fn budget(&self) -> &FleetBudget {
         &self.shared.budget
@@ -640,10 +632,19 @@ impl Fleet {
     /// the close handshakes it started; each slot still ends its connection
     /// within the close deadline and a grace, with no one waiting for it.
     /// (Dropped unpolled, it is dropping the `Fleet`: every task aborted.)
-    pub async fn shutdown(mut self) {
-        let _ = self.shutdown.send(true);
+    pub async fn shutdown(self) {
+        // No scaling starts slots past this point.
+        let _scaling = self.shared.scaling.lock().await;
+        self.shared.orders.send_modify(|o| o.shutdown = true);
         let limit = self.shared.settings.connection.deadlines.close + SHUTDOWN_GRACE;
-        let mut tasks = std::mem::take(&mut self.tasks);
+        let mut tasks: Vec<JoinHandle<()>> = self
+            .shared
+            .slot_tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter_mut()
+            .filter_map(Option::take)
+            .collect();
         tasks.extend(std::mem::take(
             &mut *self
                 .shared
@@ -665,6 +666,253 @@ impl Fleet {
     }
 }
 
+/// A handle that changes a running fleet: from [`Fleet::control`]; clones
+/// share the fleet. Every change is whole or refused with a
+/// [`ControlError`] that leaves the fleet as it was.
+#[derive(Clone)]
+pub struct FleetControl(Arc<Shared>);
+
+impl FleetControl {
+    /// As [`Fleet::send`].
+    ///
+    /// # Errors
+    /// [`FleetSendError::NoReadyConnection`] with the message when none is ready.
+    pub async fn send(&self, message: Message) -> Result<ConnId, FleetSendError> {
+        self.0.send(message).await
+    }
+
+    /// As [`Fleet::send_to`].
+    ///
+    /// # Errors
+    /// [`FleetSendError::UnknownConnection`] if it is not ready.
+    pub async fn send_to(&self, conn: ConnId, message: Message) -> Result<(), FleetSendError> {
+        self.0.send_to(conn, message).await
+    }
+
+    /// Sends to the ready connection of slot `slot`, waiting while its
+    /// inbox is full; the connection that took it.
+    ///
+    /// # Errors
+    /// [`FleetSendError::UnknownConnection`] if the slot has no ready
+    /// connection.
+    pub async fn send_to_slot(
+        &self,
+        slot: SlotId,
+        message: Message,
+    ) -> Result<ConnId, FleetSendError> {
+        self.0.send_to_slot(slot, message).await
+    }
+
+    /// As [`Fleet::broadcast`].
+    pub async fn broadcast(&self, message: Message) -> usize {
+        self.0.broadcast(message).await
+    }
+
+    /// Sets how many connections the fleet keeps (all shards, like
+    /// [`FleetBuilder::connections`]). Up: the new slots dial at the connect
+    /// rate. Down: the newest slots go (the highest positions, added last),
+    /// each connection closing with 1001 after what was in flight, its
+    /// queued messages coming back as [`EventKind::Undelivered`]; spread
+    /// subscriptions move to the slots that stay. Paused, the count is kept
+    /// for [`resume`](Self::resume).
+    ///
+    /// # Errors
+    /// [`ControlError::Target`] for 0, more than [`MAX_CONNECTIONS`] or
+    /// none for this shard; [`ControlError::Subscriptions`] when a spread
+    /// subscription would find no room. The fleet is unchanged.
+    pub async fn set_connections(&self, n: usize) -> Result<Scaled, ControlError> {
+        self.0.set_target(n).await
+    }
+
+    /// Pauses the fleet: every connection closes with 1001 and none dials
+    /// until [`resume`](Self::resume); the connection count and the
+    /// subscriptions are kept. False if it was paused already.
+    pub async fn pause(&self) -> bool {
+        self.0.set_paused(true).await
+    }
+
+    /// Resumes a paused fleet: its slots dial again at the connect rate.
+    /// False if it was not paused.
+    pub async fn resume(&self) -> bool {
+        self.0.set_paused(false).await
+    }
+
+    /// Whether the fleet is paused.
+    pub fn is_paused(&self) -> bool {
+        self.0.orders.borrow().paused
+    }
+
+    /// Closes connection `conn` (1001, after what was in flight); its slot
+    /// connects again. Returns its slot.
+    ///
+    /// # Errors
+    /// [`ControlError::UnknownConnection`] if no ready connection has this id.
+    pub fn drop_connection(&self, conn: ConnId) -> Result<SlotId, ControlError> {
+        self.0.request_conn(conn, orders::Request::Drop)
+    }
+
+    /// Replaces connection `conn` now, make-before-break, as its lifetime
+    /// would. Returns its slot.
+    ///
+    /// # Errors
+    /// [`ControlError::UnknownConnection`] if no ready connection has this id.
+    pub fn rotate_connection(&self, conn: ConnId) -> Result<SlotId, ControlError> {
+        self.0.request_conn(conn, orders::Request::Rotate)
+    }
+
+    /// Closes the connection of slot `slot` (its slot connects again);
+    /// the connection it had, if one was ready.
+    ///
+    /// # Errors
+    /// [`ControlError::UnknownSlot`] if no running slot has this id.
+    pub fn drop_slot(&self, slot: SlotId) -> Result<Option<ConnId>, ControlError> {
+        self.0.request_slot(slot, orders::Request::Drop)
+    }
+
+    /// Replaces the connection of slot `slot` now, make-before-break.
+    ///
+    /// # Errors
+    /// [`ControlError::UnknownSlot`] if no running slot has this id.
+    pub fn rotate_slot(&self, slot: SlotId) -> Result<Option<ConnId>, ControlError> {
+        self.0.request_slot(slot, orders::Request::Rotate)
+    }
+
+    /// The read-only view of the same fleet.
+    pub fn monitor(&self) -> FleetMonitor {
+        FleetMonitor(self.0.clone())
+    }
+}
+
+impl fmt::Debug for FleetControl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FleetControl")
+            .field("slots", &self.0.slots.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    async fn send(&self, message: Message) -> Result<ConnId, FleetSendError> {
+        let message = self.charge_outbound(message);
+        let n = self.slots.len();
+        let start = self.round_robin.fetch_add(1, Ordering::Relaxed);
+        let mut message = message;
+        let mut first_ready = None;
+        for i in 0..n {
+            let slot = &self.slots[(start + i) % n];
+            if let Some((id, inbox)) = slot.inbox() {
+                match inbox.try_send(message) {
+                    Ok(()) => return Ok(id),
+                    Err(TrySendError::Full(back)) => {
+                        message = back;
+                        first_ready.get_or_insert((id, inbox));
+                    }
+                    Err(TrySendError::Closed(back)) => message = back,
+                }
+            }
+        }
+        match first_ready {
+            Some((id, inbox)) => match inbox.send(message).await {
+                Ok(()) => Ok(id),
+                Err(back) => Err(FleetSendError::NoReadyConnection(back)),
+            },
+            None => Err(FleetSendError::NoReadyConnection(message)),
+        }
+    }
+
+    async fn send_to(&self, conn: ConnId, message: Message) -> Result<(), FleetSendError> {
+        let message = self.charge_outbound(message);
+        for slot in self.slots.iter() {
+            if let Some((id, inbox)) = slot.inbox() {
+                if id == conn {
+                    return inbox
+                        .send(message)
+                        .await
+                        .map_err(FleetSendError::UnknownConnection);
+                }
+            }
+        }
+        Err(FleetSendError::UnknownConnection(message))
+    }
+
+    async fn send_to_slot(&self, slot: SlotId, message: Message) -> Result<ConnId, FleetSendError> {
+        let message = self.charge_outbound(message);
+        let ready = self
+            .slots
+            .iter()
+            .find(|s| s.id == slot)
+            .and_then(SlotShared::inbox);
+        match ready {
+            Some((id, inbox)) => inbox
+                .send(message)
+                .await
+                .map(|()| id)
+                .map_err(FleetSendError::UnknownConnection),
+            None => Err(FleetSendError::UnknownConnection(message)),
+        }
+    }
+
+    async fn broadcast(&self, message: Message) -> usize {
+        // Charged once: every inbox shares the one payload.
+        let message = self.charge_outbound(message);
+        let mut sent = 0;
+        for slot in self.slots.iter() {
+            if let Some((_, inbox)) = slot.inbox() {
+                if inbox.send(message.clone()).await.is_ok() {
+                    sent += 1;
+                }
+            }
+        }
+        sent
+    }
+
+    async fn subscribe(&self, subscription: Subscription) -> Result<usize, SubscribeError> {
+        let _order = self.subscription_changes.lock().await;
+        let messages = subscription.start_messages().to_vec();
+        let inboxes = {
+            let mut table = self.subscriptions();
+            let slot = table.add(subscription)?;
+            self.carrying_inboxes(slot)
+        };
+        Ok(send_all(&inboxes, &messages).await)
+    }
+
+    async fn unsubscribe(&self, key: &str) -> Result<usize, SubscribeError> {
+        let _order = self.subscription_changes.lock().await;
+        let (removed, inboxes) = {
+            let mut table = self.subscriptions();
+            let (removed, slot) = table.remove(key)?;
+            (removed, self.carrying_inboxes(slot))
+        };
+        let messages: Vec<Message> = removed.end_message().cloned().into_iter().collect();
+        if messages.is_empty() {
+            return Ok(0);
+        }
+        Ok(send_all(&inboxes, &messages).await)
+    }
+
+    /// The inboxes of the ready connections of `slot` (every slot when
+    /// `None`). Called under the table lock: a connection registers its
+    /// inbox under it too, so each one is reached here or catches up when
+    /// it starts, never both, never neither.
+    fn carrying_inboxes(&self, slot: Option<usize>) -> Vec<Arc<Inbox>> {
+        match slot {
+            Some(i) => self
+                .slots
+                .get(i)
+                .and_then(SlotShared::inbox)
+                .into_iter()
+                .map(|(_, inbox)| inbox)
+                .collect(),
+            None => self
+                .slots
+                .iter()
+                .filter_map(|s| s.inbox().map(|(_, inbox)| inbox))
+                .collect(),
+        }
+    }
+}
+
 /// A read-only view of a fleet: stats without owning the [`Fleet`].
 #[derive(Clone)]
 pub struct FleetMonitor(Arc<Shared>);
@@ -680,9 +928,19 @@ impl FleetMonitor {
             .count()
     }
 
-    /// Slots (connections wanted).
+    /// This process's slots: the connections it keeps (0 while paused).
     pub fn target(&self) -> usize {
-        self.0.slots.len()
+        self.0.orders.borrow().active
+    }
+
+    /// Connections wanted of the whole fleet (all shards), kept while paused.
+    pub fn connections(&self) -> usize {
+        self.0.wanted.load(Ordering::Relaxed)
+    }
+
+    /// Whether the fleet is paused (see [`FleetControl::pause`]).
+    pub fn is_paused(&self) -> bool {
+        self.0.orders.borrow().paused
     }
 
     /// The memory budget every connection charges: its used and peak bytes
@@ -694,8 +952,17 @@ impl FleetMonitor {
 
     /// A snapshot of every connection and the totals.
     pub fn stats(&self) -> FleetStats {
-        let mut connections: Vec<ConnectionInfo> =
-            self.0.slots.iter().map(|s| s.record().snapshot()).collect();
+        let orders = *self.0.orders.borrow();
+        // The running slots, and parked ones still closing.
+        let mut connections: Vec<ConnectionInfo> = self
+            .0
+            .slots
+            .iter()
+            .map(|s| s.record())
+            .enumerate()
+            .filter(|(position, r)| *position < orders.active || r.state() != ConnState::Closed)
+            .map(|(_, r)| r.snapshot())
+            .collect();
         // Paused is ready, waiting for the budget: counted as /healthz
         // and `ready()` count it.
         let ready = connections
@@ -711,7 +978,8 @@ impl FleetMonitor {
                 .map(|r| r.snapshot()),
         );
         FleetStats {
-            target: self.0.slots.len(),
+            target: orders.active,
+            paused: orders.paused,
             ready,
             reconnects: self.0.reconnects.load(Ordering::Relaxed),
             budget_used: self.0.budget.used(),
@@ -757,7 +1025,12 @@ async fn futures_join_all(tasks: Vec<JoinHandle<()>>) {
 
 impl Drop for Fleet {
     fn drop(&mut self) {
-        for t in &self.tasks {
+        let tasks = self
+            .shared
+            .slot_tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for t in tasks.iter().flatten() {
             t.abort();
         }
     }

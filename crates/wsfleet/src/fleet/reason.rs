@@ -106,6 +106,13 @@ pub enum DisconnectReason {
     Rotated,
     /// The fleet shut down.
     Shutdown,
+    /// Its slot was scaled away (the fleet's target went below it): closed
+    /// with 1001, not replaced.
+    ScaledDown,
+    /// Its fleet was paused: closed with 1001, replaced when resumed.
+    Paused,
+    /// Dropped on request (the control API): closed with 1001, replaced.
+    Dropped,
     /// User code (the on-connect hook) panicked.
     Panicked(String),
 }
@@ -157,6 +164,9 @@ labels! {
     CloseTimeout => "close_timeout",
     Rotated => "rotated",
     Shutdown => "shutdown",
+    ScaledDown => "scaled_down",
+    Paused => "paused",
+    Dropped => "dropped",
     Panicked => "panicked",
 }
 
@@ -199,22 +209,33 @@ impl DisconnectReason {
             Self::CloseTimeout => Label::CloseTimeout,
             Self::Rotated => Label::Rotated,
             Self::Shutdown => Label::Shutdown,
+            Self::ScaledDown => Label::ScaledDown,
+            Self::Paused => Label::Paused,
+            Self::Dropped => Label::Dropped,
             Self::Panicked(_) => Label::Panicked,
         }
     }
 
-    /// False for the planned ends (rotation, shutdown); true otherwise.
+    /// False for the planned ends (rotation, shutdown, scaling, pause, a
+    /// requested drop); true otherwise.
     pub fn is_failure(&self) -> bool {
-        !matches!(self, Self::Rotated | Self::Shutdown)
+        !matches!(
+            self,
+            Self::Rotated | Self::Shutdown | Self::ScaledDown | Self::Paused | Self::Dropped
+        )
     }
 
     /// The close code we sent for it, where we sent one.
     pub fn close_code(&self) -> Option<CloseCode> {
         match self {
             Self::Protocol(e) => Some(e.close_code()),
-            Self::Rotated | Self::Shutdown | Self::Stale { .. } | Self::SequenceGap { .. } => {
-                Some(CloseCode::GOING_AWAY)
-            }
+            Self::Rotated
+            | Self::Shutdown
+            | Self::ScaledDown
+            | Self::Paused
+            | Self::Dropped
+            | Self::Stale { .. }
+            | Self::SequenceGap { .. } => Some(CloseCode::GOING_AWAY),
             Self::PongTimeout
             | Self::HeartbeatTimeout { .. }
             | Self::PingFlood
@@ -318,6 +339,9 @@ impl fmt::Display for DisconnectReason {
             Self::CloseTimeout => f.write_str("close handshake timed out"),
             Self::Rotated => f.write_str("rotated after its lifetime"),
             Self::Shutdown => f.write_str("fleet shut down"),
+            Self::ScaledDown => f.write_str("scaled down (closed with 1001)"),
+            Self::Paused => f.write_str("fleet paused (closed with 1001)"),
+            Self::Dropped => f.write_str("dropped on request (closed with 1001)"),
             Self::Panicked(what) => write!(f, "user code panicked: {what}"),
         }
     }

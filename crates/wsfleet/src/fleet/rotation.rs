@@ -52,14 +52,14 @@ impl RotationSchedule {
 enum Rotation {
     Opened(Result<Box<Opened>, DisconnectReason>),
     OldEnded(Result<TaskEnd, tokio::task::JoinError>),
-    Shutdown,
+    Stopped,
 }
 
 impl Supervisor<'_> {
     /// Replaces the current connection, make before break: the old one serves
     /// until the new one is ready, then drains in a task of its own. `Some`
     /// when the slot's serving ends here (the old connection died while
-    /// dialling, or shutdown: the caller drains). Boxed by the caller:
+    /// dialling, or the slot stops: the caller drains). Boxed by the caller:
     /// rotation is rare, and its state would otherwise sit in every idle
     /// slot's future.
     pub(super) async fn rotate(
@@ -79,12 +79,12 @@ impl Supervisor<'_> {
                 Box::pin(open(shared, self.slot, target)).await
             } => Rotation::Opened(r),
             end = &mut current.task => Rotation::OldEnded(end),
-            _ = self.shutdown.changed() => Rotation::Shutdown,
+            _ = self.orders.stopped() => Rotation::Stopped,
         };
         let opened = match opened {
             Rotation::Opened(r) => r,
             Rotation::OldEnded(end) => return Some(Box::pin(self.ended(current, end)).await),
-            Rotation::Shutdown => return Some(Outcome::Shutdown),
+            Rotation::Stopped => return Some(Outcome::Stopped),
         };
         match opened {
             Ok(opened) => {
@@ -141,7 +141,7 @@ impl Supervisor<'_> {
         while cell.tracker().owned_by(old.id) > 0
             && !old.task.is_finished()
             && Instant::now() < until
-            && !*self.shutdown.borrow()
+            && self.orders.stop().is_none()
         {
             tokio::time::sleep_until((Instant::now() + OVERLAP_POLL).min(until)).await;
         }

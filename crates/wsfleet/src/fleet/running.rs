@@ -99,8 +99,7 @@ impl Running {
         };
         // Its streams pass to the slot's next connection; what a successor
         // held behind them goes out now (also after a panic or an abort).
-        if let Ok(i) = shared.slots.binary_search_by_key(&slot, |s| s.id) {
-            let slot_shared = &shared.slots[i];
+        if let Some(slot_shared) = shared.slot_of(slot) {
             if slot_shared.streams.is_some() {
                 Box::pin(super::intake::ended(shared, slot_shared, &self.record, id)).await;
             }

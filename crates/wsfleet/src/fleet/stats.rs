@@ -322,8 +322,12 @@ pub struct ConnectionInfo {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct FleetStats {
-    /// Slots (the number of connections wanted).
+    /// Slots (the number of connections this process keeps; 0 while
+    /// paused).
     pub target: usize,
+    /// The fleet is paused: its connections closed, none dials until it
+    /// resumes.
+    pub paused: bool,
     /// Connections ready now, paused ones included (see
     /// [`ConnState::Paused`]).
     pub ready: usize,

@@ -159,7 +159,7 @@ impl fmt::Display for SubscribeError {
 impl std::error::Error for SubscribeError {}
 
 /// A subscription in the table: added `order`-th, carried by `slot`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Entry {
     order: u64,
     sub: Arc<Subscription>,
@@ -178,7 +178,7 @@ pub(crate) struct Catchup {
 }
 
 /// Every subscription of a fleet and the slots carrying each.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Table {
     next_order: u64,
     by_key: HashMap<Arc<str>, Entry>,
@@ -214,13 +214,7 @@ impl Table {
                 });
             }
             Placement::Spread { per_connection } => {
-                let (slot, carried) = self
-                    .per_slot
-                    .iter()
-                    .enumerate()
-                    .map(|(i, subs)| (i, subs.len()))
-                    .min_by_key(|&(i, n)| (n, i))
-                    .unwrap_or((0, usize::MAX));
+                let (slot, carried) = self.emptiest();
                 if carried >= per_connection {
                     return Err(SubscribeError::NoRoom {
                         key: sub.key().to_owned(),
@@ -241,6 +235,57 @@ impl Table {
         self.by_key
             .insert(sub.shared_key().clone(), Entry { order, sub, slot });
         Ok(slot)
+    }
+
+    /// The slot carrying the fewest spread subscriptions (the first of
+    /// those), and how many it carries.
+    fn emptiest(&self) -> (usize, usize) {
+        self.per_slot
+            .iter()
+            .enumerate()
+            .map(|(i, subs)| (i, subs.len()))
+            .min_by_key(|&(i, n)| (n, i))
+            .unwrap_or((0, usize::MAX))
+    }
+
+    /// Resizes the table to `slots` slots. Growing adds empty slots;
+    /// shrinking moves the spread subscriptions of the slots that go, in
+    /// the order they were added, each to the emptiest slot that stays, and
+    /// returns them with their new slot. Refused whole (the table
+    /// unchanged) if one finds no room.
+    pub(crate) fn resize(
+        &mut self,
+        slots: usize,
+    ) -> Result<Vec<(Arc<Subscription>, usize)>, SubscribeError> {
+        if slots >= self.per_slot.len() {
+            self.per_slot.resize(slots, BTreeMap::new());
+            return Ok(Vec::new());
+        }
+        let mut next = self.clone();
+        let mut gone: Vec<(u64, Arc<Subscription>)> =
+            next.per_slot.drain(slots..).flatten().collect();
+        gone.sort_unstable_by_key(|(order, _)| *order);
+        let mut moved = Vec::with_capacity(gone.len());
+        for (order, sub) in gone {
+            let Placement::Spread { per_connection } = sub.placement else {
+                continue; // only spread subscriptions sit on one slot
+            };
+            let (slot, carried) = next.emptiest();
+            if carried >= per_connection {
+                return Err(SubscribeError::NoRoom {
+                    key: sub.key().to_owned(),
+                    per_connection,
+                    slots,
+                });
+            }
+            next.per_slot[slot].insert(order, sub.clone());
+            if let Some(entry) = next.by_key.get_mut(sub.key()) {
+                entry.slot = Some(slot);
+            }
+            moved.push((sub, slot));
+        }
+        *self = next;
+        Ok(moved)
     }
 
     /// Removes the subscription `key`: it and the slot carrying it (`None`:
@@ -381,6 +426,37 @@ mod tests {
             table.add(sub("z").placement(Placement::Spread { per_connection: 0 })),
             Err(SubscribeError::ZeroPerConnection { key: "z".into() })
         );
+    }
+
+    #[test]
+    fn shrinking_moves_spread_subscriptions_or_refuses_whole() {
+        let spread = |key: &str| sub(key).placement(Placement::Spread { per_connection: 2 });
+        let mut table = Table::new(3);
+        for key in ["a", "b", "c", "d"] {
+            table.add(spread(key)).unwrap();
+        }
+        table.add(sub("all")).unwrap();
+        // a→0, b→1, c→2, d→0: slot 2's "c" moves to slot 1 (the emptiest).
+        let moved = table.resize(2).unwrap();
+        let moved: Vec<(&str, usize)> = moved.iter().map(|(s, i)| (s.key(), *i)).collect();
+        assert_eq!(moved, [("c", 1)]);
+        assert_eq!(keys(&table.carried(1)), ["b", "c", "all"]);
+        assert_eq!(
+            table.carried_key(1, "c").map(|s| s.key().to_owned()),
+            Some("c".into())
+        );
+        // One slot cannot hold four at two each: refused, nothing changed.
+        let before = table.clone();
+        let err = table.resize(1).unwrap_err();
+        assert!(
+            matches!(err, SubscribeError::NoRoom { slots: 1, .. }),
+            "{err:?}"
+        );
+        assert_eq!(table.per_slot.len(), 2);
+        assert_eq!(keys(&table.carried(0)), keys(&before.carried(0)));
+        // Growing adds empty slots that take the next spread subscription.
+        table.resize(4).unwrap();
+        assert_eq!(table.add(spread("e")).unwrap(), Some(2));
     }
 
     #[test]

@@ -10,12 +10,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::conn_task::TaskEnd;
 use super::intensity::Verdict;
+use super::orders::{Request, SlotOrders, Stop, Wake};
 use super::reason::DisconnectReason;
 use super::rotation::RotationSchedule;
 use super::running::{Opened, Running, open, start};
@@ -30,22 +30,26 @@ pub(super) struct Supervisor<'a> {
     pub(super) shared: &'a Arc<Shared>,
     pub(super) slot: &'a SlotShared,
     pub(super) target: &'a Target,
-    pub(super) shutdown: watch::Receiver<bool>,
+    /// Stop, scale-down, pause, and this slot's drop or rotate requests.
+    pub(super) orders: SlotOrders,
     /// Backoff and lifetime jitter.
     pub(super) jitter: SmallRng,
 }
 
 /// How serving a connection ended.
 pub(super) enum Outcome {
-    Shutdown,
-    Ended { lived: Duration },
+    /// The slot stops (shutdown, scaled down, paused).
+    Stopped,
+    Ended {
+        lived: Duration,
+    },
 }
 
 pub(crate) async fn run_slot(
     shared: Arc<Shared>,
     index: usize,
     target: Target,
-    shutdown: watch::Receiver<bool>,
+    orders: SlotOrders,
 ) {
     let slot = &shared.slots[index];
     let span = tracing::info_span!("slot", slot = %slot.id, url = %slot.url);
@@ -57,7 +61,7 @@ pub(crate) async fn run_slot(
         shared: &shared,
         slot,
         target: &target,
-        shutdown,
+        orders,
         jitter,
     };
     supervisor.supervise().instrument(span).await;
@@ -74,12 +78,12 @@ impl Supervisor<'_> {
         let mut wait = Duration::ZERO;
         let mut first = true;
         loop {
-            if *self.shutdown.borrow() {
+            if self.orders.stop().is_some() {
                 return;
             }
             if !wait.is_zero() {
                 slot.record().set_state(ConnState::Backoff);
-                if !sleep_or_shutdown(Instant::now() + wait, &mut self.shutdown).await {
+                if !sleep_or_stop(Instant::now() + wait, &mut self.orders).await {
                     return;
                 }
             }
@@ -93,13 +97,13 @@ impl Supervisor<'_> {
             first = false;
             slot.record().set_state(ConnState::Connecting);
             let turn = shared.pacer.reserve(Instant::now());
-            if !sleep_or_shutdown(turn, &mut self.shutdown).await {
+            if !sleep_or_stop(turn, &mut self.orders).await {
                 return;
             }
             let id = shared.next_conn_id();
             let opened = tokio::select! {
                 r = Box::pin(open(shared, slot, self.target)) => r,
-                _ = self.shutdown.changed() => return,
+                _ = self.orders.stopped() => return,
             };
             match opened {
                 Err(reason) => {
@@ -119,7 +123,7 @@ impl Supervisor<'_> {
                     failures = failures.saturating_add(1);
                 }
                 Ok(opened) => match Box::pin(self.serve(id, opened)).await {
-                    Outcome::Shutdown => return,
+                    Outcome::Stopped => return,
                     Outcome::Ended { lived } => {
                         if lived >= settings.healthy_after {
                             failures = 0;
@@ -146,7 +150,7 @@ impl Supervisor<'_> {
                 Verdict::Allowed => return true,
                 Verdict::PausedUntil(until) => {
                     slot.record().set_state(ConnState::Backoff);
-                    if !sleep_or_shutdown(until, &mut self.shutdown).await {
+                    if !sleep_or_stop(until, &mut self.orders).await {
                         return false;
                     }
                 }
@@ -164,7 +168,7 @@ impl Supervisor<'_> {
                         )
                         .await;
                     slot.record().set_state(ConnState::Backoff);
-                    if !sleep_or_shutdown(until, &mut self.shutdown).await {
+                    if !sleep_or_stop(until, &mut self.orders).await {
                         return false;
                     }
                 }
@@ -181,16 +185,36 @@ impl Supervisor<'_> {
             tokio::select! {
                 end = &mut current.task => return Box::pin(self.ended(&current, end)).await,
                 _ = rotation.due() => {
-                    match Box::pin(self.rotate(&mut current, &mut rotation)).await {
-                        None => {}
-                        Some(Outcome::Shutdown) => {
-                            return Box::pin(self.drain_for_shutdown(current)).await;
-                        }
-                        Some(ended) => return ended,
+                    if let Some(ended) = Box::pin(self.rotate(&mut current, &mut rotation)).await {
+                        return self.after_rotation(current, ended).await;
                     }
                 }
-                _ = self.shutdown.changed() => return Box::pin(self.drain_for_shutdown(current)).await,
+                wake = self.orders.wake(&self.slot.requests) => match wake {
+                    Wake::Stop(stop) => return Box::pin(self.drain_to_stop(current, stop)).await,
+                    Wake::Request(Request::Drop) => {
+                        // Its end (the task's branch above) reconnects the slot.
+                        *self.slot.inbox.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                        current.drain(DisconnectReason::Dropped, None);
+                    }
+                    Wake::Request(Request::Rotate) => {
+                        if let Some(ended) = Box::pin(self.rotate(&mut current, &mut rotation)).await {
+                            return self.after_rotation(current, ended).await;
+                        }
+                    }
+                },
             }
+        }
+    }
+
+    /// A rotation ended the serving: the slot stops (drain the current
+    /// connection), or the old connection had ended (already reported).
+    async fn after_rotation(&mut self, current: Running, ended: Outcome) -> Outcome {
+        match ended {
+            Outcome::Stopped => {
+                let stop = self.orders.stop().unwrap_or(Stop::Shutdown);
+                Box::pin(self.drain_to_stop(current, stop)).await
+            }
+            ended => ended,
         }
     }
 
@@ -210,14 +234,14 @@ impl Supervisor<'_> {
     }
 }
 
-/// Sleeps until `at`; false if the fleet shuts down first.
-pub(super) async fn sleep_or_shutdown(at: Instant, shutdown: &mut watch::Receiver<bool>) -> bool {
-    if *shutdown.borrow() {
+/// Sleeps until `at`; false if the slot must stop first.
+pub(super) async fn sleep_or_stop(at: Instant, orders: &mut SlotOrders) -> bool {
+    if orders.stop().is_some() {
         return false;
     }
     tokio::select! {
         _ = tokio::time::sleep_until(at) => true,
-        _ = shutdown.changed() => false,
+        _ = orders.stopped() => false,
     }
 }
 
@@ -233,7 +257,7 @@ mod size_tests {
             .spawn()
             .unwrap();
         let shared = fleet.shared.clone();
-        let (_tx, rx) = watch::channel(false);
+        let rx = SlotOrders::new(shared.orders.subscribe(), 0);
         let target = Target::parse("ws://127.0.0.1:9/").unwrap();
         let slot_future = run_slot(shared.clone(), 0, target.clone(), rx);
         let open_future = open(&shared, &shared.slots[0], &target);

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use wsfleet::admin::MetricsSource;
-use wsfleet::fleet::{Fleet, FleetMonitor, SlowConsumer};
+use wsfleet::admin::{ControlPools, MetricsSource};
+use wsfleet::fleet::{FleetMonitor, SlowConsumer};
 use wsfleet_bus::{NatsSink, NatsSource, Source as _};
 
 use super::config::Plan;
@@ -76,12 +76,21 @@ impl Bus {
     }
 }
 
-/// `--source`: each message from NATS through the fleet, settled with NATS
-/// (acknowledged once taken, answered when undeliverable). Returns when
-/// the source ends.
-pub(crate) async fn from_source(fleet: &Fleet, monitor: &FleetMonitor, mut source: NatsSource) {
+/// `--source`: each message from NATS through pool `pool`, settled with
+/// NATS (acknowledged once taken, answered when undeliverable). Returns
+/// when the source ends.
+pub(crate) async fn from_source(pools: &ControlPools, pool: &str, mut source: NatsSource) {
     while let Some(inbound) = source.next().await {
-        wsfleet_bus::deliver(fleet, monitor, inbound).await;
+        // A reload may replace the pool: looked up for each message. With
+        // the pool removed, the next one serves (a reload always keeps one).
+        let Some(fleet) = pools.get(pool).or_else(|| {
+            let first = pools.names().into_iter().next()?;
+            pools.get(&first)
+        }) else {
+            tracing::warn!("--source: no pool runs; stopping the source");
+            break;
+        };
+        wsfleet_bus::deliver(&fleet, &fleet.monitor(), inbound).await;
     }
     tracing::warn!("--source ended: no more messages from NATS");
 }

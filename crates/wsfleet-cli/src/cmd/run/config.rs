@@ -64,6 +64,8 @@ pub(crate) struct Plan {
     pub(crate) heartbeat: Option<HeartbeatPlan>,
     /// Admin endpoint address, if any.
     pub(crate) admin: Option<SocketAddr>,
+    /// The control API on the admin endpoint, and who may use it.
+    pub(crate) admin_control: Option<AdminControl>,
     /// Ready share for a healthy `/healthz`.
     pub(crate) healthy_share: f64,
     /// Where received messages go, and how.
@@ -96,7 +98,40 @@ pub(crate) struct Plan {
     pub(crate) sink: Option<SinkConfig>,
     /// Where outbound messages come from (`--source`, `[source]`), if anywhere.
     pub(crate) source: Option<SourceConfig>,
+    /// `[pool.NAME]`: more pools, each a fleet of its own (their process
+    /// settings unused).
+    pub(crate) pools: Vec<(String, Plan)>,
 }
+
+/// Who may use the control API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum AdminControl {
+    /// Requests carry the bearer token this file holds.
+    TokenFile(PathBuf),
+    /// No token: the listener is trusted.
+    Trusted,
+}
+
+/// The name of the pool the top-level settings (and the flags) describe.
+pub(crate) const DEFAULT_POOL: &str = "default";
+
+/// The keys of a process, not of a pool: refused in `[pool.NAME]`.
+const PROCESS_KEYS: &[&str] = &[
+    "shard",
+    "memory-budget",
+    "admin",
+    "admin-control",
+    "admin-token-file",
+    "admin-trusted",
+    "healthy-share",
+    "output",
+    "duration",
+    "interval",
+    "slow-consumer",
+    "sink",
+    "source",
+    "pool",
+];
 
 impl Plan {
     /// Reads `--config` (if given) and lays the flags over it.
@@ -105,13 +140,96 @@ impl Plan {
     /// A [`UsageError`] for an unreadable or bad file (naming file, line and
     /// key) or settings that do not fit together.
     pub(crate) fn resolve(args: RunArgs) -> Result<Self, UsageError> {
-        let (file, folder) = match &args.config {
+        let (mut file, folder) = match &args.config {
             Some(path) => (
                 load(path)?,
                 path.parent().map(Path::to_path_buf).unwrap_or_default(),
             ),
             None => (FileConfig::default(), PathBuf::new()),
         };
+        let tables = file.pool.take().unwrap_or_default();
+        let config = args.config.clone().unwrap_or_default();
+        let mut plan = Self::from_parts(args, file, &folder)?;
+        for (name, table) in tables {
+            let at = |problem: String| {
+                UsageError(format!("{}: [pool.{name}]: {problem}", config.display()))
+            };
+            check_pool_name(&name).map_err(at)?;
+            if let Some(key) = table.process_keys().first() {
+                return Err(at(format!(
+                    "{key} is a setting of the process, not of a pool: set it at the top level"
+                )));
+            }
+            if table.url.is_none() {
+                return Err(at("a pool needs url".into()));
+            }
+            let mut pool =
+                Self::from_parts(RunArgs::default(), table, &folder).map_err(|e| at(e.0))?;
+            pool.shard = plan.shard;
+            pool.check().map_err(|e| at(e.0))?;
+            plan.pools.push((name, pool));
+        }
+        plan.check()?;
+        Ok(plan)
+    }
+
+    /// Whether the top-level settings run a pool (`default`): with a URL,
+    /// or with no `[pool.NAME]` (the demo without one).
+    pub(crate) fn runs_default_pool(&self) -> bool {
+        !self.urls.is_empty() || self.pools.is_empty()
+    }
+
+    /// Every pool to run: `default` (the top level, if it runs one) and the
+    /// named ones, each as its pool settings only.
+    pub(crate) fn pool_plans(&self) -> Vec<(String, Plan)> {
+        let mut all = Vec::with_capacity(self.pools.len() + 1);
+        if self.runs_default_pool() {
+            all.push((DEFAULT_POOL.to_owned(), self.pool_part()));
+        }
+        all.extend(self.pools.iter().map(|(n, p)| (n.clone(), p.pool_part())));
+        all
+    }
+
+    /// The settings of its pool alone: the process's reset to defaults, so
+    /// two pools compare equal when their connections would be.
+    pub(crate) fn pool_part(&self) -> Self {
+        Self {
+            admin: None,
+            admin_control: None,
+            healthy_share: DEFAULT_HEALTHY_SHARE,
+            output: Output::default(),
+            slow_consumer: SlowConsumer::default(),
+            duration: None,
+            interval: DEFAULT_INTERVAL,
+            memory_budget: None,
+            sink: None,
+            source: None,
+            pools: Vec::new(),
+            ..self.clone()
+        }
+    }
+
+    /// The settings of the process alone (its pools emptied): what a
+    /// reload cannot change without a restart.
+    pub(crate) fn process_part(&self) -> ProcessPart {
+        ProcessPart {
+            shard: self.shard,
+            admin: self.admin,
+            admin_control: self.admin_control.clone(),
+            healthy_share: self.healthy_share,
+            output: self.output,
+            slow_consumer: self.slow_consumer,
+            duration: self.duration,
+            interval: self.interval,
+            memory_budget: self.memory_budget,
+            sink: self.sink.clone(),
+            source: self.source.clone(),
+        }
+    }
+
+    /// The flags laid over one file table, not yet checked.
+    fn from_parts(args: RunArgs, file: FileConfig, folder: &Path) -> Result<Self, UsageError> {
+        let folder = folder.to_path_buf();
         let t = args.transport;
         let list = |flag: Vec<String>, file: Option<Vec<String>>| {
             if flag.is_empty() {
@@ -142,6 +260,12 @@ impl Plan {
             streams: file.streams.map(StreamsPlan::from),
             heartbeat: file.heartbeat.map(HeartbeatPlan::from),
             admin: args.admin.or(file.admin),
+            admin_control: admin_control(
+                args.admin_control || file.admin_control.unwrap_or(false),
+                args.admin_token_file
+                    .or(file.admin_token_file.map(|p| folder.join(p))),
+                args.admin_trusted || file.admin_trusted.unwrap_or(false),
+            )?,
             healthy_share: args
                 .healthy_share
                 .or(file.healthy_share.map(|s| s.0))
@@ -214,14 +338,21 @@ impl Plan {
                 args.source_dead_letter,
                 file.source,
             )?,
+            pools: Vec::new(),
         };
-        plan.check()?;
         Ok(plan)
     }
 
     /// Settings that are each fine but do not fit together.
     fn check(&self) -> Result<(), UsageError> {
         self.transport.check()?;
+        if self.admin_control.is_some() && self.admin.is_none() {
+            return Err(UsageError(
+                "the control API (--admin-control, --admin-token-file, --admin-trusted) is served \
+                 on --admin: give its address"
+                    .into(),
+            ));
+        }
         if self.output.raw && self.output.format != OutputFormat::Text {
             return Err(UsageError(
                 "raw applies to --output text only (jsonl is escaped by JSON)".into(),
@@ -314,6 +445,9 @@ struct FileConfig {
     connect_rate: Option<Rate>,
     send_on_connect: Option<Vec<String>>,
     admin: Option<SocketAddr>,
+    admin_control: Option<bool>,
+    admin_token_file: Option<PathBuf>,
+    admin_trusted: Option<bool>,
     healthy_share: Option<Share>,
     output: Option<OutputFormat>,
     duration: Option<Dur>,
@@ -343,6 +477,90 @@ struct FileConfig {
     subscription: Option<Vec<SubscriptionTable>>,
     streams: Option<StreamsTable>,
     heartbeat: Option<HeartbeatTable>,
+    /// `[pool.NAME]`: another pool, with the pool keys of the top level.
+    pool: Option<std::collections::BTreeMap<String, FileConfig>>,
+}
+
+impl FileConfig {
+    /// The process keys this table sets (refused in a pool's table).
+    fn process_keys(&self) -> Vec<&'static str> {
+        let set = [
+            self.shard.is_some(),
+            self.memory_budget.is_some(),
+            self.admin.is_some(),
+            self.admin_control.is_some(),
+            self.admin_token_file.is_some(),
+            self.admin_trusted.is_some(),
+            self.healthy_share.is_some(),
+            self.output.is_some(),
+            self.duration.is_some(),
+            self.interval.is_some(),
+            self.slow_consumer.is_some(),
+            self.sink.is_some(),
+            self.source.is_some(),
+            self.pool.is_some(),
+        ];
+        PROCESS_KEYS
+            .iter()
+            .zip(set)
+            .filter(|(_, set)| *set)
+            .map(|(key, _)| *key)
+            .collect()
+    }
+}
+
+/// What a reload cannot change without a restart.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ProcessPart {
+    shard: Shard,
+    admin: Option<SocketAddr>,
+    admin_control: Option<AdminControl>,
+    healthy_share: f64,
+    output: Output,
+    slow_consumer: SlowConsumer,
+    duration: Option<Duration>,
+    interval: Duration,
+    memory_budget: Option<usize>,
+    sink: Option<SinkConfig>,
+    source: Option<SourceConfig>,
+}
+
+/// A pool's name: what metrics labels and `/connections` carry.
+fn check_pool_name(name: &str) -> Result<(), String> {
+    if name == DEFAULT_POOL {
+        return Err("the top-level settings are pool \"default\": name this one otherwise".into());
+    }
+    let fine = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if fine {
+        Ok(())
+    } else {
+        Err("a pool name is 1 to 64 of A-Z a-z 0-9 - _ .".into())
+    }
+}
+
+/// The control API settings, checked: on with a token file, or trusted.
+fn admin_control(
+    on: bool,
+    token_file: Option<PathBuf>,
+    trusted: bool,
+) -> Result<Option<AdminControl>, UsageError> {
+    match (on, token_file, trusted) {
+        (_, Some(_), true) => Err(UsageError(
+            "--admin-token-file or --admin-trusted, not both".into(),
+        )),
+        (_, Some(file), false) => Ok(Some(AdminControl::TokenFile(file))),
+        (_, None, true) => Ok(Some(AdminControl::Trusted)),
+        (true, None, false) => Err(UsageError(
+            "the control API changes the fleet: give --admin-token-file FILE, or --admin-trusted \
+             if everyone who reaches --admin may"
+                .into(),
+        )),
+        (false, None, false) => Ok(None),
+    }
 }
 
 /// `[heartbeat]`: an application heartbeat on every connection.

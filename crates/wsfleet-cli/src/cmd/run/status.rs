@@ -40,6 +40,23 @@ pub(crate) struct Snapshot {
 }
 
 impl Snapshot {
+    /// Two pools' numbers together (they share one budget: its figures are
+    /// the larger of the two, not a sum).
+    #[must_use]
+    pub(crate) fn add(self, other: Self) -> Self {
+        Self {
+            target: self.target + other.target,
+            ready: self.ready + other.ready,
+            sent: self.sent + other.sent,
+            received: self.received + other.received,
+            reconnects: self.reconnects + other.reconnects,
+            budget_used: self.budget_used.max(other.budget_used),
+            budget_max: self.budget_max.max(other.budget_max),
+            budget_handed: self.budget_handed.max(other.budget_handed),
+            paused: self.paused + other.paused,
+        }
+    }
+
     pub(crate) fn of(stats: &FleetStats) -> Self {
         let bytes = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
         Self {
