@@ -137,6 +137,39 @@ pub(crate) fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)>
     Ok((status, body))
 }
 
+/// `POST path` with a JSON `body` over plain HTTP/1.1, with `Authorization:
+/// Bearer TOKEN` if a token is given; the status code and the body.
+pub(crate) fn http_post(
+    addr: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> std::io::Result<(u16, String)> {
+    let mut tcp = TcpStream::connect(addr)?;
+    tcp.set_read_timeout(Some(Duration::from_secs(15)))?;
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        tcp,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut response = String::new();
+    tcp.read_to_string(&mut response)?;
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
 /// Polls `GET path` until `done` says yes to the answer (at most 15 s).
 pub(crate) fn http_until(
     addr: &str,
