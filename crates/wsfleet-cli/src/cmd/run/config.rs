@@ -1343,6 +1343,7 @@ answer-value = "pong"
                 line.starts_with(&format!("{key} ="))
                     || line == format!("[{key}]")
                     || line == format!("[[{key}]]")
+                    || line.starts_with(&format!("[{key}."))
             });
             assert!(documented, "key {key:?} is not in examples/wsfleet.toml");
         }
@@ -1384,6 +1385,93 @@ answer-value = "pong"
             .join("\n");
         let parsed: FileConfig = toml::from_str(&bus).unwrap_or_else(|e| panic!("{e}\n{bus}"));
         assert!(parsed.sink.is_some() && parsed.source.is_some());
+    }
+
+    #[test]
+    fn pool_tables_are_pools_of_their_own() {
+        let text = r#"
+            connections = 3
+            admin = "127.0.0.1:9100"
+            admin-trusted = true
+            [pool.market]
+            url = ["ws://127.0.0.1:9001/m"]
+            connections = 7
+            header = ["X-Feed: market"]
+            [pool.chat]
+            url = ["ws://127.0.0.1:9002/c"]
+        "#;
+        let plan = with_file("pools", text, &[]).unwrap();
+        // No top-level url: the named pools only.
+        let pools = plan.pool_plans();
+        let names: Vec<&str> = pools.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["chat", "market"]);
+        let market = &pools[1].1;
+        assert_eq!(market.connections, 7);
+        assert_eq!(market.headers, [("X-Feed".into(), "market".into())]);
+        assert_eq!(pools[0].1.connections, DEFAULT_CONNECTIONS);
+        assert_eq!(plan.admin_control, Some(AdminControl::Trusted));
+        // With a top-level url, the top level is pool "default" too.
+        let plan = with_file("pools-default", text, &["--url", "ws://127.0.0.1:9003/"]).unwrap();
+        let names: Vec<String> = plan.pool_plans().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["default", "chat", "market"]);
+        // A pool's part ignores the process settings: equal pools compare equal.
+        assert_eq!(plan.pool_part(), plan.pool_part().pool_part());
+    }
+
+    #[test]
+    fn pool_tables_refuse_process_keys_bad_names_and_no_url() {
+        let err = |name: &str, text: &str| with_file(name, text, &[]).unwrap_err().0;
+        let e = err(
+            "pool-admin",
+            "[pool.a]\nurl = [\"ws://127.0.0.1:1/\"]\nadmin = \"127.0.0.1:9\"\n",
+        );
+        assert!(
+            e.contains("[pool.a]") && e.contains("admin is a setting of the process"),
+            "{e}"
+        );
+        let e = err("pool-nourl", "[pool.a]\nconnections = 3\n");
+        assert!(e.contains("[pool.a]: a pool needs url"), "{e}");
+        let e = err(
+            "pool-default",
+            "[pool.default]\nurl = [\"ws://127.0.0.1:1/\"]\n",
+        );
+        assert!(e.contains("pool \"default\""), "{e}");
+        let e = err("pool-name", "[pool.\"a b\"]\nurl = [\"ws://127.0.0.1:1/\"]\n");
+        assert!(e.contains("a pool name is"), "{e}");
+        let e = err(
+            "pool-nested",
+            "[pool.a]\nurl = [\"ws://127.0.0.1:1/\"]\n[pool.a.pool.b]\nurl = [\"ws://127.0.0.1:2/\"]\n",
+        );
+        assert!(e.contains("pool is a setting of the process"), "{e}");
+    }
+
+    #[test]
+    fn the_control_api_needs_a_token_or_trust_and_an_address() {
+        let e = Plan::resolve(run_args(&["--admin-control"])).unwrap_err().0;
+        assert!(e.contains("--admin-token-file"), "{e}");
+        let e = Plan::resolve(run_args(&["--admin-trusted"])).unwrap_err().0;
+        assert!(e.contains("--admin"), "{e}");
+        let e = Plan::resolve(run_args(&[
+            "--admin",
+            "127.0.0.1:9",
+            "--admin-trusted",
+            "--admin-token-file",
+            "t",
+        ]))
+        .unwrap_err()
+        .0;
+        assert!(e.contains("not both"), "{e}");
+        let plan = Plan::resolve(run_args(&[
+            "--admin",
+            "127.0.0.1:9",
+            "--admin-token-file",
+            "t",
+        ]))
+        .unwrap();
+        assert_eq!(
+            plan.admin_control,
+            Some(AdminControl::TokenFile("t".into()))
+        );
     }
 
     #[test]
