@@ -270,3 +270,99 @@ fn the_control_api_needs_a_token_or_a_trusted_listener() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--admin-token-file"), "{stderr}");
 }
+
+/// Ready connection ids of each pool, from `/connections`.
+fn ids_by_pool(run: &Run) -> BTreeMap<String, BTreeSet<u64>> {
+    let mut pools: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
+    for c in run.connections() {
+        if c["state"] == "ready" {
+            let pool = c["pool"].as_str().expect("pool").to_owned();
+            pools.entry(pool).or_default().insert(c["id"].as_u64().unwrap());
+        }
+    }
+    pools
+}
+
+/// Polls until each pool has the given number of ready connections (and
+/// no other is listed).
+fn until_pools(run: &Run, want: &[(&str, usize)]) -> BTreeMap<String, BTreeSet<u64>> {
+    let t0 = Instant::now();
+    loop {
+        let listed = run.connections().len();
+        let pools = ids_by_pool(run);
+        let counts: Vec<(&str, usize)> = pools.iter().map(|(p, ids)| (p.as_str(), ids.len())).collect();
+        let total: usize = want.iter().map(|(_, n)| n).sum();
+        if counts == want && listed == total {
+            return pools;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "pools {counts:?} ({listed} listed), not {want:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn pools_file(url: &str, a_header: &str, b_connections: &str) -> String {
+    format!(
+        "[pool.a]\nurl = [\"{url}\"]\nconnections = 4\nheader = [\"X-Pool: {a_header}\"]\n\
+         [pool.b]\nurl = [\"{url}\"]\nconnections = {b_connections}\n"
+    )
+}
+
+#[test]
+fn a_reload_applies_only_the_difference() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = echo_server(&runtime);
+    let url = server.url();
+    let dir = scratch("reload");
+    let config = dir.join("wsfleet.toml");
+    std::fs::write(&config, pools_file(&url, "one", "4")).unwrap();
+    let run = Run::start(&dir, &["--config", config.to_str().unwrap()]);
+    let start = until_pools(&run, &[("a", 4), ("b", 4)]);
+
+    // The same file: nothing closes, every id stays.
+    let (status, answer) = run.post("/control/reload", "");
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["reloaded"], "a unchanged; b unchanged");
+    std::thread::sleep(Duration::from_millis(500));
+    let same = until_pools(&run, &[("a", 4), ("b", 4)]);
+    assert_eq!(same, start, "a reload that changed nothing closed connections");
+    eprintln!("control: connections closed by a reload that changed nothing: 0");
+
+    // A bad file, then a changed process key: refused whole, nothing moves.
+    std::fs::write(&config, pools_file(&url, "one", "\"many\"")).unwrap();
+    let (status, answer) = run.post("/control/reload", "");
+    assert_eq!(status, 422, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("connections"), "{answer}");
+    std::fs::write(&config, format!("output = \"jsonl\"\n{}", pools_file(&url, "one", "4"))).unwrap();
+    let (status, answer) = run.post("/control/reload", "");
+    assert_eq!(status, 422, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("restart"), "{answer}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(until_pools(&run, &[("a", 4), ("b", 4)]), start);
+
+    // Pool a's header changes: a is replaced (new ids), b keeps its ids.
+    std::fs::write(&config, pools_file(&url, "two", "4")).unwrap();
+    let (status, answer) = run.post("/control/reload", "");
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["reloaded"], "a replaced; b unchanged");
+    let t0 = Instant::now();
+    let replaced = loop {
+        let pools = until_pools(&run, &[("a", 4), ("b", 4)]);
+        if pools["a"].is_disjoint(&start["a"]) {
+            break pools;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "pool a not replaced: {pools:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(replaced["b"], start["b"], "pool b was touched");
+
+    // Pool b's count alone changes, by SIGHUP: scaled, its ids kept.
+    std::fs::write(&config, pools_file(&url, "two", "6")).unwrap();
+    run._process.signal("HUP");
+    let scaled = until_pools(&run, &[("a", 4), ("b", 6)]);
+    assert!(start["b"].is_subset(&scaled["b"]), "scaling b replaced some");
+    assert_eq!(scaled["a"], replaced["a"], "pool a was touched");
+    drop(server);
+}
