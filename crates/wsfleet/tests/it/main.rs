@@ -6,6 +6,7 @@
 mod admin;
 mod buffers;
 mod chaos;
+mod credentials;
 mod fleet;
 mod fleet_1k;
 mod heartbeat;
