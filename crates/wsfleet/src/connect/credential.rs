@@ -14,8 +14,10 @@
 //! dropped), and the whole fetch, waiting for another attempt's fetch
 //! included, within [`Credential::timeout`]; a command still running then
 //! is killed (SIGKILL to its shell), and so is one whose attempt is
-//! dropped. A file is read up to [`MAX_VALUE`] bytes within the same
-//! timeout.
+//! dropped. Only the shell: a process it started (`sleep 9; echo t`: the
+//! `sleep`) runs on to its own end, unwaited for (use `exec` for a last
+//! command that may hang). A file is read up to [`MAX_VALUE`] bytes within
+//! the same timeout.
 //!
 //! The value is the output with its trailing line ends (`\n`, `\r\n`)
 //! trimmed. It must be UTF-8 and not empty (a token file caught half
