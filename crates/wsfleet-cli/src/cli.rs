@@ -202,6 +202,8 @@ pub(crate) struct RunArgs {
     /// header); repeat for several.
     #[arg(long = "header", value_name = "'K: V'", value_parser = parse_header)]
     pub(crate) headers: Vec<(String, String)>,
+    #[command(flatten)]
+    pub(crate) credentials: crate::credentials::CredentialArgs,
     /// PEM file with CA certificates to trust for wss://, in addition to the
     /// built-in (webpki) roots; repeat for several.
     #[arg(long = "ca", value_name = "FILE")]

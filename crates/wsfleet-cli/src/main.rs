@@ -16,6 +16,7 @@
 
 mod cli;
 mod cmd;
+mod credentials;
 mod logging;
 mod memory;
 mod top;

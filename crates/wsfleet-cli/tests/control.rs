@@ -277,7 +277,10 @@ fn ids_by_pool(run: &Run) -> BTreeMap<String, BTreeSet<u64>> {
     for c in run.connections() {
         if c["state"] == "ready" {
             let pool = c["pool"].as_str().expect("pool").to_owned();
-            pools.entry(pool).or_default().insert(c["id"].as_u64().unwrap());
+            pools
+                .entry(pool)
+                .or_default()
+                .insert(c["id"].as_u64().unwrap());
         }
     }
     pools
@@ -290,7 +293,10 @@ fn until_pools(run: &Run, want: &[(&str, usize)]) -> BTreeMap<String, BTreeSet<u
     loop {
         let listed = run.connections().len();
         let pools = ids_by_pool(run);
-        let counts: Vec<(&str, usize)> = pools.iter().map(|(p, ids)| (p.as_str(), ids.len())).collect();
+        let counts: Vec<(&str, usize)> = pools
+            .iter()
+            .map(|(p, ids)| (p.as_str(), ids.len()))
+            .collect();
         let total: usize = want.iter().map(|(_, n)| n).sum();
         if counts == want && listed == total {
             return pools;
@@ -327,18 +333,31 @@ fn a_reload_applies_only_the_difference() {
     assert_eq!(answer["reloaded"], "a unchanged; b unchanged");
     std::thread::sleep(Duration::from_millis(500));
     let same = until_pools(&run, &[("a", 4), ("b", 4)]);
-    assert_eq!(same, start, "a reload that changed nothing closed connections");
+    assert_eq!(
+        same, start,
+        "a reload that changed nothing closed connections"
+    );
     eprintln!("control: connections closed by a reload that changed nothing: 0");
 
     // A bad file, then a changed process key: refused whole, nothing moves.
     std::fs::write(&config, pools_file(&url, "one", "\"many\"")).unwrap();
     let (status, answer) = run.post("/control/reload", "");
     assert_eq!(status, 422, "{answer}");
-    assert!(answer["error"].as_str().unwrap().contains("connections"), "{answer}");
-    std::fs::write(&config, format!("output = \"jsonl\"\n{}", pools_file(&url, "one", "4"))).unwrap();
+    assert!(
+        answer["error"].as_str().unwrap().contains("connections"),
+        "{answer}"
+    );
+    std::fs::write(
+        &config,
+        format!("output = \"jsonl\"\n{}", pools_file(&url, "one", "4")),
+    )
+    .unwrap();
     let (status, answer) = run.post("/control/reload", "");
     assert_eq!(status, 422, "{answer}");
-    assert!(answer["error"].as_str().unwrap().contains("restart"), "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("restart"),
+        "{answer}"
+    );
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(until_pools(&run, &[("a", 4), ("b", 4)]), start);
 
@@ -353,7 +372,10 @@ fn a_reload_applies_only_the_difference() {
         if pools["a"].is_disjoint(&start["a"]) {
             break pools;
         }
-        assert!(t0.elapsed() < Duration::from_secs(20), "pool a not replaced: {pools:?}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "pool a not replaced: {pools:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(replaced["b"], start["b"], "pool b was touched");
@@ -362,7 +384,10 @@ fn a_reload_applies_only_the_difference() {
     std::fs::write(&config, pools_file(&url, "two", "6")).unwrap();
     run._process.signal("HUP");
     let scaled = until_pools(&run, &[("a", 4), ("b", 6)]);
-    assert!(start["b"].is_subset(&scaled["b"]), "scaling b replaced some");
+    assert!(
+        start["b"].is_subset(&scaled["b"]),
+        "scaling b replaced some"
+    );
     assert_eq!(scaled["a"], replaced["a"], "pool a was touched");
     drop(server);
 }

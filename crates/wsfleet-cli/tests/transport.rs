@@ -295,3 +295,87 @@ fn unusable_tls_identity_flags_are_usage_errors() {
     // Too many redirects for the flag.
     usage_error(&["connect", "--max-redirects", "99", "ws://127.0.0.1:9/"]);
 }
+
+/// `run` with a header from a command and a query value from a file: the
+/// server reports both on each connection; a command that fails is a
+/// failed connect in the credential phase, logged, and the run goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_header_command_and_query_file_reach_the_server() {
+    let server = PyServer::start(Mode::Headers)
+        .await
+        .expect("start the Python websockets server");
+    let dir = std::env::temp_dir().join(format!("wsfleet-cli-credentials-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (token, query) = (dir.join("token"), dir.join("query"));
+    std::fs::write(&token, "cli-token\n").unwrap();
+    std::fs::write(&query, "q 1\n").unwrap();
+    let header = format!(
+        "Authorization: printf 'Bearer %s' \"$(cat {})\"",
+        token.display()
+    );
+    let query_arg = format!("token={}", query.display());
+    let url = server.url();
+    let out = tokio::task::spawn_blocking(move || {
+        wsfleet()
+            .args([
+                "run",
+                "--url",
+                &url,
+                "--connections",
+                "2",
+                "--duration",
+                "2s",
+            ])
+            .args(["--output", "jsonl", "--header-command", &header])
+            .args(["--query-file", &query_arg, "--credential-cache", "0s"])
+            .output()
+            .expect("run wsfleet")
+    })
+    .await
+    .expect("join");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    let reports: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| serde_json::from_str(v["payload"].as_str()?).ok())
+        .collect();
+    assert_eq!(reports.len(), 2, "{stdout}");
+    for report in &reports {
+        assert_eq!(report["authorization"], "Bearer cli-token", "{report}");
+        assert_eq!(report[":path"], "/?token=q%201", "{report}");
+    }
+
+    let url = server.url();
+    let out = tokio::task::spawn_blocking(move || {
+        wsfleet()
+            .args([
+                "run",
+                "--url",
+                &url,
+                "--connections",
+                "1",
+                "--duration",
+                "1s",
+            ])
+            .args([
+                "--header-command",
+                "Authorization: echo expired >&2; exit 3",
+            ])
+            .output()
+            .expect("run wsfleet")
+    })
+    .await
+    .expect("join");
+    let _ = std::fs::remove_dir_all(&dir);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stderr.contains("connect failed")
+            && stderr.contains(
+                "credential header \"Authorization\" (command `echo expired >&2; exit 3`): \
+                 exited with status 3: expired"
+            ),
+        "{stderr}"
+    );
+}

@@ -18,7 +18,8 @@
 //     subprotocol NAME      accept subprotocol NAME, then echo; a client that does
 //                           not offer NAME is refused with HTTP 400
 //     headers               send one text message, a JSON object of the request
-//                           headers (names lowercased, repeats joined by ", "),
+//                           headers (names lowercased, repeats joined by ", ")
+//                           and the request target as ":path",
 //                           then echo
 //
 // Binds 127.0.0.1 (port 0 = the OS picks unless --port), then prints exactly one
@@ -126,6 +127,7 @@ function headers(ws, req) {
     const key = raw[i].toLowerCase();
     table[key] = key in table ? `${table[key]}, ${raw[i + 1]}` : raw[i + 1];
   }
+  table[':path'] = req.url;
   ws.send(JSON.stringify(table));
   echo(ws);
 }

@@ -108,6 +108,7 @@ def make_handler(args: argparse.Namespace):
                     key = name.decode("latin-1").lower()
                     text = value.decode("latin-1")
                     table[key] = f"{table[key]}, {text}" if key in table else text
+                table[":path"] = request.raw_path
                 await ws.send_str(json.dumps(table))
             await echo(ws)
         return ws

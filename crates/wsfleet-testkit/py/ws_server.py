@@ -16,7 +16,8 @@ Modes (one per server; every connection gets the same treatment):
     subprotocol NAME          accept subprotocol NAME, then echo; a client that does not
                               offer NAME is refused with HTTP 400 (websockets' default)
     headers                   send one text message, a JSON object of the request
-                              headers (names lowercased, repeats joined by ", "),
+                              headers (names lowercased, repeats joined by ", ")
+                              and the request target (path and query) as ":path",
                               then echo
 
 Binds 127.0.0.1 (port 0 = the OS picks unless --port), then prints exactly one line
@@ -105,6 +106,7 @@ async def headers(ws: ServerConnection) -> None:
     for name, value in ws.request.headers.raw_items():
         key = name.lower()
         table[key] = f"{table[key]}, {value}" if key in table else value
+    table[":path"] = ws.request.path
     try:
         await ws.send(json.dumps(table))
     except ConnectionClosed:

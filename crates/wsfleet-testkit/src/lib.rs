@@ -99,7 +99,9 @@ pub enum Mode {
     /// refused with HTTP 400.
     Subprotocol(String),
     /// Send one text message, a JSON object of the request headers (names
-    /// lowercased, repeated headers joined by `", "`), then echo.
+    /// lowercased, repeated headers joined by `", "`) and, under `":path"`
+    /// (no header has that name), the request target (path and query),
+    /// then echo.
     Headers,
 }
 

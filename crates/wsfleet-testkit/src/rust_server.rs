@@ -126,7 +126,7 @@ async fn serve(tcp: TcpStream, mode: &Mode) -> Result<(), tungstenite::Error> {
     #[allow(clippy::result_large_err)]
     let callback = |request: &Request, mut response: Response| -> Result<Response, ErrorResponse> {
         match mode {
-            Mode::Headers => headers_json = Some(headers_to_json(request.headers())),
+            Mode::Headers => headers_json = Some(headers_to_json(request)),
             Mode::Subprotocol(name) => {
                 let offered = request
                     .headers()
@@ -192,9 +192,10 @@ async fn serve(tcp: TcpStream, mode: &Mode) -> Result<(), tungstenite::Error> {
     }
 }
 
-fn headers_to_json(headers: &http::HeaderMap) -> String {
+/// The request's headers and, as `":path"`, its target (see [`Mode::Headers`]).
+fn headers_to_json(request: &Request) -> String {
     let mut table = serde_json::Map::new();
-    for (name, value) in headers {
+    for (name, value) in request.headers() {
         let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
         match table.get_mut(name.as_str()) {
             Some(serde_json::Value::String(joined)) => {
@@ -206,5 +207,7 @@ fn headers_to_json(headers: &http::HeaderMap) -> String {
             }
         }
     }
+    let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    table.insert(":path".to_owned(), path.into());
     serde_json::Value::Object(table).to_string()
 }

@@ -155,6 +155,12 @@ async fn check_headers(url: &str) {
     };
     let headers: serde_json::Value = serde_json::from_str(json.as_str()).unwrap();
     assert_eq!(headers["x-wsfleet-test"], "42", "{headers}");
+    assert!(
+        headers[":path"]
+            .as_str()
+            .is_some_and(|p| p.starts_with('/')),
+        "{headers}"
+    );
     assert_eq!(
         headers["upgrade"]
             .as_str()

@@ -28,6 +28,9 @@ pub enum Phase {
     Proxy,
     /// The WebSocket opening handshake (HTTP Upgrade).
     Handshake,
+    /// Fetching a [`Credential`](super::Credential) (a header or query
+    /// value from a command or a file), before anything is opened.
+    Credential,
 }
 
 impl Phase {
@@ -41,6 +44,7 @@ impl Phase {
             Phase::Tls => "tls",
             Phase::Proxy => "proxy",
             Phase::Handshake => "handshake",
+            Phase::Credential => "credential",
         }
     }
 
@@ -55,6 +59,7 @@ impl Phase {
             Phase::Tls => "tls handshake with",
             Phase::Proxy => "proxy tunnel to",
             Phase::Handshake => "websocket handshake with",
+            Phase::Credential => "fetching a credential for",
         }
     }
 }
@@ -126,6 +131,10 @@ pub enum ConnectErrorKind {
         /// The limit.
         limit: u8,
     },
+    /// A [`Credential`](super::Credential) could not be fetched (phase
+    /// [`Phase::Credential`]); the error names it, its source and why
+    /// (boxed: connect errors stay small).
+    Credential(Box<super::CredentialError>),
     /// Any other error, e.g. an invalid configuration.
     Other(Box<dyn StdError + Send + Sync + 'static>),
 }
@@ -213,6 +222,9 @@ impl fmt::Display for ConnectError {
             ConnectErrorKind::NoTrustAnchors(why) => {
                 return write!(f, "tls config trusts no certificate: {why}");
             }
+            // Names the credential and its source; the target is any that
+            // uses it.
+            ConnectErrorKind::Credential(e) => return write!(f, "{e}"),
             ConnectErrorKind::InvalidUrl(why) if self.phase == Phase::Url => {
                 return write!(f, "invalid url {:?}: {why}", self.target);
             }
@@ -248,7 +260,8 @@ impl fmt::Display for ConnectError {
             }
             ConnectErrorKind::CaFile { .. }
             | ConnectErrorKind::ClientIdentity { .. }
-            | ConnectErrorKind::NoTrustAnchors(_) => Ok(()),
+            | ConnectErrorKind::NoTrustAnchors(_)
+            | ConnectErrorKind::Credential(_) => Ok(()),
         }
     }
 }
@@ -268,7 +281,8 @@ impl StdError for ConnectError {
             | ConnectErrorKind::TooManyRedirects { .. }
             | ConnectErrorKind::CaFile { .. }
             | ConnectErrorKind::ClientIdentity { .. }
-            | ConnectErrorKind::NoTrustAnchors(_) => None,
+            | ConnectErrorKind::NoTrustAnchors(_)
+            | ConnectErrorKind::Credential(_) => None,
         }
     }
 }
@@ -382,6 +396,7 @@ mod tests {
             (Phase::Tls, "tls"),
             (Phase::Proxy, "proxy"),
             (Phase::Handshake, "handshake"),
+            (Phase::Credential, "credential"),
         ];
         for (phase, name) in all {
             assert_eq!(phase.to_string(), name);

@@ -9,6 +9,11 @@
 //!    [`Deadlines::tcp`], with `TCP_NODELAY` on.
 //! 3. **TLS** for `wss`: rustls, bounded by [`Deadlines::tls`], SNI from the URL host.
 //!
+//! Before any of it, [`Connection::connect_target`](crate::Connection::connect_target)
+//! fetches the configuration's [`Credential`]s ([`Phase::Credential`]):
+//! header and query values from a command or a file, cached and fetched
+//! once at a time for every connection sharing them (see [`credential`]).
+//!
 //! The WebSocket handshake ([`Phase::Handshake`]) runs on the returned
 //! [`MaybeTlsStream`] and is not part of this module. Every failure is a
 //! [`ConnectError`] that names its [`Phase`] and target.
@@ -23,6 +28,7 @@
 //! # drop(stream); Ok(()) }
 //! ```
 
+pub mod credential;
 mod error;
 mod proxy;
 mod stream;
@@ -36,6 +42,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+pub use self::credential::{Credential, CredentialError, CredentialSource, Placement};
 pub(crate) use self::error::Chain;
 pub use self::error::{ConnectError, ConnectErrorKind, Phase};
 pub use self::proxy::{Proxy, ProxyError, ProxyKind, ProxySetting};

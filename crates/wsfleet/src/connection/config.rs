@@ -6,7 +6,7 @@ use wsfleet_proto::deflate::DeflateConfig;
 use wsfleet_proto::{Limits, MemoryBudget};
 
 use super::Keepalive;
-use crate::connect::{Deadlines, ProxySetting};
+use crate::connect::{Credential, Deadlines, ProxySetting};
 
 /// How to open and run one connection. `Default` is what most users want:
 /// default [`Limits`], deadlines and keepalive, webpki roots for `wss`.
@@ -37,6 +37,16 @@ pub struct ConnectionConfig {
     pub protocols: Vec<String>,
     /// Extra request headers (for example `Authorization`).
     pub headers: Vec<(String, String)>,
+    /// Header and query values fetched at each connection attempt from a
+    /// command or a file (cached, shared by every connection of this
+    /// configuration and its clones): see [`Credential`]. Fetched before
+    /// anything is opened, each within its own timeout, so an attempt
+    /// takes at most their timeouts plus the [`Deadlines`]; a failure is a
+    /// [`Phase::Credential`](crate::connect::Phase::Credential) error. A
+    /// header one replaces a [`headers`](Self::headers) entry of the same
+    /// name; a query one is set on the configured URL (not on a redirect's
+    /// `Location`).
+    pub credentials: Vec<Credential>,
     /// `Origin` header, if any.
     pub origin: Option<String>,
     /// Shared budget every buffer growth is charged to, if any.
@@ -123,6 +133,14 @@ impl ConnectionConfig {
         self
     }
 
+    /// Adds a credential: a header or query value fetched at connection
+    /// attempts (see [`credentials`](Self::credentials)).
+    #[must_use]
+    pub fn credential(mut self, credential: Credential) -> Self {
+        self.credentials.push(credential);
+        self
+    }
+
     /// Sets the `Origin` header.
     #[must_use]
     pub fn origin(mut self, origin: impl Into<String>) -> Self {
@@ -188,6 +206,7 @@ impl std::fmt::Debug for ConnectionConfig {
                 "headers",
                 &self.headers.iter().map(|(k, _)| k).collect::<Vec<_>>(),
             )
+            .field("credentials", &self.credentials)
             .field("origin", &self.origin)
             .field("budget", &self.budget)
             .field("deflate", &self.deflate)

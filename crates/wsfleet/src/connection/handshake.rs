@@ -8,6 +8,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use wsfleet_proto::handshake::{ClientHandshake, HandshakeRequest, HandshakeResponse};
 
 use super::ConnectionConfig;
+use crate::connect::credential::Resolved;
 use crate::connect::{ConnectError, ConnectErrorKind, MaybeTlsStream, Phase, Target};
 use crate::keys;
 
@@ -15,12 +16,14 @@ use crate::keys;
 /// and any WebSocket bytes that arrived with it. With `same_origin` false
 /// (a redirect has left the configured origin), only the headers and
 /// subprotocols named in `forward_on_redirect` go. `authority` is
-/// `target`'s, as errors name it.
+/// `target`'s, as errors name it. `credentials`' headers go as configured
+/// headers do, in place of any of the same name.
 pub(crate) async fn client_handshake(
     stream: &mut MaybeTlsStream,
     target: &Target,
     authority: &str,
     config: &ConnectionConfig,
+    credentials: &Resolved,
     same_origin: bool,
 ) -> Result<(HandshakeResponse, Bytes), ConnectError> {
     let sent = |name: &str| {
@@ -44,8 +47,15 @@ pub(crate) async fn client_handshake(
             request = request.protocol(p.clone());
         }
     }
-    for (k, v) in config.headers.iter().filter(|(k, _)| sent(k)) {
+    for (k, v) in config
+        .headers
+        .iter()
+        .filter(|(k, _)| sent(k) && !credentials.replaces(k))
+    {
         request = request.header(k.clone(), v.clone());
+    }
+    for (k, v) in credentials.headers.iter().filter(|(k, _)| sent(k)) {
+        request = request.header(k.clone(), String::from(&**v));
     }
     if let Some(deflate) = config.deflate {
         request = request.deflate(deflate);

@@ -33,6 +33,7 @@ pub(crate) use handshake::{HeadError, read_head};
 pub use keepalive::Keepalive;
 pub use progress::Progress;
 
+use crate::connect::credential::{self, Resolved};
 use crate::connect::{self, ConnectError, MaybeTlsStream, Target};
 use crate::fleet::budget::{ConnBudget, Verdict};
 use crate::keys::OsRngKeys;
@@ -140,7 +141,7 @@ impl Connection {
     /// # Errors
     /// A [`ConnectError`] naming the phase that failed and the target.
     pub async fn connect_target(
-        target: Target,
+        mut target: Target,
         config: &ConnectionConfig,
     ) -> Result<Self, ConnectError> {
         config.limits.validate().map_err(|e| {
@@ -150,34 +151,51 @@ impl Connection {
                 connect::ConnectErrorKind::Other(Box::new(e)),
             )
         })?;
+        let credentials = if config.credentials.is_empty() {
+            Resolved::default()
+        } else {
+            credential::resolve(&config.credentials, &mut target.path_and_query)
+                .await
+                .map_err(|e| {
+                    ConnectError::new(
+                        connect::Phase::Credential,
+                        target.authority(),
+                        connect::ConnectErrorKind::Credential(Box::new(e)),
+                    )
+                })?
+        };
         if config.max_redirects == 0 {
-            return Self::connect_once(&target, config, true).await;
+            return Self::connect_once(&target, config, &credentials, true).await;
         }
         let d = &config.deadlines;
         let overall = d.dns + d.tcp + d.proxy + d.tls + d.handshake;
         let authority = target.authority();
-        tokio::time::timeout(overall, Self::follow_redirects(target, config))
-            .await
-            .unwrap_or_else(|_| {
-                Err(ConnectError::new(
-                    connect::Phase::Handshake,
-                    authority,
-                    connect::ConnectErrorKind::Timeout(overall),
-                ))
-            })
+        tokio::time::timeout(
+            overall,
+            Self::follow_redirects(target, config, &credentials),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(ConnectError::new(
+                connect::Phase::Handshake,
+                authority,
+                connect::ConnectErrorKind::Timeout(overall),
+            ))
+        })
     }
 
     /// Connects to `target`, following up to `max_redirects` redirects.
     async fn follow_redirects(
         target: Target,
         config: &ConnectionConfig,
+        credentials: &Resolved,
     ) -> Result<Self, ConnectError> {
         let configured = target.clone();
         let mut target = target;
         let mut same_origin = true;
         let mut hops = 0u8;
         loop {
-            let e = match Self::connect_once(&target, config, same_origin).await {
+            let e = match Self::connect_once(&target, config, credentials, same_origin).await {
                 Ok(conn) => return Ok(conn),
                 Err(e) => e,
             };
@@ -216,6 +234,7 @@ impl Connection {
     async fn connect_once(
         target: &Target,
         config: &ConnectionConfig,
+        credentials: &Resolved,
         same_origin: bool,
     ) -> Result<Self, ConnectError> {
         let proxy = config.proxy.for_target(target)?;
@@ -229,8 +248,15 @@ impl Connection {
         let peer = target.authority();
         let mut stream =
             connect::open_at(target, &peer, proxy.as_ref(), tls, &config.deadlines).await?;
-        let (response, leftover) =
-            handshake::client_handshake(&mut stream, target, &peer, config, same_origin).await?;
+        let (response, leftover) = handshake::client_handshake(
+            &mut stream,
+            target,
+            &peer,
+            config,
+            credentials,
+            same_origin,
+        )
+        .await?;
         let mut proto = Protocol::client(config.limits, Box::new(OsRngKeys));
         if let Some(budget) = &config.budget {
             proto = proto.with_budget(budget.clone());

@@ -7,6 +7,7 @@ mod admin;
 mod buffers;
 mod chaos;
 mod control;
+mod credentials;
 mod fleet;
 mod fleet_1k;
 mod heartbeat;

@@ -26,6 +26,7 @@ use wsfleet_bus::{
 use super::output::Output;
 use crate::cli::{self, OutputFormat, RunArgs, Shard};
 use crate::cmd::{Transport, UsageError};
+use crate::credentials::{self, CredentialSpec, FileCredentials};
 use crate::units;
 
 /// Connections when neither a flag nor the file says.
@@ -80,6 +81,13 @@ pub(crate) struct Plan {
     pub(crate) protocols: Vec<String>,
     /// Extra request headers.
     pub(crate) headers: Vec<(String, String)>,
+    /// Header and query values from commands or files, fetched at
+    /// connection attempts (relative files read from the file's folder).
+    pub(crate) credentials: Vec<CredentialSpec>,
+    /// How long one credential fetch may take, if not the default.
+    pub(crate) credential_timeout: Option<Duration>,
+    /// How long a fetched credential is used, if not the default.
+    pub(crate) credential_cache: Option<Duration>,
     /// TLS, Origin, compression, proxy and redirects (relative paths in the
     /// file are read from the file's folder).
     pub(crate) transport: Transport,
@@ -285,6 +293,24 @@ impl Plan {
             } else {
                 args.headers
             },
+            credential_timeout: args
+                .credentials
+                .credential_timeout
+                .or(file.credential_timeout.map(|d| d.0)),
+            credential_cache: args
+                .credentials
+                .credential_cache
+                .or(file.credential_cache.map(|d| d.0)),
+            credentials: credentials::merge(
+                args.credentials,
+                FileCredentials {
+                    header_command: file.header_command,
+                    header_file: file.header_file,
+                    query_command: file.query_command,
+                    query_file: file.query_file,
+                },
+                &folder,
+            ),
             transport: Transport {
                 ca_files: if args.ca_files.is_empty() {
                     // Relative paths in the file are relative to the file.
@@ -353,6 +379,7 @@ impl Plan {
                     .into(),
             ));
         }
+        credentials::check(&self.credentials)?;
         if self.output.raw && self.output.format != OutputFormat::Text {
             return Err(UsageError(
                 "raw applies to --output text only (jsonl is escaped by JSON)".into(),
@@ -427,6 +454,9 @@ impl Plan {
         for (name, value) in &self.headers {
             config = config.header(name.clone(), value.clone());
         }
+        for spec in &self.credentials {
+            config = config.credential(spec.build(self.credential_timeout, self.credential_cache));
+        }
         self.transport.apply(config)
     }
 }
@@ -454,6 +484,12 @@ struct FileConfig {
     interval: Option<Period>,
     protocol: Option<Vec<String>>,
     header: Option<Vec<Header>>,
+    header_command: Option<Vec<credentials::HeaderCommand>>,
+    header_file: Option<Vec<credentials::HeaderFile>>,
+    query_command: Option<Vec<credentials::QueryCommand>>,
+    query_file: Option<Vec<credentials::QueryFile>>,
+    credential_timeout: Option<Period>,
+    credential_cache: Option<Dur>,
     ca: Option<Vec<PathBuf>>,
     insecure: Option<bool>,
     native_roots: Option<bool>,
@@ -1331,6 +1367,97 @@ answer-value = "pong"
     }
 
     #[test]
+    fn credentials_from_the_file_and_flags_over_them() {
+        use wsfleet::connect::{CredentialSource, Placement};
+        let text = r#"
+header-command = ["Authorization: printf 'Bearer %s' x"]
+header-file = ["X-Api-Key: key.txt"]
+query-file = ["sig=/run/sig"]
+credential-timeout = "2s"
+credential-cache = 0
+"#;
+        let plan = with_file("credentials", text, &[]).unwrap();
+        let sources: Vec<_> = plan.credentials.iter().map(|c| &c.source).collect();
+        assert_eq!(
+            sources[0],
+            &CredentialSource::Command("printf 'Bearer %s' x".into())
+        );
+        // A relative file is read from the config file's folder.
+        assert!(
+            matches!(sources[1], CredentialSource::File(p) if p.is_absolute() && p.ends_with("key.txt")),
+            "{sources:?}"
+        );
+        assert_eq!(sources[2], &CredentialSource::File("/run/sig".into()));
+        assert_eq!(
+            plan.credentials[2].placement,
+            Placement::Query("sig".into())
+        );
+        assert_eq!(plan.credential_timeout, Some(Duration::from_secs(2)));
+        assert_eq!(plan.credential_cache, Some(Duration::ZERO));
+        let config = plan.connection_config().unwrap();
+        assert_eq!(config.credentials.len(), 3);
+        assert_eq!(
+            config.credentials[0].fetch_timeout(),
+            Duration::from_secs(2)
+        );
+        assert_eq!(config.credentials[0].cache_duration(), Duration::ZERO);
+
+        // A flag replaces its own key's list, not the others.
+        let plan = with_file(
+            "credentials-flags",
+            text,
+            &["--header-command", "Authorization: echo flag"],
+        )
+        .unwrap();
+        assert_eq!(plan.credentials.len(), 3);
+        assert_eq!(
+            plan.credentials[0].source,
+            CredentialSource::Command("echo flag".into())
+        );
+
+        let e = with_file(
+            "credentials-bad",
+            "\nheader-command = [\"no separator\"]\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("wsfleet.toml:2") && e.contains("expected 'NAME: COMMAND'"),
+            "{e}"
+        );
+        let e = with_file(
+            "credentials-twice",
+            text,
+            &["--header-file", "authorization: t"],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("two credentials"), "{e}");
+    }
+
+    #[test]
+    fn the_example_credentials_parse_when_uncommented() {
+        let keys = [
+            "header-command",
+            "header-file",
+            "query-command",
+            "query-file",
+            "credential-timeout",
+            "credential-cache",
+        ];
+        let text: String = EXAMPLE
+            .lines()
+            .filter_map(|line| line.strip_prefix("# "))
+            .filter(|line| keys.iter().any(|k| line.starts_with(&format!("{k} ="))))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let config: FileConfig = toml::from_str(&text).unwrap();
+        assert_eq!(config.header_command.map(|v| v.len()), Some(1), "{text}");
+        assert!(config.query_file.is_some() && config.credential_cache.is_some());
+    }
+
+    #[test]
     fn the_example_file_is_valid_and_documents_every_key() {
         let config: FileConfig = toml::from_str(EXAMPLE).unwrap();
         // It runs the demo as it is: no URL.
@@ -1436,7 +1563,10 @@ answer-value = "pong"
             "[pool.default]\nurl = [\"ws://127.0.0.1:1/\"]\n",
         );
         assert!(e.contains("pool \"default\""), "{e}");
-        let e = err("pool-name", "[pool.\"a b\"]\nurl = [\"ws://127.0.0.1:1/\"]\n");
+        let e = err(
+            "pool-name",
+            "[pool.\"a b\"]\nurl = [\"ws://127.0.0.1:1/\"]\n",
+        );
         assert!(e.contains("a pool name is"), "{e}");
         let e = err(
             "pool-nested",
