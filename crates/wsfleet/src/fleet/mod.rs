@@ -36,6 +36,8 @@ mod rate;
 mod reason;
 mod rotation;
 mod running;
+mod send_gate;
+mod send_rate;
 mod stale;
 mod stats;
 mod streams;
@@ -58,6 +60,7 @@ pub use counters::{HANDSHAKE_BUCKETS_MS, Histogram, RTT_BUCKETS_US, Totals};
 pub use heartbeat::Heartbeat;
 pub use intensity::RestartIntensity;
 pub use reason::DisconnectReason;
+pub use send_rate::SendRate;
 pub use stats::{ConnState, ConnectionInfo, FleetStats};
 pub use streams::{Gap, GapCause, GapPolicy, MAX_HELD_PER_SLOT, MAX_STREAMS_PER_SLOT, Streams};
 pub use subscriptions::{Placement, SubscribeError, Subscription};
@@ -310,6 +313,8 @@ pub(crate) struct Shared {
     pub(crate) events: mpsc::Sender<Event>,
     pub(crate) budget: Arc<FleetBudget>,
     pub(crate) pacer: rate::Pacer,
+    /// The fleet-wide send rate's bucket, if one is set.
+    pub(crate) send_pool: Option<send_rate::PoolBucket>,
     pub(crate) intensity: Mutex<intensity::IntensityWindow>,
     pub(crate) draining: Mutex<Vec<Arc<ConnRecord>>>,
     next_id: AtomicU64,
