@@ -138,6 +138,17 @@ pub(crate) struct RunArgs {
     /// fleet ramps up and reconnects (e.g. 50, 0.5) [default: 200].
     #[arg(long, value_name = "N", value_parser = parse_rate)]
     pub(crate) connect_rate: Option<f64>,
+    /// Most application messages each connection sends: COUNT/UNIT with s,
+    /// m or h (e.g. 5/s, 300/m, 0.5/s), optionally ",burst=N" (default
+    /// burst 1: evenly spaced, never more than COUNT in any UNIT). Messages
+    /// over it wait in the connection's queue, never dropped [default: no
+    /// limit].
+    #[arg(long, value_name = "RATE", value_parser = units::parse_send_rate)]
+    pub(crate) send_rate: Option<wsfleet::fleet::SendRate>,
+    /// Most application messages the whole fleet sends, all connections
+    /// together; same form as --send-rate [default: no limit].
+    #[arg(long, value_name = "RATE", value_parser = units::parse_send_rate)]
+    pub(crate) pool_send_rate: Option<wsfleet::fleet::SendRate>,
     /// Text message sent on every new connection right after the handshake,
     /// before it counts as ready (subscribe, auth); repeat for several, sent
     /// in order.

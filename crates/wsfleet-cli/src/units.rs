@@ -163,6 +163,52 @@ pub(crate) fn parse_period(input: &str) -> Result<Duration, UnitError> {
     Ok(duration)
 }
 
+/// A send rate: `5/s`, `300/m`, `0.5/s`, `100/h`, optionally with a burst:
+/// `5/s,burst=10` (default burst 1; see [`wsfleet::fleet::SendRate`]).
+/// The count may have a fraction; the unit is `s`, `m` or `h` (any case).
+/// The range (above zero, at most 10^6 a second, at least one a day) is
+/// checked when the fleet starts, naming the setting.
+///
+/// # Errors
+/// A missing `/`, a count that is not a number, an unknown unit, or a
+/// burst that is not `burst=N` with a whole N.
+pub(crate) fn parse_send_rate(input: &str) -> Result<wsfleet::fleet::SendRate, UnitError> {
+    let err = |problem: &str| UnitError {
+        what: "send rate",
+        input: input.to_owned(),
+        problem: problem.to_owned(),
+    };
+    let (rate, burst) = match input.split_once(',') {
+        Some((rate, burst)) => (rate, Some(burst)),
+        None => (input, None),
+    };
+    let Some((count, unit)) = rate.split_once('/') else {
+        return Err(err("expected COUNT/UNIT, as in \"5/s\" or \"300/m\""));
+    };
+    let count: f64 = count
+        .trim()
+        .parse()
+        .ok()
+        .filter(|c: &f64| c.is_finite())
+        .ok_or_else(|| err("the count must be a number, as in \"5/s\" or \"0.5/s\""))?;
+    let period = match unit.trim().to_ascii_lowercase().as_str() {
+        "s" => Duration::from_secs(1),
+        "m" => Duration::from_secs(60),
+        "h" => Duration::from_secs(3600),
+        _ => return Err(err("unknown unit (use s, m or h: \"5/s\", \"300/m\")")),
+    };
+    let mut rate = wsfleet::fleet::SendRate::per(count, period);
+    if let Some(burst) = burst {
+        let n = burst
+            .trim()
+            .strip_prefix("burst=")
+            .and_then(|n| n.trim().parse::<u32>().ok())
+            .ok_or_else(|| err("expected \"burst=N\" after the comma, N a whole number"))?;
+        rate = rate.burst(n);
+    }
+    Ok(rate)
+}
+
 /// A byte count for people: `512 B`, `4.0 KiB`, `12.3 MiB`, `1.5 GiB`.
 pub(crate) fn format_size(bytes: u64) -> String {
     const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
@@ -186,6 +232,32 @@ pub(crate) fn format_size(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn send_rates() {
+        use wsfleet::fleet::SendRate;
+        assert_eq!(parse_send_rate("5/s"), Ok(SendRate::per_second(5.0)));
+        assert_eq!(
+            parse_send_rate("300/m").map(|r| r.rate_per_second()),
+            Ok(5.0)
+        );
+        assert_eq!(parse_send_rate("0.5/S"), Ok(SendRate::per_second(0.5)));
+        assert_eq!(
+            parse_send_rate("5/s, burst=10"),
+            Ok(SendRate::per_second(5.0).burst(10))
+        );
+        for (bad, says) in [
+            ("5", "COUNT/UNIT"),
+            ("five/s", "must be a number"),
+            ("5/d", "unknown unit"),
+            ("5/s,10", "burst=N"),
+            ("5/s,burst=-1", "burst=N"),
+            ("inf/s", "must be a number"),
+        ] {
+            let e = parse_send_rate(bad).unwrap_err().to_string();
+            assert!(e.contains(&format!("{bad:?}")) && e.contains(says), "{e}");
+        }
+    }
 
     #[test]
     fn sizes() {

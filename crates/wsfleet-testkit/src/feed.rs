@@ -5,18 +5,16 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::io::{AsyncWriteExt, BufReader, Lines};
-use tokio::process::{ChildStdin, ChildStdout, Command};
+use tokio::process::{ChildStdin, ChildStdout};
 use tokio::sync::watch;
 
 use crate::child::ChildServer;
-use crate::venv::{SETUP_HINT, require_python};
 
 /// How many reports of each kind (skipped numbers, silences, kills) a
 /// [`FeedServer`] keeps; more are counted in [`FeedReports::dropped`].
@@ -240,24 +238,13 @@ impl FeedServer {
     /// `scripts/setup-venv`), when Python cannot be spawned, or when the server
     /// exits or does not report its port in time (the message has its stderr).
     pub async fn start(options: FeedOptions) -> io::Result<FeedServer> {
-        let python = require_python()?;
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("py")
-            .join("feed_server.py");
-        let mut cmd = Command::new(&python);
-        cmd.arg("-u")
-            .arg(script)
-            .arg("--exit-on-stdin-eof")
-            .args(options.args());
-        let (mut server, lines) =
-            ChildServer::spawn_with_stdout(cmd, "feed server", options.startup_timeout, |stderr| {
-                (stderr.contains("ModuleNotFoundError") || stderr.contains("ImportError"))
-                    .then(|| format!("the venv lacks a package: {SETUP_HINT}"))
-            })
-            .await?;
-        let stdin = server
-            .take_stdin()
-            .ok_or_else(|| io::Error::other("feed server: stdin is not piped"))?;
+        let (server, lines, stdin) = crate::py::start_reporting(
+            "feed_server.py",
+            "feed server",
+            options.args(),
+            options.startup_timeout,
+        )
+        .await?;
         let shared = Arc::new(Shared::default());
         let (tx, changed) = watch::channel(0);
         tokio::spawn(read_reports(lines, Arc::clone(&shared), tx));

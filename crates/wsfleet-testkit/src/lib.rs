@@ -13,6 +13,9 @@
 //!   for stream-integrity tests: channels, sequence numbers, application
 //!   pings, and faults it injects and reports (skipped numbers, silenced
 //!   subscriptions, killed connections); options in [`FeedOptions`].
+//! - [`RateServer`]: a server that closes with 1008 any connection sending
+//!   more than N messages within any window (`py/rate_server.py`, same
+//!   venv), like an exchange; reports the closes and per-connection counts.
 //! - [`NodeServer`]: the Node.js `ws` server (`node/ws_server.js`), same [`Mode`]s
 //!   and options.
 //! - [`RustServer`]: an in-process tokio-tungstenite server, same [`Mode`]s
@@ -59,6 +62,7 @@ mod nginx;
 mod node;
 mod proxy;
 mod py;
+mod rate;
 mod rust_server;
 mod venv;
 
@@ -74,6 +78,7 @@ pub use nginx::{Nginx, NginxOptions};
 pub use node::{NodeOptions, NodeServer, node, node_dir};
 pub use proxy::{ProxyKind, ProxyServer};
 pub use py::{AiohttpServer, PyOptions, PyServer};
+pub use rate::{RateClose, RateConn, RateOptions, RateServer, RateStats};
 pub use rust_server::RustServer;
 pub use venv::{python, require_python, venv, workspace_root};
 

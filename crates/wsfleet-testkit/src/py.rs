@@ -6,7 +6,8 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
-use tokio::process::Command;
+use tokio::io::{BufReader, Lines};
+use tokio::process::{ChildStdin, ChildStdout, Command};
 
 use crate::child::ChildServer;
 use crate::venv::{SETUP_HINT, require_python};
@@ -56,6 +57,31 @@ pub(crate) fn mode_args(mode: &Mode) -> Vec<String> {
 fn venv_hint(stderr: &str) -> Option<String> {
     (stderr.contains("ModuleNotFoundError") || stderr.contains("ImportError"))
         .then(|| format!("the venv lacks a package: {SETUP_HINT}"))
+}
+
+/// Starts `py/<script_name>` with `args` (after `--exit-on-stdin-eof`), for
+/// the peers that report on stdout and take commands on stdin
+/// ([`FeedServer`](crate::FeedServer), [`RateServer`](crate::RateServer)):
+/// hands back the child, the rest of its stdout (which the caller must keep
+/// reading) and its stdin (which must stay open while the child runs).
+pub(crate) async fn start_reporting(
+    script_name: &str,
+    what: &str,
+    args: Vec<String>,
+    startup_timeout: std::time::Duration,
+) -> io::Result<(ChildServer, Lines<BufReader<ChildStdout>>, ChildStdin)> {
+    let python = require_python()?;
+    let mut cmd = Command::new(&python);
+    cmd.arg("-u")
+        .arg(script(script_name))
+        .arg("--exit-on-stdin-eof")
+        .args(args);
+    let (mut server, lines) =
+        ChildServer::spawn_with_stdout(cmd, what, startup_timeout, venv_hint).await?;
+    let stdin = server
+        .take_stdin()
+        .ok_or_else(|| io::Error::other(format!("{what}: stdin is not piped")))?;
+    Ok((server, lines, stdin))
 }
 
 /// Starts `py/<script_name>` in `mode` with `options` (the scripts share their

@@ -324,6 +324,12 @@ fn builder(plan: &Plan, urls: &[String], connection: ConnectionConfig) -> FleetB
     if let Some(rate) = plan.connect_rate {
         builder = builder.connect_rate(rate);
     }
+    if let Some(rate) = plan.send_rate {
+        builder = builder.send_rate(rate);
+    }
+    if let Some(rate) = plan.pool_send_rate {
+        builder = builder.pool_send_rate(rate);
+    }
     // `send-on-connect` is a subscription of every connection without an
     // end message; payloads are shared by every connection, not copied.
     for (i, text) in plan.send_on_connect.iter().enumerate() {

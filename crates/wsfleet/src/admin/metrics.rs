@@ -146,6 +146,28 @@ pub(super) fn render(s: &FleetStats) -> String {
         "Received messages dropped by the slow-consumer policy (0 under backpressure).",
     );
     let _ = writeln!(out, "wsfleet_events_dropped_total {}", s.events_dropped);
+    metric(
+        &mut out,
+        "wsfleet_send_rate_waits_total",
+        MetricKind::Counter,
+        "Messages that waited in their inbox for the send rate (per connection or pool).",
+    );
+    let _ = writeln!(
+        out,
+        "wsfleet_send_rate_waits_total {}",
+        s.totals.send_rate_waits
+    );
+    metric(
+        &mut out,
+        "wsfleet_send_rate_wait_seconds_total",
+        MetricKind::Counter,
+        "Time messages waited for the send rate, summed over messages.",
+    );
+    let _ = writeln!(
+        out,
+        "wsfleet_send_rate_wait_seconds_total {:.3}",
+        s.totals.send_rate_wait.as_secs_f64()
+    );
     let buffered: usize = s.connections.iter().map(|c| c.buffered_bytes).sum();
     for (name, help, value) in [
         (

@@ -16,6 +16,7 @@ use super::budget::FleetBudget;
 use super::intensity::{IntensityWindow, RestartIntensity};
 use super::orders::Orders;
 use super::rate::Pacer;
+use super::send_rate::{PoolBucket, SendRate};
 use super::slots::SlotTable;
 use super::subscriptions::{SubscribeError, Subscription, Table};
 use super::{ConnIds, EventSender, Events, Fleet, Shared};
@@ -59,6 +60,7 @@ pub(crate) struct Settings {
     pub(crate) stale_after: Option<Duration>,
     pub(crate) streams: Option<Arc<super::Streams>>,
     pub(crate) heartbeat: Option<Arc<super::Heartbeat>>,
+    pub(crate) send_rate: Option<SendRate>,
 }
 
 /// Builds a [`Fleet`]. Every setting has a default a user would expect;
@@ -71,6 +73,7 @@ pub struct FleetBuilder {
     shard: (usize, usize),
     budget: usize,
     connect_rate: f64,
+    pool_send_rate: Option<SendRate>,
     intensity: RestartIntensity,
     event_capacity: usize,
     settings: Settings,
@@ -91,6 +94,7 @@ impl FleetBuilder {
             shard: (0, 1),
             budget: 1 << 30,
             connect_rate: 200.0,
+            pool_send_rate: None,
             intensity: RestartIntensity::default(),
             event_capacity: 1024,
             settings: Settings {
@@ -105,6 +109,7 @@ impl FleetBuilder {
                 stale_after: None,
                 streams: None,
                 heartbeat: None,
+                send_rate: None,
                 seed: None,
             },
             subscriptions: Vec::new(),
@@ -180,6 +185,40 @@ impl FleetBuilder {
     /// New connections per second, fleet-wide (default 200): the ramp-up rate.
     pub fn connect_rate(mut self, per_second: f64) -> Self {
         self.connect_rate = per_second;
+        self
+    }
+
+    /// Limits how fast each connection sends application messages (what
+    /// [`Fleet::send`](super::Fleet::send), `send_to`, `broadcast` and
+    /// subscription changes queue in its inbox); see [`SendRate`]. A
+    /// message over the rate waits in the inbox — never dropped; a full
+    /// inbox makes `send` wait — while the connection keeps reading. Not
+    /// counted: control frames (ping, pong, close) and the subscriptions a
+    /// new connection replays before it is ready (written directly, before
+    /// its task starts). Counted without waiting: application heartbeats.
+    /// Default: no limit.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), wsfleet::proto::ConfigError> {
+    /// use wsfleet::fleet::{Fleet, SendRate};
+    /// // The upstream closes (1008) a connection sending over 5 a second.
+    /// let fleet = Fleet::builder("wss://exchange.example/ws")
+    ///     .connections(100)
+    ///     .send_rate(SendRate::per_second(5.0))
+    ///     .spawn()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn send_rate(mut self, rate: SendRate) -> Self {
+        self.settings.send_rate = Some(rate);
+        self
+    }
+
+    /// Limits how fast the whole fleet sends application messages: one
+    /// bucket shared by all its connections, on top of
+    /// [`send_rate`](Self::send_rate) (a message needs a token of both).
+    /// Same rules otherwise. Default: no limit.
+    pub fn pool_send_rate(mut self, rate: SendRate) -> Self {
+        self.pool_send_rate = Some(rate);
         self
     }
 
@@ -396,6 +435,12 @@ impl FleetBuilder {
                 "must be above zero",
             );
         }
+        if let Some(rate) = &self.settings.send_rate {
+            rate.validate("send_rate")?;
+        }
+        if let Some(rate) = &self.pool_send_rate {
+            rate.validate("pool_send_rate")?;
+        }
         if !(0.0..1.0).contains(&self.settings.lifetime_jitter) {
             return bad(
                 "lifetime_jitter",
@@ -493,6 +538,7 @@ impl FleetBuilder {
             events: events_tx,
             budget,
             pacer: Pacer::new(self.connect_rate),
+            send_pool: self.pool_send_rate.as_ref().map(PoolBucket::new),
             intensity: Mutex::new(IntensityWindow::new(self.intensity)),
             draining: Mutex::new(Vec::new()),
             next_id: self.conn_ids.unwrap_or_default().0,
@@ -579,5 +625,22 @@ mod tests {
             .spawn()
             .unwrap_err();
         assert_eq!((err.field, err.value.as_str()), ("event_capacity", "0"));
+    }
+
+    #[tokio::test]
+    async fn a_bad_send_rate_is_named_by_its_field() {
+        let err = Fleet::builder("ws://127.0.0.1:9/")
+            .send_rate(SendRate::per_second(0.0))
+            .spawn()
+            .unwrap_err();
+        assert_eq!((err.field, err.value.as_str()), ("send_rate", "0/s"));
+        let err = Fleet::builder("ws://127.0.0.1:9/")
+            .pool_send_rate(SendRate::per_second(5.0).burst(0))
+            .spawn()
+            .unwrap_err();
+        assert_eq!(
+            (err.field, err.value.as_str()),
+            ("pool_send_rate", "5/s,burst=0")
+        );
     }
 }

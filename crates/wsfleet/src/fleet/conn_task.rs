@@ -17,6 +17,7 @@ use super::heartbeat::Due;
 use super::inbox::{Inbox, Receiver};
 use super::intake;
 use super::reason::DisconnectReason;
+use super::send_gate::{Admit, SendGate};
 use super::stats::{ConnRecord, ConnState};
 use super::{ConnId, Shared};
 use crate::{Connection, Error};
@@ -103,6 +104,8 @@ impl ConnTask {
         // only when configured (a connection without them carries one
         // pointer and polls nothing for them).
         let mut extras = Extras::new(&shared, budget.clone());
+        // The send rates: boxed, and only when set.
+        let mut gate = SendGate::new(&shared);
         let reason = loop {
             let (_, written) = conn.outbound_offsets();
             while inflight.front().is_some_and(|(end, _)| *end <= written) {
@@ -121,7 +124,8 @@ impl ConnTask {
                 && draining.is_none()
                 && held.is_none()
                 && conn.has_room()
-                && inflight.len() < MAX_INFLIGHT;
+                && inflight.len() < MAX_INFLIGHT
+                && !SendGate::blocked(&gate);
             tokio::select! {
                 biased;
                 command = &mut drain, if draining.is_none() => {
@@ -152,6 +156,8 @@ impl ConnTask {
                     draining = Some(command.reason);
                 }
                 message = inbox.recv(), if can_take => match message {
+                    // Over the rate: it waits at the inbox's front.
+                    Some(m) if SendGate::admit(&mut gate, &shared, tokio::time::Instant::now()) == Admit::Wait => inbox.put_back(m),
                     Some(m) => match conn.try_send(m.clone()) {
                         Ok(()) => inflight.push_back((conn.outbound_offsets().0, m)),
                         Err(Error::Send(e)) => held = Some(e.into_message()),
@@ -162,6 +168,8 @@ impl ConnTask {
                     },
                     None => inbox_open = false,
                 },
+                // A token is due: the loop takes the waiting message again.
+                () = std::future::poll_fn(|cx| SendGate::poll_wake(&mut gate, cx)), if SendGate::blocked(&gate) => {}
                 // The retry itself is at the top of the loop.
                 () = HeldRetry::new(held.is_some()), if held.is_some() => {}
                 // Another connection needs the memory this one holds: close
@@ -184,7 +192,11 @@ impl ConnTask {
                         if let Some((x, beat)) = extras.as_deref_mut().and_then(|x| x.heartbeat_message().map(|m| (x, m))) {
                             match conn.try_send(beat) {
                                 // No room now: the next interval tries again.
-                                Ok(()) | Err(Error::Send(_)) => x.heartbeat_sent(),
+                                Ok(()) => {
+                                    x.heartbeat_sent();
+                                    SendGate::charge(&mut gate, &shared, tokio::time::Instant::now());
+                                }
+                                Err(Error::Send(_)) => x.heartbeat_sent(),
                                 Err(e) => break DisconnectReason::from_error(&e),
                             }
                         }
@@ -275,6 +287,7 @@ impl ConnTask {
             undelivered.push(m);
         }
         record.update(&conn.stats(), &shared.counters);
+        SendGate::finish(&mut gate, &shared.counters);
         TaskEnd {
             reason,
             undelivered,

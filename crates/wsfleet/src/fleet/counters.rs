@@ -81,6 +81,9 @@ pub(crate) struct Counters {
     pub(crate) renewals: AtomicU64,
     pub(crate) ping_rtt: RttHistogram,
     pub(crate) heartbeat_rtt: RttHistogram,
+    /// Messages that waited for the send rate, and how long in all (µs).
+    pub(crate) send_rate_waits: AtomicU64,
+    pub(crate) send_rate_wait_us: AtomicU64,
     /// By [`Label`], at its index.
     disconnects: [AtomicU64; Label::COUNT],
     buckets: [AtomicU64; HANDSHAKE_BUCKETS_MS.len() + 1],
@@ -118,6 +121,8 @@ impl Counters {
             renewals: load(&self.renewals),
             ping_rtt: self.ping_rtt.snapshot(),
             heartbeat_rtt: self.heartbeat_rtt.snapshot(),
+            send_rate_waits: load(&self.send_rate_waits),
+            send_rate_wait: Duration::from_micros(load(&self.send_rate_wait_us)),
             disconnects: DisconnectReason::LABELS
                 .into_iter()
                 .zip(&self.disconnects)
@@ -159,6 +164,13 @@ pub struct Totals {
     /// Round trips of application heartbeats answered (see
     /// [`Heartbeat`](super::Heartbeat)).
     pub heartbeat_rtt: Histogram,
+    /// Messages that waited in their inbox for a token of the send rate
+    /// ([`FleetBuilder::send_rate`](super::FleetBuilder::send_rate) or
+    /// [`pool_send_rate`](super::FleetBuilder::pool_send_rate)).
+    pub send_rate_waits: u64,
+    /// How long they waited in all (from the first refusal to the write
+    /// or the connection's end).
+    pub send_rate_wait: Duration,
     /// Ended connections and failed attempts, by
     /// [`DisconnectReason::label`], in the order of [`DisconnectReason::LABELS`].
     pub disconnects: Vec<(&'static str, u64)>,

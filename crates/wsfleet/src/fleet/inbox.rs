@@ -97,6 +97,14 @@ impl Inbox {
         Ok(())
     }
 
+    /// The consumer gives back the message it just took (its send rate
+    /// makes it wait): it goes first again, past the capacity and even if
+    /// closed since (a drain then takes it with the rest). The queue holds
+    /// at most one over its capacity this way, until the consumer takes it.
+    pub(crate) fn put_back(&self, message: Message) {
+        self.lock().queue.push_front(message);
+    }
+
     /// Queues `message`, waiting for room (backpressure); gives it back if
     /// the inbox is or becomes closed.
     pub(crate) async fn send(&self, mut message: Message) -> Result<(), Message> {

@@ -38,6 +38,8 @@ mod reason;
 mod rotation;
 mod running;
 mod scale;
+mod send_gate;
+mod send_rate;
 mod slots;
 mod stale;
 mod stats;
@@ -62,6 +64,7 @@ pub use heartbeat::Heartbeat;
 pub use intensity::RestartIntensity;
 pub use reason::DisconnectReason;
 pub use scale::{ControlError, MAX_CONNECTIONS, Scaled};
+pub use send_rate::SendRate;
 pub use stats::{ConnState, ConnectionInfo, FleetStats};
 pub use streams::{Gap, GapCause, GapPolicy, MAX_HELD_PER_SLOT, MAX_STREAMS_PER_SLOT, Streams};
 pub use subscriptions::{Placement, SubscribeError, Subscription};
@@ -372,6 +375,8 @@ pub(crate) struct Shared {
     pub(crate) events: mpsc::Sender<Event>,
     pub(crate) budget: Arc<FleetBudget>,
     pub(crate) pacer: rate::Pacer,
+    /// The fleet-wide send rate's bucket, if one is set.
+    pub(crate) send_pool: Option<send_rate::PoolBucket>,
     pub(crate) intensity: Mutex<intensity::IntensityWindow>,
     pub(crate) draining: Mutex<Vec<Arc<ConnRecord>>>,
     /// Shared with other fleets through [`FleetBuilder::conn_ids`].

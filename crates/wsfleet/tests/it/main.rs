@@ -18,6 +18,7 @@ mod peers;
 mod proxy;
 mod redirect;
 mod script;
+mod send_rate;
 mod slow_consumer;
 mod stale;
 mod streams;

@@ -55,6 +55,10 @@ pub(crate) struct Plan {
     pub(crate) memory_budget: Option<usize>,
     /// New connections per second, if not the default.
     pub(crate) connect_rate: Option<f64>,
+    /// Outbound rate of each connection, if limited.
+    pub(crate) send_rate: Option<wsfleet::fleet::SendRate>,
+    /// Outbound rate of the whole fleet, if limited.
+    pub(crate) pool_send_rate: Option<wsfleet::fleet::SendRate>,
     /// Texts sent on each new connection.
     pub(crate) send_on_connect: Vec<String>,
     /// `[[subscription]]`: replayed on every connection carrying them.
@@ -258,6 +262,8 @@ impl Plan {
             max_message: args.max_message.or(file.max_message.map(|s| s.0)),
             memory_budget: args.memory_budget.or(file.memory_budget.map(|s| s.0)),
             connect_rate: args.connect_rate.or(file.connect_rate.map(|r| r.0)),
+            send_rate: args.send_rate.or(file.send_rate.map(|r| r.0)),
+            pool_send_rate: args.pool_send_rate.or(file.pool_send_rate.map(|r| r.0)),
             send_on_connect: list(args.send_on_connect, file.send_on_connect),
             subscriptions: file
                 .subscription
@@ -473,6 +479,8 @@ struct FileConfig {
     max_message: Option<Size>,
     memory_budget: Option<Size>,
     connect_rate: Option<Rate>,
+    send_rate: Option<SendRateValue>,
+    pool_send_rate: Option<SendRateValue>,
     send_on_connect: Option<Vec<String>>,
     admin: Option<SocketAddr>,
     admin_control: Option<bool>,
@@ -970,6 +978,12 @@ parsed!(
     "a number of connections per second"
 );
 parsed!(
+    /// `send-rate`, `pool-send-rate`: `"5/s"`, `"300/m"`, `"5/s,burst=10"`.
+    SendRateValue(wsfleet::fleet::SendRate),
+    |s| units::parse_send_rate(s).map_err(|e| e.to_string()),
+    "a rate such as \"5/s\", \"300/m\" or \"5/s,burst=10\""
+);
+parsed!(
     /// `healthy-share`: 0.0 to 1.0.
     Share(f64),
     cli::parse_share,
@@ -1058,6 +1072,7 @@ mod tests {
     use super::*;
     use crate::cli::{Cli, Command};
     use wsfleet::connect::ProxySetting;
+    use wsfleet::fleet::SendRate;
 
     /// The example file shipped at the repository root.
     const EXAMPLE: &str = include_str!("../../../../../examples/wsfleet.toml");
@@ -1109,6 +1124,8 @@ stale-after = "30s"
 max-message = "1MiB"
 memory-budget = 1048576
 connect-rate = 20
+send-rate = "5/s"
+pool-send-rate = "300/m,burst=3"
 send-on-connect = ["hello"]
 admin = "127.0.0.1:9100"
 healthy-share = 0.5
@@ -1139,6 +1156,11 @@ peer-ping-limit = 0
         assert_eq!(plan.max_message, Some(1 << 20));
         assert_eq!(plan.memory_budget, Some(1 << 20));
         assert_eq!(plan.connect_rate, Some(20.0));
+        assert_eq!(plan.send_rate, Some(SendRate::per_second(5.0)));
+        assert_eq!(
+            plan.pool_send_rate,
+            Some(SendRate::per(300.0, Duration::from_secs(60)).burst(3))
+        );
         assert_eq!(plan.send_on_connect, ["hello"]);
         assert_eq!(plan.admin, Some("127.0.0.1:9100".parse().unwrap()));
         assert_eq!(plan.healthy_share, 0.5);
