@@ -54,15 +54,24 @@ pub(crate) struct Metrics {
 }
 
 impl Metrics {
-    /// Reads the unlabelled samples it knows from Prometheus text; comments,
-    /// labelled samples and other names are skipped.
+    /// Reads the samples it knows from Prometheus text, whole process:
+    /// a family labelled by `pool` (or by budget) is summed over its
+    /// samples; comments, other labels (`state`, `reason`, `le`) and other
+    /// names are skipped.
     pub(crate) fn parse(text: &str) -> Self {
         let mut m = Self::default();
         for line in text.lines() {
-            let mut fields = line.split_ascii_whitespace();
-            let (Some(name), Some(value)) = (fields.next(), fields.next()) else {
+            let Some((series, value)) = line.rsplit_once(' ') else {
                 continue;
             };
+            let (name, labels) = match series.split_once('{') {
+                Some((name, labels)) => (name, Some(labels)),
+                None => (series, None),
+            };
+            // Only the pool label (written first) splits these families.
+            if labels.is_some_and(|l| !l.starts_with("pool=\"") || l.contains("\",")) {
+                continue;
+            }
             let slot = match name {
                 "wsfleet_connections_target" => &mut m.target,
                 "wsfleet_connections_ready" => &mut m.ready,
@@ -77,7 +86,9 @@ impl Metrics {
                 "wsfleet_budget_max_bytes" => &mut m.budget_max_bytes,
                 _ => continue,
             };
-            *slot = parse_sample(value);
+            if let Some(v) = parse_sample(value) {
+                *slot = Some(slot.unwrap_or(0).saturating_add(v));
+            }
         }
         m
     }
@@ -264,7 +275,10 @@ mod tests {
              wsfleet_connections_target 1000\n\
              wsfleet_connections_ready 998\n\
              wsfleet_connections{state=\"ready\"} 998\n\
-             wsfleet_reconnects_total 12\n\
+             wsfleet_reconnects_total{pool=\"a\"} 12\n\
+             wsfleet_reconnects_total{pool=\"b\"} 3\n\
+             wsfleet_connections{pool=\"b\",state=\"ready\"} 7\n\
+             wsfleet_budget_peak_bytes{pool=\"a,b\"} 9\n\
              wsfleet_messages_in_total 1e+06\n\
              wsfleet_budget_used_bytes 4096\n\
              wsfleet_budget_max_bytes -1\n\
@@ -276,7 +290,8 @@ mod tests {
             Metrics {
                 target: Some(1000),
                 ready: Some(998),
-                reconnects_total: Some(12),
+                reconnects_total: Some(15),
+                budget_peak_bytes: Some(9),
                 messages_in_total: Some(1_000_000),
                 budget_used_bytes: Some(4096),
                 ..Metrics::default()

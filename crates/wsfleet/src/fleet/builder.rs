@@ -46,6 +46,8 @@ const MIN_STALE: Duration = Duration::from_millis(100);
 /// Everything a fleet runs with, after validation.
 #[derive(Clone)]
 pub(crate) struct Settings {
+    /// The pool name (see [`FleetBuilder::name`]).
+    pub(crate) name: Arc<str>,
     pub(crate) connection: ConnectionConfig,
     pub(crate) max_lifetime: Option<Duration>,
     pub(crate) lifetime_jitter: f64,
@@ -87,6 +89,7 @@ impl FleetBuilder {
             intensity: RestartIntensity::default(),
             event_capacity: 1024,
             settings: Settings {
+                name: super::pool::default_name(),
                 connection: ConnectionConfig::default(),
                 max_lifetime: None,
                 lifetime_jitter: 0.1,
@@ -102,6 +105,15 @@ impl FleetBuilder {
             },
             subscriptions: Vec::new(),
         }
+    }
+
+    /// The pool name this fleet is shown under: the `pool` of each of its
+    /// connections on `/connections` and the `pool` label of its metrics
+    /// (default `"default"`). 1 to 64 characters of `[A-Za-z0-9_.-]`,
+    /// checked by [`spawn`](Self::spawn).
+    pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.settings.name = name.into();
+        self
     }
 
     /// Another URL; slots are spread over the URLs round robin.
@@ -337,6 +349,7 @@ impl FleetBuilder {
                 problem,
             })
         };
+        super::pool::validate(&self.settings.name)?;
         let mut targets = Vec::with_capacity(self.urls.len());
         for url in &self.urls {
             match Target::parse(url) {
@@ -516,6 +529,7 @@ impl FleetBuilder {
 impl std::fmt::Debug for FleetBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FleetBuilder")
+            .field("name", &self.settings.name)
             .field("urls", &self.urls)
             .field("connections", &self.connections)
             .field("shard", &self.shard)
@@ -540,5 +554,24 @@ mod tests {
             .spawn()
             .unwrap_err();
         assert_eq!((err.field, err.value.as_str()), ("event_capacity", "0"));
+    }
+
+    #[tokio::test]
+    async fn a_bad_pool_name_is_refused_and_a_good_one_is_shown() {
+        let err = Fleet::builder("ws://127.0.0.1:9/")
+            .name("a b")
+            .spawn()
+            .unwrap_err();
+        assert_eq!((err.field, err.value.as_str()), ("name", "a b"));
+        let fleet = Fleet::builder("ws://127.0.0.1:9/").spawn().unwrap();
+        assert_eq!(fleet.monitor().name(), "default");
+        let fleet = Fleet::builder("ws://127.0.0.1:9/")
+            .name("eu-1")
+            .spawn()
+            .unwrap();
+        assert_eq!(fleet.monitor().name(), "eu-1");
+        let stats = fleet.stats();
+        assert!(stats.connections.iter().all(|c| c.pool == "eu-1"));
+        assert!(!stats.paused);
     }
 }

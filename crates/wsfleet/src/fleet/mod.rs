@@ -32,6 +32,7 @@ mod heartbeat;
 mod inbox;
 mod intake;
 mod intensity;
+mod pool;
 mod rate;
 mod reason;
 mod rotation;
@@ -57,6 +58,7 @@ pub use builder::{FleetBuilder, OnConnect};
 pub use counters::{HANDSHAKE_BUCKETS_MS, Histogram, RTT_BUCKETS_US, Totals};
 pub use heartbeat::Heartbeat;
 pub use intensity::RestartIntensity;
+pub use pool::{DEFAULT_POOL, MAX_POOL_NAME, PoolInfo};
 pub use reason::DisconnectReason;
 pub use stats::{ConnState, ConnectionInfo, FleetStats};
 pub use streams::{Gap, GapCause, GapPolicy, MAX_HELD_PER_SLOT, MAX_STREAMS_PER_SLOT, Streams};
@@ -685,6 +687,12 @@ impl FleetMonitor {
         self.0.slots.len()
     }
 
+    /// The pool name the fleet was built with
+    /// ([`FleetBuilder::name`]; `"default"` unless set).
+    pub fn name(&self) -> &str {
+        &self.0.settings.name
+    }
+
     /// The memory budget every connection charges: its used and peak bytes
     /// are two atomic loads, cheaper than a [`stats`](Self::stats) snapshot
     /// for an observer that polls them often.
@@ -694,8 +702,12 @@ impl FleetMonitor {
 
     /// A snapshot of every connection and the totals.
     pub fn stats(&self) -> FleetStats {
-        let mut connections: Vec<ConnectionInfo> =
-            self.0.slots.iter().map(|s| s.record().snapshot()).collect();
+        let mut connections: Vec<ConnectionInfo> = self
+            .0
+            .slots
+            .iter()
+            .map(|s| s.record().snapshot(self.name()))
+            .collect();
         // Paused is ready, waiting for the budget: counted as /healthz
         // and `ready()` count it.
         let ready = connections
@@ -708,9 +720,10 @@ impl FleetMonitor {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .iter()
-                .map(|r| r.snapshot()),
+                .map(|r| r.snapshot(self.name())),
         );
         FleetStats {
+            paused: false,
             target: self.0.slots.len(),
             ready,
             reconnects: self.0.reconnects.load(Ordering::Relaxed),
@@ -731,6 +744,7 @@ impl FleetMonitor {
 impl fmt::Debug for FleetMonitor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FleetMonitor")
+            .field("name", &self.name())
             .field("slots", &self.0.slots.len())
             .finish_non_exhaustive()
     }
