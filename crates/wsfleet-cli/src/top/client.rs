@@ -16,7 +16,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
-use wsfleet::fleet::ConnectionInfo;
+use wsfleet::fleet::{ConnectionInfo, PoolInfo};
 
 use super::state::Update;
 
@@ -112,6 +112,8 @@ pub(crate) struct Snapshot {
     pub(crate) connections: Vec<ConnectionInfo>,
     /// `/metrics`.
     pub(crate) metrics: Metrics,
+    /// `/pools`; empty from a server without that route (one pool).
+    pub(crate) pools: Vec<PoolInfo>,
 }
 
 /// Fetches snapshots from one admin endpoint.
@@ -148,9 +150,16 @@ impl AdminClient {
                 .context("GET /connections: not a JSON array of connections")?;
             let body = self.get(&mut sender, "/metrics").await?;
             let text = std::str::from_utf8(&body).context("GET /metrics: not UTF-8")?;
+            let metrics = Metrics::parse(text);
+            let pools = match self.get_optional(&mut sender, "/pools").await? {
+                Some(body) => serde_json::from_slice(&body)
+                    .context("GET /pools: not a JSON array of pools")?,
+                None => Vec::new(),
+            };
             Ok(Snapshot {
                 connections,
-                metrics: Metrics::parse(text),
+                metrics,
+                pools,
             })
         };
         // The connection task does the I/O (its errors reach the requests);
@@ -166,6 +175,17 @@ impl AdminClient {
         sender: &mut SendRequest<Empty<Bytes>>,
         path: &str,
     ) -> anyhow::Result<Bytes> {
+        self.get_optional(sender, path)
+            .await?
+            .ok_or_else(|| anyhow!("GET {path}: HTTP 404 Not Found"))
+    }
+
+    /// `GET path`; `None` on 404 (a route an older server does not have).
+    async fn get_optional(
+        &self,
+        sender: &mut SendRequest<Empty<Bytes>>,
+        path: &str,
+    ) -> anyhow::Result<Option<Bytes>> {
         let request = Request::get(path)
             .header(header::HOST, &self.addr)
             .header(header::USER_AGENT, "wsfleet-top")
@@ -181,11 +201,14 @@ impl AdminClient {
             .await
             .map_err(|e| anyhow!("GET {path}: reading the body: {e}"))?
             .to_bytes();
+        if status == hyper::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
         if !status.is_success() {
             let text = String::from_utf8_lossy(&body[..body.len().min(200)]);
             bail!("GET {path}: HTTP {status}: {}", text.trim());
         }
-        Ok(body)
+        Ok(Some(body))
     }
 }
 
@@ -333,6 +356,8 @@ mod tests {
         let m = snapshot.metrics;
         assert_eq!((m.target, m.ready), (Some(3), Some(3)));
         assert_eq!(m.budget_max_bytes, Some(8 << 20));
+        assert_eq!(snapshot.pools, [PoolInfo::new("default", 3, 3, false)]);
+        assert!(snapshot.connections.iter().all(|c| c.pool == "default"));
         assert!(m.reconnects_total.is_some());
         assert!(m.messages_in_total.is_some() && m.bytes_out_total.is_some());
         assert!(m.buffered_bytes.is_some() && m.budget_used_bytes.is_some());
