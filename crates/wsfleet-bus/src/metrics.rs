@@ -1,14 +1,16 @@
 //! The counters of a [`NatsSink`](crate::NatsSink) and a
 //! [`NatsSource`](crate::NatsSource) seen from outside: cheap read-only
-//! handles that share them, and their Prometheus text for the admin
-//! endpoint's `/metrics` (each handle is a [`MetricsSource`]; the names
-//! are listed in the [crate docs](crate#metrics)).
+//! handles that share them, and their families on the admin endpoint's
+//! `/metrics`, written through its `prometheus-client` encoder (each handle
+//! is a [`MetricsSource`]; the names are listed in the
+//! [crate docs](crate#metrics)).
 
+use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use wsfleet::admin::{MetricKind, MetricsSource, write_metric};
+use wsfleet::admin::{DescriptorEncoder, MetricKind, MetricsSource, write_metric};
 
 use crate::{SinkMetrics, SourceMetrics, sink, source};
 
@@ -62,9 +64,12 @@ impl SinkMetrics {
         }
     }
 
-    /// Writes these counters as Prometheus text (`wsfleet_sink_*`, listed in
+    /// Writes these counters through `encoder` (`wsfleet_sink_*`, listed in
     /// the [crate docs](crate#metrics)).
-    pub fn render(&self, out: &mut String) {
+    ///
+    /// # Errors
+    /// The encoder's.
+    pub fn encode(&self, out: &mut DescriptorEncoder<'_>) -> fmt::Result {
         use MetricKind::{Counter, Gauge};
         for (name, help, value) in [
             (
@@ -101,7 +106,7 @@ impl SinkMetrics {
                 self.reordered,
             ),
         ] {
-            write_metric(out, name, Counter, help, value);
+            write_metric(out, name, Counter, help, value)?;
         }
         write_metric(
             out,
@@ -109,14 +114,14 @@ impl SinkMetrics {
             Gauge,
             "Messages held now, awaiting their ack.",
             self.in_flight,
-        );
+        )?;
         write_metric(
             out,
             "wsfleet_sink_in_flight_bytes",
             Gauge,
             "Payload bytes of the messages held now, awaiting their ack.",
             self.in_flight_bytes,
-        );
+        )?;
         write_metric(
             out,
             "wsfleet_sink_paused_seconds_total",
@@ -124,13 +129,13 @@ impl SinkMetrics {
             "Time publishing waited for room in the window (the fleet was paused \
              for the sink meanwhile).",
             self.paused.as_secs_f64(),
-        );
+        )
     }
 }
 
 impl MetricsSource for SinkMetricsHandle {
-    fn render(&self, out: &mut String) {
-        self.snapshot().render(out);
+    fn encode(&self, encoder: &mut DescriptorEncoder<'_>) -> fmt::Result {
+        self.snapshot().encode(encoder)
     }
 }
 
@@ -165,9 +170,12 @@ impl SourceMetrics {
         }
     }
 
-    /// Writes these counters as Prometheus text (`wsfleet_source_*`, listed
+    /// Writes these counters through `encoder` (`wsfleet_source_*`, listed
     /// in the [crate docs](crate#metrics)).
-    pub fn render(&self, out: &mut String) {
+    ///
+    /// # Errors
+    /// The encoder's.
+    pub fn encode(&self, encoder: &mut DescriptorEncoder<'_>) -> fmt::Result {
         for (name, help, value) in [
             (
                 "wsfleet_source_received_total",
@@ -190,14 +198,15 @@ impl SourceMetrics {
                 self.unanswered,
             ),
         ] {
-            write_metric(out, name, MetricKind::Counter, help, value);
+            write_metric(encoder, name, MetricKind::Counter, help, value)?;
         }
+        Ok(())
     }
 }
 
 impl MetricsSource for SourceMetricsHandle {
-    fn render(&self, out: &mut String) {
-        self.snapshot().render(out);
+    fn encode(&self, encoder: &mut DescriptorEncoder<'_>) -> fmt::Result {
+        self.snapshot().encode(encoder)
     }
 }
 
@@ -251,8 +260,7 @@ mod tests {
         }
         assert!(window.try_take(100) && window.try_take(50));
 
-        let mut out = String::new();
-        MetricsSource::render(&handle, &mut out);
+        let out = wsfleet::admin::render(&[Arc::new(handle.clone())]).expect("encodes");
         let families = families(&out);
         let expected = [
             ("wsfleet_sink_published_total", "counter", "12"),
@@ -285,8 +293,7 @@ mod tests {
         counters.answered.store(1, Ordering::Relaxed);
         counters.unanswered.store(1, Ordering::Relaxed);
 
-        let mut out = String::new();
-        MetricsSource::render(&handle, &mut out);
+        let out = wsfleet::admin::render(&[Arc::new(handle.clone())]).expect("encodes");
         let families = families(&out);
         let expected = [
             ("wsfleet_source_received_total", "7"),

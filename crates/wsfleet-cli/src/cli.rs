@@ -523,6 +523,9 @@ pub(crate) struct TopArgs {
         value_parser = units::parse_period
     )]
     pub(crate) interval: Duration,
+    /// Show only this pool's connections at first (`p` cycles the pools).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) pool: Option<String>,
 }
 
 /// Checks a `ws://` / `wss://` URL the way connecting will read it.

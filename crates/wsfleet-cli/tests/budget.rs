@@ -200,7 +200,7 @@ impl Metrics {
             .iter()
             .filter_map(|(series, value)| {
                 let reason = series
-                    .strip_prefix("wsfleet_disconnects_total{reason=\"")?
+                    .strip_prefix("wsfleet_disconnects_total{pool=\"default\",reason=\"")?
                     .strip_suffix("\"}")?;
                 (*value > 0.0 && reason != "shutdown" && reason != "rotated")
                     .then(|| (reason.to_owned(), *value as u64))
@@ -418,7 +418,7 @@ impl Stalled<'_> {
                 stalled.get("wsfleet_budget_paused_seconds_total")
             ),
         );
-        let received = stalled.count("wsfleet_messages_in_total");
+        let received = stalled.count("wsfleet_messages_in_total{pool=\"default\"}");
         figure(scenario, "messages received while stalled", received);
 
         assert!(
@@ -428,7 +428,7 @@ impl Stalled<'_> {
             mib(limit)
         );
         assert_eq!(
-            before.count("wsfleet_messages_in_total"),
+            before.count("wsfleet_messages_in_total{pool=\"default\"}"),
             received,
             "{scenario}: still receiving with the consumer stalled: no backpressure\n{log}"
         );
@@ -439,7 +439,7 @@ impl Stalled<'_> {
                 "{scenario}: every connection pauses: {states:?}\n{log}"
             );
             assert_eq!(
-                stalled.count("wsfleet_connections{state=\"paused\"}"),
+                stalled.count("wsfleet_connections{pool=\"default\",state=\"paused\"}"),
                 self.connections as u64
             );
             assert!(stalled.count("wsfleet_budget_pauses_total") >= self.connections as u64);
@@ -453,7 +453,10 @@ impl Stalled<'_> {
             BTreeMap::new(),
             "{scenario}: connections dropped\n{log}"
         );
-        assert_eq!(stalled.count("wsfleet_reconnects_total"), 0);
+        assert_eq!(
+            stalled.count("wsfleet_reconnects_total{pool=\"default\"}"),
+            0
+        );
 
         // The consumer resumes.
         let seen = read_sequences(run.take_stdout());

@@ -256,7 +256,10 @@ async fn run_admin_metrics_show_the_sink_and_source_counters() {
         assert!(sample(&metrics, name).is_some(), "{name} in\n{metrics}");
     }
     // The fleet's own metrics are still there, before the bus's.
-    assert!(metrics.contains("wsfleet_connections_ready 2"), "{metrics}");
+    assert!(
+        metrics.contains("wsfleet_connections_ready{pool=\"default\"} 2"),
+        "{metrics}"
+    );
     assert_eq!(sample(&metrics, "wsfleet_sink_rejected_total"), Some(0.0));
     assert_eq!(sample(&metrics, "wsfleet_source_received_total"), Some(0.0));
 

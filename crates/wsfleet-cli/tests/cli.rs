@@ -322,7 +322,7 @@ fn admin_endpoint_answers_while_running() {
 
     let (_, metrics) = http_until(&addr, "/metrics", |status, _| status == 200);
     assert!(
-        metrics.contains("wsfleet_connections_ready 10"),
+        metrics.contains("wsfleet_connections_ready{pool=\"default\"} 10"),
         "{metrics}"
     );
 

@@ -103,7 +103,9 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
     let pools = Arc::new(tokio::sync::Mutex::new(pools));
     let admin = match plan.admin {
         Some(addr) => {
-            let mut admin = AdminServer::builder(monitor.clone()).healthy_share(plan.healthy_share);
+            // Every pool, as a reload leaves them.
+            let mut admin =
+                AdminServer::builder_for(control_pools.clone()).healthy_share(plan.healthy_share);
             for source in bus.metrics_sources() {
                 admin = admin.metrics_source(source);
             }

@@ -36,7 +36,7 @@ pub(crate) async fn run(args: TopArgs) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut ui = tokio::task::spawn_blocking({
         let stop = stop.clone();
-        move || top::run_ui(args.admin, args.interval, received, &stop)
+        move || top::run_ui(args.admin, args.interval, args.pool, received, &stop)
     });
     let joined = tokio::select! {
         joined = &mut ui => joined,

@@ -16,7 +16,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
-use wsfleet::fleet::ConnectionInfo;
+use wsfleet::fleet::{ConnectionInfo, PoolInfo};
 
 use super::state::Update;
 
@@ -54,15 +54,24 @@ pub(crate) struct Metrics {
 }
 
 impl Metrics {
-    /// Reads the unlabelled samples it knows from Prometheus text; comments,
-    /// labelled samples and other names are skipped.
+    /// Reads the samples it knows from Prometheus text, whole process:
+    /// a family labelled by `pool` (or by budget) is summed over its
+    /// samples; comments, other labels (`state`, `reason`, `le`) and other
+    /// names are skipped.
     pub(crate) fn parse(text: &str) -> Self {
         let mut m = Self::default();
         for line in text.lines() {
-            let mut fields = line.split_ascii_whitespace();
-            let (Some(name), Some(value)) = (fields.next(), fields.next()) else {
+            let Some((series, value)) = line.rsplit_once(' ') else {
                 continue;
             };
+            let (name, labels) = match series.split_once('{') {
+                Some((name, labels)) => (name, Some(labels)),
+                None => (series, None),
+            };
+            // Only the pool label (written first) splits these families.
+            if labels.is_some_and(|l| !l.starts_with("pool=\"") || l.contains("\",")) {
+                continue;
+            }
             let slot = match name {
                 "wsfleet_connections_target" => &mut m.target,
                 "wsfleet_connections_ready" => &mut m.ready,
@@ -77,7 +86,9 @@ impl Metrics {
                 "wsfleet_budget_max_bytes" => &mut m.budget_max_bytes,
                 _ => continue,
             };
-            *slot = parse_sample(value);
+            if let Some(v) = parse_sample(value) {
+                *slot = Some(slot.unwrap_or(0).saturating_add(v));
+            }
         }
         m
     }
@@ -101,6 +112,8 @@ pub(crate) struct Snapshot {
     pub(crate) connections: Vec<ConnectionInfo>,
     /// `/metrics`.
     pub(crate) metrics: Metrics,
+    /// `/pools`; empty from a server without that route (one pool).
+    pub(crate) pools: Vec<PoolInfo>,
 }
 
 /// Fetches snapshots from one admin endpoint.
@@ -137,9 +150,16 @@ impl AdminClient {
                 .context("GET /connections: not a JSON array of connections")?;
             let body = self.get(&mut sender, "/metrics").await?;
             let text = std::str::from_utf8(&body).context("GET /metrics: not UTF-8")?;
+            let metrics = Metrics::parse(text);
+            let pools = match self.get_optional(&mut sender, "/pools").await? {
+                Some(body) => serde_json::from_slice(&body)
+                    .context("GET /pools: not a JSON array of pools")?,
+                None => Vec::new(),
+            };
             Ok(Snapshot {
                 connections,
-                metrics: Metrics::parse(text),
+                metrics,
+                pools,
             })
         };
         // The connection task does the I/O (its errors reach the requests);
@@ -155,6 +175,17 @@ impl AdminClient {
         sender: &mut SendRequest<Empty<Bytes>>,
         path: &str,
     ) -> anyhow::Result<Bytes> {
+        self.get_optional(sender, path)
+            .await?
+            .ok_or_else(|| anyhow!("GET {path}: HTTP 404 Not Found"))
+    }
+
+    /// `GET path`; `None` on 404 (a route an older server does not have).
+    async fn get_optional(
+        &self,
+        sender: &mut SendRequest<Empty<Bytes>>,
+        path: &str,
+    ) -> anyhow::Result<Option<Bytes>> {
         let request = Request::get(path)
             .header(header::HOST, &self.addr)
             .header(header::USER_AGENT, "wsfleet-top")
@@ -170,11 +201,14 @@ impl AdminClient {
             .await
             .map_err(|e| anyhow!("GET {path}: reading the body: {e}"))?
             .to_bytes();
+        if status == hyper::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
         if !status.is_success() {
             let text = String::from_utf8_lossy(&body[..body.len().min(200)]);
             bail!("GET {path}: HTTP {status}: {}", text.trim());
         }
-        Ok(body)
+        Ok(Some(body))
     }
 }
 
@@ -264,7 +298,10 @@ mod tests {
              wsfleet_connections_target 1000\n\
              wsfleet_connections_ready 998\n\
              wsfleet_connections{state=\"ready\"} 998\n\
-             wsfleet_reconnects_total 12\n\
+             wsfleet_reconnects_total{pool=\"a\"} 12\n\
+             wsfleet_reconnects_total{pool=\"b\"} 3\n\
+             wsfleet_connections{pool=\"b\",state=\"ready\"} 7\n\
+             wsfleet_budget_peak_bytes{pool=\"a,b\"} 9\n\
              wsfleet_messages_in_total 1e+06\n\
              wsfleet_budget_used_bytes 4096\n\
              wsfleet_budget_max_bytes -1\n\
@@ -276,7 +313,8 @@ mod tests {
             Metrics {
                 target: Some(1000),
                 ready: Some(998),
-                reconnects_total: Some(12),
+                reconnects_total: Some(15),
+                budget_peak_bytes: Some(9),
                 messages_in_total: Some(1_000_000),
                 budget_used_bytes: Some(4096),
                 ..Metrics::default()
@@ -318,6 +356,8 @@ mod tests {
         let m = snapshot.metrics;
         assert_eq!((m.target, m.ready), (Some(3), Some(3)));
         assert_eq!(m.budget_max_bytes, Some(8 << 20));
+        assert_eq!(snapshot.pools, [PoolInfo::new("default", 3, 3, false)]);
+        assert!(snapshot.connections.iter().all(|c| c.pool == "default"));
         assert!(m.reconnects_total.is_some());
         assert!(m.messages_in_total.is_some() && m.bytes_out_total.is_some());
         assert!(m.buffered_bytes.is_some() && m.budget_used_bytes.is_some());

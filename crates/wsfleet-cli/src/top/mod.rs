@@ -38,7 +38,8 @@ const INPUT_POLL: Duration = Duration::from_millis(100);
 const REDRAW_EVERY: Duration = Duration::from_secs(1);
 
 /// Runs the view on this (blocking) thread until `q`, Esc, Ctrl-C or
-/// `stop`, showing each [`Update`] as it arrives.
+/// `stop`, showing each [`Update`] as it arrives; only `pool`'s
+/// connections at first, when given.
 ///
 /// # Errors
 /// If the terminal cannot be set up or written to, or the fetching task is
@@ -46,11 +47,12 @@ const REDRAW_EVERY: Duration = Duration::from_secs(1);
 pub(crate) fn run_ui(
     addr: String,
     interval: Duration,
+    pool: Option<String>,
     mut updates: mpsc::Receiver<Update>,
     stop: &AtomicBool,
 ) -> anyhow::Result<()> {
     let mut terminal = Screen::enter()?;
-    let mut state = TopState::new(addr, interval);
+    let mut state = TopState::new(addr, interval).with_pool(pool);
     let mut drawn: Option<Instant> = None;
     let mut dirty = true;
     while !stop.load(Ordering::Relaxed) {
@@ -116,6 +118,7 @@ fn on_key(state: &mut TopState, key: KeyEvent) -> Flow {
         KeyCode::Char('a') => state.sort_by(SortKey::Age),
         KeyCode::Char('t') => state.sort_by(SortKey::Traffic),
         KeyCode::Char('s') => state.cycle_filter(),
+        KeyCode::Char('p') => state.cycle_pool(),
         KeyCode::Up | KeyCode::Char('k') => state.move_selection(-1),
         KeyCode::Down | KeyCode::Char('j') => state.move_selection(1),
         KeyCode::PageUp => state.page_selection(false),
@@ -210,6 +213,7 @@ mod tests {
                     row(2, 1, "backoff", 9, 1, None, 0),
                 ],
                 metrics: Metrics::default(),
+                pools: Vec::new(),
             }),
         });
         assert_eq!(press(&mut state, KeyCode::Char('r')), Flow::Redraw);

@@ -10,7 +10,7 @@
 use std::cmp::Reverse;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use wsfleet::fleet::{ConnId, ConnState, ConnectionInfo, SlotId};
+use wsfleet::fleet::{ConnId, ConnState, ConnectionInfo, PoolInfo, SlotId};
 
 use super::client::{Metrics, Snapshot};
 
@@ -174,7 +174,7 @@ pub(crate) struct StateCounts {
 }
 
 impl StateCounts {
-    fn of(rows: &[ConnectionInfo]) -> Self {
+    fn of<'a>(rows: impl Iterator<Item = &'a ConnectionInfo>) -> Self {
         let mut n = Self::default();
         for c in rows {
             match c.state {
@@ -208,8 +208,15 @@ pub(crate) struct TopState {
     pub(crate) metrics: Metrics,
     /// Rates between the last two successful fetches.
     pub(crate) rates: Rates,
-    /// Rows per state, all rows (not only the filtered ones).
+    /// Rows per state, all rows of the pool shown (not only those the
+    /// state filter passes).
     pub(crate) counts: StateCounts,
+    /// Every pool, in the server's order (or in the rows' order when the
+    /// server has no `/pools`).
+    pools: Vec<PoolInfo>,
+    /// Only this pool's rows are shown (`--pool`, the `p` key); `None`:
+    /// every pool.
+    pool: Option<String>,
     rows: Vec<ConnectionInfo>,
     view: Vec<usize>,
     sort: SortKey,
@@ -217,8 +224,9 @@ pub(crate) struct TopState {
     filter: StateFilter,
     /// Index into `view` of the selected row.
     selected: usize,
-    /// The selected connection, followed across refreshes and re-sorts.
-    selected_conn: Option<(ConnId, SlotId)>,
+    /// The selected connection (pool, id, slot), followed across
+    /// refreshes and re-sorts.
+    selected_conn: Option<(String, ConnId, SlotId)>,
     /// Index into `view` of the first row on screen.
     offset: usize,
     /// Rows on screen at the last draw (for page up/down).
@@ -237,6 +245,8 @@ impl TopState {
             metrics: Metrics::default(),
             rates: Rates::default(),
             counts: StateCounts::default(),
+            pools: Vec::new(),
+            pool: None,
             rows: Vec::new(),
             view: Vec::new(),
             sort: SortKey::Buffered,
@@ -248,6 +258,13 @@ impl TopState {
             page: 10,
             previous: None,
         }
+    }
+
+    /// Shows only `pool`'s rows (`None`: every pool's).
+    pub(crate) fn with_pool(mut self, pool: Option<String>) -> Self {
+        self.pool = pool;
+        self.rebuild();
+        self
     }
 
     /// Takes one fetch in: new rows (sorted and filtered once, here) and
@@ -262,7 +279,11 @@ impl TopState {
                 self.previous = Some((update.at, snapshot.metrics));
                 self.metrics = snapshot.metrics;
                 self.rows = snapshot.connections;
-                self.counts = StateCounts::of(&self.rows);
+                self.pools = if snapshot.pools.is_empty() {
+                    pools_of(&self.rows)
+                } else {
+                    snapshot.pools
+                };
                 self.link = Link::Up;
                 self.updated = Some(update.at);
                 self.rebuild();
@@ -280,6 +301,37 @@ impl TopState {
             self.reverse = false;
         }
         self.rebuild();
+    }
+
+    /// The next pool filter: every pool, then each pool in turn.
+    pub(crate) fn cycle_pool(&mut self) {
+        let names: Vec<&str> = self.pools.iter().map(|p| p.pool.as_str()).collect();
+        let at = self
+            .pool
+            .as_deref()
+            .and_then(|p| names.iter().position(|n| *n == p));
+        self.pool = match at {
+            None => names.first(),
+            Some(i) => names.get(i + 1),
+        }
+        .map(|n| (*n).to_owned());
+        self.rebuild();
+    }
+
+    /// The pool shown, `None` for every pool.
+    pub(crate) fn pool_filter(&self) -> Option<&str> {
+        self.pool.as_deref()
+    }
+
+    /// Every pool, as last fetched.
+    pub(crate) fn pools(&self) -> &[PoolInfo] {
+        &self.pools
+    }
+
+    /// Whether rows of more than one pool came in (the table then shows
+    /// a pool column).
+    pub(crate) fn multi_pool(&self) -> bool {
+        self.pools.len() > 1
     }
 
     /// The next state filter.
@@ -373,9 +425,12 @@ impl TopState {
     /// its place, clamped to the rows now shown.
     fn rebuild(&mut self) {
         let (rows, filter, key) = (&self.rows, self.filter, self.sort);
+        let pool = self.pool.as_deref();
+        let in_pool = |c: &ConnectionInfo| pool.is_none_or(|p| c.pool == p);
+        self.counts = StateCounts::of(rows.iter().filter(|c| in_pool(c)));
         self.view.clear();
         self.view
-            .extend((0..rows.len()).filter(|&i| filter.admits(&rows[i])));
+            .extend((0..rows.len()).filter(|&i| in_pool(&rows[i]) && filter.admits(&rows[i])));
         // Ties break by slot then id, so equal rows do not jump around.
         if self.reverse {
             self.view
@@ -385,12 +440,16 @@ impl TopState {
                 (Reverse(key.magnitude(&rows[i])), rows[i].slot, rows[i].id)
             });
         }
-        if let Some((id, slot)) = self.selected_conn {
+        if let Some((pool, id, slot)) = &self.selected_conn {
             let position = self
                 .view
                 .iter()
-                .position(|&i| rows[i].id == id)
-                .or_else(|| self.view.iter().position(|&i| rows[i].slot == slot));
+                .position(|&i| rows[i].id == *id && rows[i].pool == *pool)
+                .or_else(|| {
+                    self.view
+                        .iter()
+                        .position(|&i| rows[i].slot == *slot && rows[i].pool == *pool)
+                });
             if let Some(position) = position {
                 self.selected = position;
             }
@@ -401,9 +460,38 @@ impl TopState {
 
     fn remember_selection(&mut self) {
         if let Some(&i) = self.view.get(self.selected) {
-            self.selected_conn = Some((self.rows[i].id, self.rows[i].slot));
+            let c = &self.rows[i];
+            self.selected_conn = Some((c.pool.clone(), c.id, c.slot));
         }
     }
+}
+
+/// The pools the rows belong to, in the order they first appear, from a
+/// server without `/pools`: target counts the slots (draining rows are
+/// extra), ready counts ready and paused rows.
+fn pools_of(rows: &[ConnectionInfo]) -> Vec<PoolInfo> {
+    let mut pools: Vec<PoolInfo> = Vec::new();
+    for c in rows {
+        let i = match pools.iter().position(|p| p.pool == c.pool) {
+            Some(i) => i,
+            None => {
+                pools.push(PoolInfo::new(c.pool.clone(), 0, 0, false));
+                pools.len() - 1
+            }
+        };
+        let (slot, ready) = match c.state {
+            ConnState::Draining => (0, 0),
+            ConnState::Ready | ConnState::Paused => (1, 1),
+            _ => (1, 0),
+        };
+        pools[i] = PoolInfo::new(
+            c.pool.clone(),
+            pools[i].target + slot,
+            pools[i].ready + ready,
+            false,
+        );
+    }
+    pools
 }
 
 /// Milliseconds since the Unix epoch (0 before it).
@@ -451,6 +539,7 @@ pub(crate) mod tests {
             result: Ok(Snapshot {
                 connections: rows,
                 metrics,
+                pools: Vec::new(),
             }),
         }
     }
@@ -714,5 +803,72 @@ pub(crate) mod tests {
             "{:?}",
             started.elapsed()
         );
+    }
+
+    fn in_pool(mut c: ConnectionInfo, pool: &str) -> ConnectionInfo {
+        c.pool = pool.into();
+        c
+    }
+
+    #[test]
+    fn pools_are_derived_from_rows_when_the_server_has_no_pools_route() {
+        let mut state = TopState::new("h:1".into(), Duration::from_secs(1));
+        assert!(!state.multi_pool());
+        state.apply(update(
+            Instant::now(),
+            vec![
+                in_pool(row(1, 0, "ready", 0, 0, Some(1), 0), "a"),
+                in_pool(row(2, 1, "paused", 0, 0, Some(1), 0), "a"),
+                in_pool(row(3, 0, "backoff", 0, 0, None, 0), "b"),
+                in_pool(row(4, 0, "draining", 0, 0, Some(1), 0), "b"),
+            ],
+            Metrics::default(),
+        ));
+        assert_eq!(
+            state.pools(),
+            [
+                PoolInfo::new("a", 2, 2, false),
+                PoolInfo::new("b", 1, 0, false)
+            ]
+        );
+        assert!(state.multi_pool());
+        // Rows of one pool only (a `default` one from an older server) are
+        // one pool: no column.
+        state.apply(update(Instant::now(), fixture(), Metrics::default()));
+        assert_eq!(state.pools().len(), 1);
+        assert!(!state.multi_pool());
+    }
+
+    #[test]
+    fn the_pool_filter_cycles_and_counts_follow_it() {
+        let mut state =
+            TopState::new("h:1".into(), Duration::from_secs(1)).with_pool(Some("b".into()));
+        let rows = vec![
+            in_pool(row(1, 0, "ready", 5, 0, Some(1), 0), "a"),
+            in_pool(row(2, 1, "ready", 9, 0, Some(1), 0), "a"),
+            // Same id and slot as a's first row: another pool's connection.
+            in_pool(row(1, 0, "backoff", 1, 2, None, 0), "b"),
+        ];
+        state.apply(update(Instant::now(), rows.clone(), Metrics::default()));
+        assert_eq!(state.pool_filter(), Some("b"));
+        assert_eq!((state.shown(), state.total()), (1, 3));
+        assert_eq!(state.counts.backoff, 1);
+        assert_eq!(state.counts.ready, 0);
+        assert_eq!(state.selected().unwrap().pool, "b");
+        // --pool b, then p: past the last pool comes every pool.
+        state.cycle_pool();
+        assert_eq!(state.pool_filter(), None);
+        assert_eq!(state.shown(), 3);
+        assert_eq!(state.counts.ready, 2);
+        // The selection stayed on b's c1, not a's c1.
+        assert_eq!(state.selected().unwrap().pool, "b");
+        state.cycle_pool();
+        assert_eq!(state.pool_filter(), Some("a"));
+        assert_eq!(state.shown(), 2);
+        state.cycle_pool();
+        assert_eq!(state.pool_filter(), Some("b"));
+        // A refresh keeps the filter.
+        state.apply(update(Instant::now(), rows, Metrics::default()));
+        assert_eq!(state.shown(), 1);
     }
 }

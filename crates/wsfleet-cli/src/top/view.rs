@@ -17,7 +17,7 @@ use super::state::{Link, SortKey, TopState};
 use crate::units::format_size;
 
 /// Lines of the header.
-const HEADER: u16 = 4;
+const HEADER: u16 = 5;
 /// Lines of the last-error pane, borders included.
 const ERROR_PANE: u16 = 4;
 
@@ -38,7 +38,8 @@ pub(crate) fn render(frame: &mut Frame<'_>, state: &mut TopState, now: Instant, 
 }
 
 fn render_header(frame: &mut Frame<'_>, area: Rect, state: &TopState, now: Instant) {
-    let [link, conns, traffic, budget] = Layout::vertical([Constraint::Length(1); 4]).areas(area);
+    let [link, conns, traffic, budget, pools] =
+        Layout::vertical([Constraint::Length(1); 5]).areas(area);
     frame.render_widget(Paragraph::new(link_line(state, now)), link);
     if state.updated.is_none() {
         let waiting = Paragraph::new(
@@ -85,6 +86,8 @@ fn render_header(frame: &mut Frame<'_>, area: Rect, state: &TopState, now: Insta
         format!(" ({})", per_second(state.rates.reconnects)).into(),
     ]);
     frame.render_widget(Paragraph::new(Line::from(spans)), conns);
+
+    frame.render_widget(Paragraph::new(pools_line(state)), pools);
 
     let r = &state.rates;
     let buffered = m.buffered_bytes.unwrap_or_else(|| {
@@ -137,6 +140,32 @@ fn render_header(frame: &mut Frame<'_>, area: Rect, state: &TopState, now: Insta
     }
 }
 
+/// One summary per pool (ready of target, paused), the shown pool marked.
+pub(crate) fn pools_line(state: &TopState) -> Line<'static> {
+    let mut spans: Vec<Span<'static>> = vec![" pools".into()];
+    for p in state.pools() {
+        let shown = state.pool_filter() == Some(p.pool.as_str());
+        let name = Span::styled(format!(" {}", p.pool), Style::new().bold());
+        spans.push(if shown { name.underlined() } else { name });
+        let style = if p.ready >= p.target {
+            Style::new().green()
+        } else {
+            Style::new().yellow()
+        };
+        spans.push(Span::styled(format!(" {}/{}", p.ready, p.target), style));
+        if p.paused {
+            spans.push(Span::styled(" paused", Style::new().yellow().bold()));
+        }
+        spans.push(" ·".into());
+    }
+    if state.pools().is_empty() {
+        spans.push(" –".into());
+    } else {
+        spans.pop();
+    }
+    Line::from(spans)
+}
+
 fn link_line(state: &TopState, now: Instant) -> Line<'static> {
     let title = Span::styled(" wsfleet top ", Style::new().bold().reversed());
     let every = format!("every {}", duration(state.interval));
@@ -183,12 +212,14 @@ fn render_table(frame: &mut Frame<'_>, area: Rect, state: &mut TopState, wall: S
     let (sort, reverse) = state.sort();
     let arrow = if reverse { "▲" } else { "▼" };
     let title = format!(
-        " connections: {} shown of {} · sort {} {arrow} · state {} ",
+        " connections: {} shown of {} · sort {} {arrow} · state {} · pool {} ",
         state.shown(),
         state.total(),
         sort.name(),
         state.filter().name(),
+        state.pool_filter().unwrap_or("all"),
     );
+    let with_pool = state.multi_pool();
     let block = Block::bordered().title(title);
     // Borders and the column titles take 3 lines.
     let height = usize::from(area.height.saturating_sub(3));
@@ -199,7 +230,11 @@ fn render_table(frame: &mut Frame<'_>, area: Rect, state: &mut TopState, wall: S
             Cell::from(Line::from(name).right_aligned())
         }
     };
-    let header = Row::new(vec![
+    let mut titles = Vec::with_capacity(12);
+    if with_pool {
+        titles.push(Cell::from("POOL"));
+    }
+    titles.extend([
         Cell::from(Line::from("ID").right_aligned()),
         Cell::from(Line::from("SLOT").right_aligned()),
         Cell::from("STATE"),
@@ -211,11 +246,18 @@ fn render_table(frame: &mut Frame<'_>, area: Rect, state: &mut TopState, wall: S
         Cell::from(Line::from("BYTES OUT").right_aligned()),
         Cell::from(Line::from("MSGS IN/OUT").right_aligned()),
         Cell::from("URL"),
-    ])
-    .style(Style::new().bold());
+    ]);
+    let header = Row::new(titles).style(Style::new().bold());
     let (window, rows, at) = state.window(height);
-    let rows: Vec<Row<'_>> = window.iter().map(|&i| row(&rows[i], wall)).collect();
-    let widths = [
+    let rows: Vec<Row<'_>> = window
+        .iter()
+        .map(|&i| row(&rows[i], wall, with_pool))
+        .collect();
+    let mut widths = Vec::with_capacity(12);
+    if with_pool {
+        widths.push(Constraint::Length(14));
+    }
+    widths.extend([
         Constraint::Length(8),
         Constraint::Length(6),
         Constraint::Length(10),
@@ -227,7 +269,7 @@ fn render_table(frame: &mut Frame<'_>, area: Rect, state: &mut TopState, wall: S
         Constraint::Length(10),
         Constraint::Length(15),
         Constraint::Fill(1),
-    ];
+    ]);
     let table = Table::new(rows, widths)
         .header(header)
         .block(block)
@@ -236,12 +278,16 @@ fn render_table(frame: &mut Frame<'_>, area: Rect, state: &mut TopState, wall: S
     frame.render_stateful_widget(table, area, &mut table_state);
 }
 
-fn row(c: &ConnectionInfo, wall: SystemTime) -> Row<'_> {
+fn row(c: &ConnectionInfo, wall: SystemTime, with_pool: bool) -> Row<'_> {
     let age = c.connected_since.map_or("–".into(), |t| {
         duration(wall.duration_since(t).unwrap_or_default())
     });
     let right = |s: String| Cell::from(Line::from(s).right_aligned());
-    Row::new(vec![
+    let mut cells = Vec::with_capacity(12);
+    if with_pool {
+        cells.push(Cell::from(c.pool.as_str()));
+    }
+    cells.extend([
         right(c.id.to_string()),
         right(c.slot.to_string()),
         Cell::from(c.state.as_str()).style(state_style(c.state)),
@@ -253,7 +299,8 @@ fn row(c: &ConnectionInfo, wall: SystemTime) -> Row<'_> {
         right(format_size(c.bytes_out)),
         right(format!("{}/{}", c.msgs_in, c.msgs_out)),
         Cell::from(c.url.as_str()),
-    ])
+    ]);
+    Row::new(cells)
 }
 
 fn render_error(frame: &mut Frame<'_>, area: Rect, state: &TopState) {
@@ -300,6 +347,8 @@ fn keys_line(state: &TopState) -> Line<'static> {
         " (again: reverse)  ".into(),
         key("s"),
         format!(" state: {}  ", state.filter().name()).into(),
+        key("p"),
+        format!(" pool: {}  ", state.pool_filter().unwrap_or("all")).into(),
         key("↑↓ j k"),
         " select  ".into(),
         key("PgUp PgDn g G"),
@@ -416,8 +465,48 @@ mod tests {
                     budget_peak_bytes: Some(70 << 20),
                     budget_max_bytes: Some(256 << 20),
                 },
+                pools: Vec::new(),
             }),
         });
+    }
+
+    #[test]
+    fn several_pools_get_a_column_and_a_summary_line() {
+        use wsfleet::fleet::PoolInfo;
+        let mut state = TopState::new("h:1".into(), Duration::from_secs(1));
+        let mut spot = info(1, 0, "ready", 0, 0, Some(999_000), 0);
+        spot.pool = "spot".into();
+        let mut futures = info(1, 0, "backoff", 0, 1, None, 0);
+        futures.pool = "futures".into();
+        state.apply(Update {
+            at: Instant::now(),
+            result: Ok(Snapshot {
+                connections: vec![spot, futures],
+                metrics: Metrics::default(),
+                pools: vec![
+                    PoolInfo::new("spot", 1, 1, false),
+                    PoolInfo::new("futures", 1, 0, true),
+                ],
+            }),
+        });
+        let screen = draw(&mut state, 160, 20);
+        assert!(
+            screen.contains("pools spot 1/1 · futures 0/1 paused"),
+            "{screen}"
+        );
+        assert!(screen.contains("POOL"), "{screen}");
+        let row = screen
+            .lines()
+            .find(|l| l.contains("futures ") && l.contains("backoff"));
+        assert!(row.is_some(), "{screen}");
+        state.cycle_pool();
+        let screen = draw(&mut state, 160, 20);
+        assert!(screen.contains("connections: 1 shown of 2"), "{screen}");
+        assert!(screen.contains("pool spot"), "{screen}");
+        assert!(
+            screen.lines().last().unwrap().contains("p pool: spot"),
+            "{screen}"
+        );
     }
 
     #[test]

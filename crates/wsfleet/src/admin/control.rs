@@ -59,6 +59,11 @@ impl ControlPools {
         self.read().get(name).cloned()
     }
 
+    /// Every pool's monitor, by name.
+    pub fn monitors(&self) -> Vec<crate::fleet::FleetMonitor> {
+        self.read().values().map(FleetControl::monitor).collect()
+    }
+
     /// Every pool's name, sorted.
     pub fn names(&self) -> Vec<String> {
         self.read().keys().cloned().collect()

@@ -1,17 +1,33 @@
 //! The admin endpoint: `/metrics` (Prometheus text), `/connections` (JSON,
-//! one object per connection), `/healthz`. Off unless asked for; bind it to
-//! loopback unless you mean to expose it.
+//! one object per connection), `/pools` (JSON, one object per pool),
+//! `/healthz`. Off unless asked for; bind it to loopback unless you mean to
+//! expose it.
 //!
-//! `/metrics` serves the fleet's metrics and then whatever each added
+//! One server shows one or more pools (fleets, each built with its own
+//! [`name`](crate::fleet::FleetBuilder::name)): every connection on
+//! `/connections` says its `pool`, every per-fleet family on `/metrics`
+//! carries a `pool` label, and `/healthz` is healthy when every pool is.
+//!
+//! `/metrics` is produced by the `prometheus-client` crate in the
+//! Prometheus text format, version 0.0.4 (`Content-Type:` [`CONTENT_TYPE`]):
+//! the format and the escaping of label values (pool names) are the
+//! crate's. It serves the fleets' metrics and then whatever each added
 //! [`MetricsSource`] writes: the way a crate the fleet knows nothing of (a
 //! bus sink, the application) puts its counters on the same endpoint.
 
 mod control;
 mod exposition;
 mod metrics;
+mod pools;
 
 pub use control::{ControlAuth, ControlPools, MAX_CONTROL_BODY, ReloadHook};
-pub use exposition::{MetricKind, MetricsSource, write_family, write_metric};
+pub use exposition::{CONTENT_TYPE, MetricKind, MetricsSource, render, write_metric};
+pub use pools::DuplicatePool;
+/// The `prometheus-client` crate `/metrics` is encoded with, for sources
+/// that write labelled families or histograms through the encoder.
+pub use prometheus_client;
+/// The encoder a [`MetricsSource`] writes through (`prometheus-client`'s).
+pub use prometheus_client::encoding::DescriptorEncoder;
 
 use std::convert::Infallible;
 use std::io;
@@ -26,6 +42,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, ToSocketAddrs};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
+
+use prometheus_client::registry::Registry;
 
 use crate::fleet::FleetMonitor;
 use crate::listen::accept_loop;
@@ -52,21 +70,22 @@ pub struct AdminServer {
     task: JoinHandle<()>,
 }
 
-/// Settings of an [`AdminServer`] before it binds: the fleet it serves,
-/// the `/healthz` threshold, and the [`MetricsSource`]s added to
+/// Settings of an [`AdminServer`] before it binds: the pools (fleets) it
+/// serves, the `/healthz` threshold, and the [`MetricsSource`]s added to
 /// `/metrics`. From [`AdminServer::builder`].
 ///
 /// ```no_run
-/// # async fn demo(fleet: &wsfleet::fleet::Fleet) -> std::io::Result<()> {
+/// # async fn demo(spot: &wsfleet::fleet::Fleet, futures: &wsfleet::fleet::Fleet) -> Result<(), Box<dyn std::error::Error>> {
 /// use std::sync::Arc;
-/// use wsfleet::admin::{AdminServer, MetricKind, write_metric};
+/// use wsfleet::admin::{AdminServer, DescriptorEncoder, MetricKind, write_metric};
 ///
 /// let started = std::time::Instant::now();
-/// let admin = AdminServer::builder(fleet.monitor())
+/// let admin = AdminServer::builder(spot.monitor())
+///     .pool(futures.monitor())? // another pool: its name must differ
 ///     .healthy_share(0.5)
-///     .metrics_source(Arc::new(move |out: &mut String| {
+///     .metrics_source(Arc::new(move |e: &mut DescriptorEncoder<'_>| {
 ///         let up = started.elapsed().as_secs_f64();
-///         write_metric(out, "myapp_uptime_seconds", MetricKind::Gauge, "Time since start.", up);
+///         write_metric(e, "myapp_uptime_seconds", MetricKind::Gauge, "Time since start.", up)
 ///     }))
 ///     .bind("127.0.0.1:9100")
 ///     .await?;
@@ -75,7 +94,7 @@ pub struct AdminServer {
 /// ```
 #[must_use = "nothing listens until `bind`"]
 pub struct AdminBuilder {
-    monitor: FleetMonitor,
+    pools: pools::Pools,
     healthy_share: f64,
     sources: Vec<Arc<dyn MetricsSource>>,
     control: Option<(ControlPools, ControlAuth)>,
@@ -85,6 +104,7 @@ pub struct AdminBuilder {
 impl std::fmt::Debug for AdminBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AdminBuilder")
+            .field("pools", &self.pools.monitors().len())
             .field("healthy_share", &self.healthy_share)
             .field("metrics_sources", &self.sources.len())
             .finish_non_exhaustive()
@@ -92,8 +112,18 @@ impl std::fmt::Debug for AdminBuilder {
 }
 
 impl AdminBuilder {
-    /// `/healthz` answers 200 while at least this share (0.0–1.0, clamped)
-    /// of the target connections are ready. Default 0.9.
+    /// Serves another pool (fleet) beside those added before.
+    ///
+    /// # Errors
+    /// [`DuplicatePool`] if a pool of the same
+    /// [`name`](FleetMonitor::name) is served already.
+    pub fn pool(mut self, monitor: FleetMonitor) -> Result<Self, DuplicatePool> {
+        self.pools.add(monitor)?;
+        Ok(self)
+    }
+
+    /// `/healthz` answers 200 while every pool has at least this share
+    /// (0.0–1.0, clamped) of its target connections ready. Default 0.9.
     pub fn healthy_share(mut self, share: f64) -> Self {
         self.healthy_share = share;
         self
@@ -128,10 +158,15 @@ impl AdminBuilder {
     pub async fn bind(self, addr: impl ToSocketAddrs) -> io::Result<AdminServer> {
         let listener = TcpListener::bind(addr).await?;
         let local_addr = listener.local_addr()?;
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(metrics::FleetCollector(self.pools.clone())));
+        for source in self.sources {
+            registry.register_collector(Box::new(exposition::SourceCollector(source)));
+        }
         let routes = Arc::new(Routes {
-            monitor: self.monitor,
+            pools: self.pools,
             healthy_share: self.healthy_share.clamp(0.0, 1.0),
-            sources: self.sources,
+            registry,
             control: self.control.map(|(pools, auth)| control::Control {
                 pools,
                 auth,
@@ -162,11 +197,26 @@ impl AdminServer {
             .await
     }
 
-    /// An admin server for `monitor`'s fleet, to configure and then
+    /// An admin server for the pools of `registry`, read at each request:
+    /// pools the application adds, replaces or removes while it runs (a
+    /// reload) show at once. Each pool's fleet must be
+    /// [named](crate::fleet::FleetBuilder::name) as its key.
+    pub fn builder_for(registry: ControlPools) -> AdminBuilder {
+        AdminBuilder {
+            pools: pools::Pools::live(registry),
+            healthy_share: 0.9,
+            sources: Vec::new(),
+            control: None,
+            reload: None,
+        }
+    }
+
+    /// An admin server for `monitor`'s fleet (its first pool; add more
+    /// with [`pool`](AdminBuilder::pool)), to configure and then
     /// [`bind`](AdminBuilder::bind).
     pub fn builder(monitor: FleetMonitor) -> AdminBuilder {
         AdminBuilder {
-            monitor,
+            pools: pools::Pools::new(monitor),
             healthy_share: 0.9,
             sources: Vec::new(),
             control: None,
@@ -188,9 +238,10 @@ impl Drop for AdminServer {
 
 /// What the routes serve, shared by every admin connection.
 struct Routes {
-    monitor: FleetMonitor,
+    pools: pools::Pools,
     healthy_share: f64,
-    sources: Vec<Arc<dyn MetricsSource>>,
+    /// The fleets' collector, then each source's, in the order added.
+    registry: Registry,
     control: Option<control::Control>,
 }
 
@@ -225,89 +276,59 @@ impl Routes {
             return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".into());
         }
         match req.uri().path() {
-            "/metrics" => {
-                let mut response = text(StatusCode::OK, self.metrics());
-                response.headers_mut().insert(
-                    hyper::header::CONTENT_TYPE,
-                    hyper::header::HeaderValue::from_static(
-                        "text/plain; version=0.0.4; charset=utf-8",
-                    ),
-                );
-                response
-            }
-            "/connections" => {
-                let body =
-                    serde_json::to_vec(&self.monitor.stats().connections).unwrap_or_default();
-                let mut response = Response::new(Full::new(Bytes::from(body)));
-                response.headers_mut().insert(
-                    hyper::header::CONTENT_TYPE,
-                    hyper::header::HeaderValue::from_static("application/json"),
-                );
-                response
-            }
+            "/metrics" => match exposition::encode(&self.registry) {
+                Ok(body) => with_type(text(StatusCode::OK, body), CONTENT_TYPE),
+                Err(_) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "a metrics source failed to encode\n".into(),
+                ),
+            },
+            "/connections" => json(&self.pools.connections()),
+            "/pools" => json(&self.pools.summaries()),
             "/healthz" => {
-                let (ready, target) = (self.monitor.ready(), self.monitor.target());
-                let healthy = ready as f64 >= self.healthy_share * target as f64;
+                let monitors = self.pools.monitors();
+                let counts: Vec<(&str, usize, usize)> = monitors
+                    .iter()
+                    .map(|m| (m.name(), m.ready(), m.target()))
+                    .collect();
+                let (healthy, body) = pools::health(&counts, self.healthy_share);
                 let status = if healthy {
                     StatusCode::OK
                 } else {
                     StatusCode::SERVICE_UNAVAILABLE
                 };
-                let word = if healthy { "ok" } else { "unhealthy" };
-                text(status, format!("{word}: {ready}/{target} ready\n"))
+                text(status, body)
             }
             _ => text(
                 StatusCode::NOT_FOUND,
-                "routes: /metrics /connections /healthz\n".into(),
+                "routes: /metrics /connections /pools /healthz\n".into(),
             ),
         }
     }
-
-    /// The fleet's metrics, then each source's.
-    fn metrics(&self) -> String {
-        let mut out = metrics::render(&self.monitor.stats());
-        render_sources(&mut out, &self.sources);
-        out
-    }
 }
 
-/// Appends what each source writes, in order; a source that leaves its
-/// last line open gets it closed, so the next one starts on a line of its
-/// own.
-fn render_sources(out: &mut String, sources: &[Arc<dyn MetricsSource>]) {
-    for source in sources {
-        source.render(out);
-        if !out.is_empty() && !out.ends_with('\n') {
-            out.push('\n');
-        }
-    }
+/// `value` as a JSON answer.
+fn json(value: &impl serde::Serialize) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    with_type(
+        Response::new(Full::new(Bytes::from(body))),
+        "application/json",
+    )
+}
+
+fn with_type(
+    mut response: Response<Full<Bytes>>,
+    content_type: &'static str,
+) -> Response<Full<Bytes>> {
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
+    response
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     response
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sources_render_in_order_each_on_lines_of_its_own() {
-        let sources: Vec<Arc<dyn MetricsSource>> = vec![
-            Arc::new(|out: &mut String| {
-                write_metric(out, "a_total", MetricKind::Counter, "A.", 1);
-            }),
-            // Forgets its last line ending.
-            Arc::new(|out: &mut String| out.push_str("b 2")),
-            Arc::new(|out: &mut String| out.push_str("c 3\n")),
-        ];
-        let mut out = String::from("wsfleet_x 0\n");
-        render_sources(&mut out, &sources);
-        assert_eq!(
-            out,
-            "wsfleet_x 0\n# HELP a_total A.\n# TYPE a_total counter\na_total 1\nb 2\nc 3\n"
-        );
-    }
 }

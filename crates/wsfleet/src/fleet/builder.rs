@@ -48,6 +48,8 @@ const MIN_STALE: Duration = Duration::from_millis(100);
 /// Everything a fleet runs with, after validation.
 #[derive(Clone)]
 pub(crate) struct Settings {
+    /// The pool name (see [`FleetBuilder::name`]).
+    pub(crate) name: Arc<str>,
     pub(crate) connection: ConnectionConfig,
     pub(crate) max_lifetime: Option<Duration>,
     pub(crate) lifetime_jitter: f64,
@@ -98,6 +100,7 @@ impl FleetBuilder {
             intensity: RestartIntensity::default(),
             event_capacity: 1024,
             settings: Settings {
+                name: super::pool::default_name(),
                 connection: ConnectionConfig::default(),
                 max_lifetime: None,
                 lifetime_jitter: 0.1,
@@ -117,6 +120,15 @@ impl FleetBuilder {
             events_to: None,
             conn_ids: None,
         }
+    }
+
+    /// The pool name this fleet is shown under: the `pool` of each of its
+    /// connections on `/connections` and the `pool` label of its metrics
+    /// (default `"default"`). 1 to 64 characters of `[A-Za-z0-9_.-]`,
+    /// checked by [`spawn`](Self::spawn).
+    pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.settings.name = name.into();
+        self
     }
 
     /// Another URL; slots are spread over the URLs round robin.
@@ -410,6 +422,7 @@ impl FleetBuilder {
                 problem,
             })
         };
+        super::pool::validate(&self.settings.name)?;
         let mut targets = Vec::with_capacity(self.urls.len());
         for url in &self.urls {
             match Target::parse(url) {
@@ -601,6 +614,7 @@ impl FleetBuilder {
 impl std::fmt::Debug for FleetBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FleetBuilder")
+            .field("name", &self.settings.name)
             .field("urls", &self.urls)
             .field("connections", &self.connections)
             .field("shard", &self.shard)
@@ -642,5 +656,24 @@ mod tests {
             (err.field, err.value.as_str()),
             ("pool_send_rate", "5/s,burst=0")
         );
+    }
+
+    #[tokio::test]
+    async fn a_bad_pool_name_is_refused_and_a_good_one_is_shown() {
+        let err = Fleet::builder("ws://127.0.0.1:9/")
+            .name("a b")
+            .spawn()
+            .unwrap_err();
+        assert_eq!((err.field, err.value.as_str()), ("name", "a b"));
+        let fleet = Fleet::builder("ws://127.0.0.1:9/").spawn().unwrap();
+        assert_eq!(fleet.monitor().name(), "default");
+        let fleet = Fleet::builder("ws://127.0.0.1:9/")
+            .name("eu-1")
+            .spawn()
+            .unwrap();
+        assert_eq!(fleet.monitor().name(), "eu-1");
+        let stats = fleet.stats();
+        assert!(stats.connections.iter().all(|c| c.pool == "eu-1"));
+        assert!(!stats.paused);
     }
 }

@@ -33,6 +33,7 @@ mod inbox;
 mod intake;
 mod intensity;
 mod orders;
+mod pool;
 mod rate;
 mod reason;
 mod rotation;
@@ -62,6 +63,7 @@ pub use builder::{FleetBuilder, OnConnect};
 pub use counters::{HANDSHAKE_BUCKETS_MS, Histogram, RTT_BUCKETS_US, Totals};
 pub use heartbeat::Heartbeat;
 pub use intensity::RestartIntensity;
+pub use pool::{DEFAULT_POOL, MAX_POOL_NAME, PoolInfo};
 pub use reason::DisconnectReason;
 pub use scale::{ControlError, MAX_CONNECTIONS, Scaled};
 pub use send_rate::SendRate;
@@ -948,6 +950,12 @@ impl FleetMonitor {
         self.0.orders.borrow().paused
     }
 
+    /// The pool name the fleet was built with
+    /// ([`FleetBuilder::name`]; `"default"` unless set).
+    pub fn name(&self) -> &str {
+        &self.0.settings.name
+    }
+
     /// The memory budget every connection charges: its used and peak bytes
     /// are two atomic loads, cheaper than a [`stats`](Self::stats) snapshot
     /// for an observer that polls them often.
@@ -966,7 +974,7 @@ impl FleetMonitor {
             .map(|s| s.record())
             .enumerate()
             .filter(|(position, r)| *position < orders.active || r.state() != ConnState::Closed)
-            .map(|(_, r)| r.snapshot())
+            .map(|(_, r)| r.snapshot(self.name()))
             .collect();
         // Paused is ready, waiting for the budget: counted as /healthz
         // and `ready()` count it.
@@ -980,7 +988,7 @@ impl FleetMonitor {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .iter()
-                .map(|r| r.snapshot()),
+                .map(|r| r.snapshot(self.name())),
         );
         FleetStats {
             target: orders.active,
@@ -1004,6 +1012,7 @@ impl FleetMonitor {
 impl fmt::Debug for FleetMonitor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FleetMonitor")
+            .field("name", &self.name())
             .field("slots", &self.0.slots.len())
             .finish_non_exhaustive()
     }

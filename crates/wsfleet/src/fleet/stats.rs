@@ -220,7 +220,8 @@ impl ConnRecord {
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
     }
 
-    pub(crate) fn snapshot(&self) -> ConnectionInfo {
+    /// What the record shows now, as a connection of the pool `pool`.
+    pub(crate) fn snapshot(&self, pool: &str) -> ConnectionInfo {
         let since = self.connected_since_ms.load(Ordering::Relaxed);
         let mut state = self.state();
         let budget = self.budget.as_deref();
@@ -231,6 +232,7 @@ impl ConnRecord {
             state = ConnState::Paused;
         }
         ConnectionInfo {
+            pool: pool.to_owned(),
             id: self.id(),
             slot: self.slot,
             state,
@@ -278,6 +280,10 @@ fn nonzero(a: &AtomicU32) -> Option<u64> {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub struct ConnectionInfo {
+    /// The pool (fleet) it belongs to ([`FleetMonitor::name`](super::FleetMonitor::name));
+    /// `"default"` when read from a server that does not say.
+    #[serde(default = "default_pool")]
+    pub pool: String,
     /// The connection's id (a slot's successive connections get new ids).
     pub id: ConnId,
     /// The slot that owns it.
@@ -318,16 +324,20 @@ pub struct ConnectionInfo {
     pub last_error: Option<String>,
 }
 
+fn default_pool() -> String {
+    super::DEFAULT_POOL.to_owned()
+}
+
 /// Fleet totals and every connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct FleetStats {
-    /// Slots (the number of connections this process keeps; 0 while
-    /// paused).
-    pub target: usize,
     /// The fleet is paused: its connections closed, none dials until it
     /// resumes.
     pub paused: bool,
+    /// Slots (the number of connections this process keeps; 0 while
+    /// paused).
+    pub target: usize,
     /// Connections ready now, paused ones included (see
     /// [`ConnState::Paused`]).
     pub ready: usize,

@@ -144,6 +144,7 @@ impl Pools {
         anyhow::ensure!(!urls.is_empty(), "pool {name}: no URL");
         let connection = plan.connection_config()?;
         super::builder(plan, &urls, connection)
+            .name(name)
             .shared_budget(self.budget.clone())
             .events_to(self.events.clone())
             .conn_ids(self.ids.clone())
