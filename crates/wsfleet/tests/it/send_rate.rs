@@ -159,7 +159,7 @@ async fn a_per_connection_rate_sends_1000_messages_without_a_close() {
     );
     let metrics = get_metrics(admin.local_addr()).await;
     assert!(
-        metrics.contains("wsfleet_send_rate_waits_total 900"),
+        metrics.contains("wsfleet_send_rate_waits_total{pool=\"default\"} 900"),
         "{metrics}"
     );
     assert!(metrics.contains("# TYPE wsfleet_send_rate_wait_seconds_total counter"));
