@@ -84,18 +84,17 @@ import asyncio
 import itertools
 import json
 import logging
-import os
 import random
 import sys
-import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from websockets.asyncio.server import ServerConnection, broadcast, serve
+from websockets.asyncio.server import ServerConnection, broadcast
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
-MAX_SIZE = 1024 * 1024
+from reporting_peer import serve_reporting
+
 
 
 @dataclass
@@ -398,35 +397,17 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def watch_stdin(loop: asyncio.AbstractEventLoop, feed: Feed, exit_on_eof: bool) -> None:
-    def run() -> None:
-        for line in sys.stdin:
-            loop.call_soon_threadsafe(feed.command, line)
-        if exit_on_eof:
-            os._exit(0)
-
-    threading.Thread(target=run, name="stdin-commands", daemon=True).start()
-
-
 async def main() -> None:
     args = parse_args()
-    logging.basicConfig(
-        level=logging.WARNING, stream=sys.stderr, format="feed_server: %(levelname)s %(message)s"
-    )
     feed = Feed(args)
-    async with serve(
+    await serve_reporting(
+        "feed_server",
         feed.handler,
-        "127.0.0.1",
         args.port,
-        max_size=MAX_SIZE,
-        compression=None,
-        ping_interval=None,
-    ) as server:
-        port = server.sockets[0].getsockname()[1]
-        print(f"LISTENING {port}", flush=True)
-        watch_stdin(asyncio.get_running_loop(), feed, args.exit_on_stdin_eof)
-        feed.start()
-        await server.serve_forever()
+        feed.command,
+        args.exit_on_stdin_eof,
+        started=feed.start,
+    )
 
 
 if __name__ == "__main__":

@@ -38,17 +38,16 @@ import asyncio
 import itertools
 import json
 import logging
-import os
 import sys
-import threading
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from websockets.asyncio.server import ServerConnection, serve
+from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-MAX_SIZE = 1024 * 1024
+from reporting_peer import serve_reporting
+
 
 
 @dataclass
@@ -175,34 +174,12 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def watch_stdin(loop: asyncio.AbstractEventLoop, limiter: Limiter, exit_on_eof: bool) -> None:
-    def run() -> None:
-        for line in sys.stdin:
-            loop.call_soon_threadsafe(limiter.command, line)
-        if exit_on_eof:
-            os._exit(0)
-
-    threading.Thread(target=run, name="stdin-commands", daemon=True).start()
-
-
 async def main() -> None:
     args = parse_args()
-    logging.basicConfig(
-        level=logging.WARNING, stream=sys.stderr, format="rate_server: %(levelname)s %(message)s"
-    )
     limiter = Limiter(args)
-    async with serve(
-        limiter.handler,
-        "127.0.0.1",
-        args.port,
-        max_size=MAX_SIZE,
-        compression=None,
-        ping_interval=None,
-    ) as server:
-        port = server.sockets[0].getsockname()[1]
-        print(f"LISTENING {port}", flush=True)
-        watch_stdin(asyncio.get_running_loop(), limiter, args.exit_on_stdin_eof)
-        await server.serve_forever()
+    await serve_reporting(
+        "rate_server", limiter.handler, args.port, limiter.command, args.exit_on_stdin_eof
+    )
 
 
 if __name__ == "__main__":

@@ -123,18 +123,7 @@ pub(crate) fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)>
         tcp,
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )?;
-    let mut response = String::new();
-    tcp.read_to_string(&mut response)?;
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
+    read_response(tcp)
 }
 
 /// `POST path` with a JSON `body` over plain HTTP/1.1, with `Authorization:
@@ -156,6 +145,12 @@ pub(crate) fn http_post(
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )?;
+    read_response(tcp)
+}
+
+/// Reads an HTTP/1.1 answer to its end (`Connection: close`): the status
+/// code and the body.
+fn read_response(mut tcp: TcpStream) -> std::io::Result<(u16, String)> {
     let mut response = String::new();
     tcp.read_to_string(&mut response)?;
     let status = response
