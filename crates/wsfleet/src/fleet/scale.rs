@@ -121,14 +121,17 @@ impl Shared {
         if tasks.len() <= position {
             tasks.resize_with(position + 1, || None);
         }
-        let previous = tasks[position].take();
         let shared = self.clone();
-        tasks[position] = Some(self.runtime.spawn(async move {
-            if let Some(previous) = previous {
+        // The common case (a slot's first task) spawns the slot future
+        // alone: a waiting wrapper would make every slot's task larger.
+        let task = match tasks[position].take() {
+            None => self.runtime.spawn(run_slot(shared, position, target, orders)),
+            Some(previous) => self.runtime.spawn(async move {
                 let _ = previous.await;
-            }
-            run_slot(shared, position, target, orders).await;
-        }));
+                run_slot(shared, position, target, orders).await;
+            }),
+        };
+        tasks[position] = Some(task);
     }
 
     /// Sets the connection count (all shards).
