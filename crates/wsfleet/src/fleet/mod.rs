@@ -1039,6 +1039,9 @@ async fn futures_join_all(tasks: Vec<JoinHandle<()>>) {
 
 impl Drop for Fleet {
     fn drop(&mut self) {
+        // Anything that outlives the aborts below (a task between polls)
+        // stops at its next look at the orders.
+        self.shared.orders.send_modify(|o| o.shutdown = true);
         let tasks = self
             .shared
             .slot_tasks

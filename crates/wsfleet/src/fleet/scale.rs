@@ -125,11 +125,16 @@ impl Shared {
         // The common case (a slot's first task) spawns the slot future
         // alone: a waiting wrapper would make every slot's task larger.
         let task = match tasks[position].take() {
-            None => self.runtime.spawn(run_slot(shared, position, target, orders)),
-            Some(previous) => self.runtime.spawn(async move {
-                let _ = previous.await;
-                run_slot(shared, position, target, orders).await;
-            }),
+            None => self
+                .runtime
+                .spawn(run_slot(shared, position, target, orders)),
+            Some(previous) => {
+                let mut previous = AbortOnDrop(previous);
+                self.runtime.spawn(async move {
+                    let _ = (&mut previous.0).await;
+                    run_slot(shared, position, target, orders).await;
+                })
+            }
         };
         tasks[position] = Some(task);
     }
@@ -267,5 +272,15 @@ impl Shared {
         slot.requests.put(request);
         // Wakes every slot task; each looks at its own request cell.
         self.orders.send_modify(|_| {});
+    }
+}
+
+/// A task aborted with its handle: a slot's previous task, awaited by its
+/// successor, ends with it when the fleet is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
