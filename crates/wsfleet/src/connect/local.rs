@@ -141,6 +141,26 @@ impl LocalAddresses {
     }
 }
 
+impl Clone for LocalAddresses {
+    /// The same addresses; the turn of connections without a slot starts over.
+    fn clone(&self) -> Self {
+        Self {
+            v4: self.v4.clone(),
+            v6: self.v6.clone(),
+            next: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl PartialEq for LocalAddresses {
+    /// The same addresses in the same order (whose turn it is aside).
+    fn eq(&self, other: &Self) -> bool {
+        self.v4 == other.v4 && self.v6 == other.v6
+    }
+}
+
+impl Eq for LocalAddresses {}
+
 /// `list[i % len]`, `None` for an empty list.
 fn pick<T: Copy>(list: &[T], i: usize) -> Option<T> {
     (!list.is_empty()).then(|| list[i % list.len()])
