@@ -291,7 +291,7 @@ impl fmt::Display for ConnectError {
                 }
                 write!(
                     f,
-                    " to {remote} (each source address has about 28,000 per destination); \
+                    " to {remote} (about 28,000 per source address); \
                      add addresses with --local-address"
                 )
             }

@@ -483,7 +483,7 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "tcp connect to 127.0.0.1:9 failed: no source port left from 127.0.0.2 to \
-             127.0.0.1:9 (each source address has about 28,000 per destination); add \
+             127.0.0.1:9 (about 28,000 per source address); add \
              addresses with --local-address"
         );
         let e = ConnectError::new(
