@@ -138,6 +138,16 @@ pub(crate) struct RunArgs {
     /// fleet ramps up and reconnects (e.g. 50, 0.5) [default: 200].
     #[arg(long, value_name = "N", value_parser = parse_rate)]
     pub(crate) connect_rate: Option<f64>,
+    /// Source addresses to connect from, spread over the slots (slot i uses
+    /// address i % n, the same across reconnects): an address, a range
+    /// (127.0.0.2-127.0.0.9), a CIDR block (10.1.0.0/24, without its network
+    /// and broadcast addresses) or a comma-separated list of them; repeat
+    /// for more, at most 65536 in all. Each source address has about 28,000
+    /// ports per destination: past that many connections to one host:port,
+    /// add addresses (every one must be this host's) [default: the
+    /// system's choice].
+    #[arg(long = "local-address", value_name = "LIST", value_parser = parse_local_address)]
+    pub(crate) local_addresses: Vec<String>,
     /// Most application messages each connection sends: COUNT/UNIT with s,
     /// m or h (e.g. 5/s, 300/m, 0.5/s), optionally ",burst=N" (default
     /// burst 1: evenly spaced, never more than COUNT in any UNIT). Messages
@@ -635,6 +645,14 @@ pub(crate) fn parse_slow_consumer(policy: &str) -> Result<SlowConsumer, String> 
             )),
         },
     }
+}
+
+/// One `--local-address` value, checked (kept as given: all of them are
+/// read together, so duplicates across values count once).
+pub(crate) fn parse_local_address(spec: &str) -> Result<String, String> {
+    wsfleet::connect::LocalAddresses::parse([spec])
+        .map(|_| spec.to_owned())
+        .map_err(|e| e.to_string())
 }
 
 /// A rate above zero, per second.

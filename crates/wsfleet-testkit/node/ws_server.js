@@ -19,8 +19,8 @@
 //                           not offer NAME is refused with HTTP 400
 //     headers               send one text message, a JSON object of the request
 //                           headers (names lowercased, repeats joined by ", ")
-//                           and the request target as ":path",
-//                           then echo
+//                           and the request target as ":path" and the
+//                           client's address (IP:PORT) as ":peer", then echo
 //
 // Binds 127.0.0.1 (port 0 = the OS picks unless --port), then prints exactly one
 // line `LISTENING <port>` on stdout; everything else goes to stderr. Messages up
@@ -128,6 +128,7 @@ function headers(ws, req) {
     table[key] = key in table ? `${table[key]}, ${raw[i + 1]}` : raw[i + 1];
   }
   table[':path'] = req.url;
+  table[':peer'] = `${req.socket.remoteAddress}:${req.socket.remotePort}`;
   ws.send(JSON.stringify(table));
   echo(ws);
 }

@@ -109,6 +109,8 @@ def make_handler(args: argparse.Namespace):
                     text = value.decode("latin-1")
                     table[key] = f"{table[key]}, {text}" if key in table else text
                 table[":path"] = request.raw_path
+                host, port = request.transport.get_extra_info("peername")[:2]
+                table[":peer"] = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
                 await ws.send_str(json.dumps(table))
             await echo(ws)
         return ws

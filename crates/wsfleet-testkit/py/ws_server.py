@@ -17,7 +17,8 @@ Modes (one per server; every connection gets the same treatment):
                               offer NAME is refused with HTTP 400 (websockets' default)
     headers                   send one text message, a JSON object of the request
                               headers (names lowercased, repeats joined by ", ")
-                              and the request target (path and query) as ":path",
+                              and the request target (path and query) as ":path"
+                              and the client's address (IP:PORT) as ":peer",
                               then echo
 
 Binds 127.0.0.1 (port 0 = the OS picks unless --port), then prints exactly one line
@@ -107,11 +108,18 @@ async def headers(ws: ServerConnection) -> None:
         key = name.lower()
         table[key] = f"{table[key]}, {value}" if key in table else value
     table[":path"] = ws.request.path
+    table[":peer"] = peer_text(ws.remote_address)
     try:
         await ws.send(json.dumps(table))
     except ConnectionClosed:
         return
     await echo(ws)
+
+
+def peer_text(address: tuple) -> str:
+    """`IP:PORT` (`[IP]:PORT` for IPv6) of a socket's peer address tuple."""
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def watch_stdin() -> None:

@@ -104,9 +104,10 @@ pub enum Mode {
     /// refused with HTTP 400.
     Subprotocol(String),
     /// Send one text message, a JSON object of the request headers (names
-    /// lowercased, repeated headers joined by `", "`) and, under `":path"`
-    /// (no header has that name), the request target (path and query),
-    /// then echo.
+    /// lowercased, repeated headers joined by `", "`), under `":path"` (no
+    /// header has that name) the request target (path and query) and under
+    /// `":peer"` the client's address as the server saw it (`IP:PORT`,
+    /// `[IP]:PORT` for IPv6), then echo.
     Headers,
 }
 

@@ -102,7 +102,7 @@ async fn accept_loop(listener: TcpListener, mode: Arc<Mode>, errors: Arc<Mutex<V
                 Ok((tcp, peer)) => {
                     let (mode, errors) = (mode.clone(), errors.clone());
                     connections.spawn(async move {
-                        if let Err(e) = serve(tcp, &mode).await {
+                        if let Err(e) = serve(tcp, peer, &mode).await {
                             errors.lock().unwrap_or_else(|e| e.into_inner()).push(format!("{peer}: {e}"));
                         }
                     });
@@ -117,7 +117,7 @@ async fn accept_loop(listener: TcpListener, mode: Arc<Mode>, errors: Arc<Mutex<V
     }
 }
 
-async fn serve(tcp: TcpStream, mode: &Mode) -> Result<(), tungstenite::Error> {
+async fn serve(tcp: TcpStream, peer: SocketAddr, mode: &Mode) -> Result<(), tungstenite::Error> {
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_MESSAGE_SIZE))
         .max_frame_size(Some(MAX_MESSAGE_SIZE));
@@ -126,7 +126,7 @@ async fn serve(tcp: TcpStream, mode: &Mode) -> Result<(), tungstenite::Error> {
     #[allow(clippy::result_large_err)]
     let callback = |request: &Request, mut response: Response| -> Result<Response, ErrorResponse> {
         match mode {
-            Mode::Headers => headers_json = Some(headers_to_json(request)),
+            Mode::Headers => headers_json = Some(headers_to_json(request, peer)),
             Mode::Subprotocol(name) => {
                 let offered = request
                     .headers()
@@ -192,8 +192,9 @@ async fn serve(tcp: TcpStream, mode: &Mode) -> Result<(), tungstenite::Error> {
     }
 }
 
-/// The request's headers and, as `":path"`, its target (see [`Mode::Headers`]).
-fn headers_to_json(request: &Request) -> String {
+/// The request's headers, its target as `":path"` and the client's address
+/// as `":peer"` (see [`Mode::Headers`]).
+fn headers_to_json(request: &Request, peer: SocketAddr) -> String {
     let mut table = serde_json::Map::new();
     for (name, value) in request.headers() {
         let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
@@ -209,5 +210,6 @@ fn headers_to_json(request: &Request) -> String {
     }
     let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
     table.insert(":path".to_owned(), path.into());
+    table.insert(":peer".to_owned(), peer.to_string().into());
     serde_json::Value::Object(table).to_string()
 }

@@ -168,6 +168,13 @@ async fn check_headers(url: &str) {
             .as_deref(),
         Some("websocket")
     );
+    // The client (or the proxy in front) as the server saw it.
+    let peer = headers[":peer"].as_str().unwrap_or_default();
+    assert!(
+        peer.parse::<std::net::SocketAddr>()
+            .is_ok_and(|a| a.ip().is_loopback() && a.port() != 0),
+        "{headers}"
+    );
     ws.send(Message::text("then echo")).await.unwrap();
     assert_eq!(next_data(&mut ws).await, Message::text("then echo"));
 }

@@ -3,6 +3,7 @@
 use std::error::Error as StdError;
 use std::fmt;
 use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -85,6 +86,30 @@ pub enum ConnectErrorKind {
     NoAddresses,
     /// A socket error (connect refused, reset during the TLS handshake, ...).
     Io(io::Error),
+    /// No source port is left to connect from `local` to `remote` (the
+    /// socket call failed with `EADDRNOTAVAIL` or `EADDRINUSE`): each
+    /// source address has one range of ephemeral ports (about 28,000 on
+    /// Linux) per destination. More source addresses
+    /// ([`LocalAddresses`](super::LocalAddresses)) make more room.
+    SourcePortsExhausted {
+        /// The source address bound to; `None`: the one the system chose.
+        local: Option<IpAddr>,
+        /// The destination.
+        remote: SocketAddr,
+    },
+    /// A configured [`LocalAddresses`](super::LocalAddresses) entry is not an
+    /// address of this host: binding to it failed with `EADDRNOTAVAIL`.
+    LocalAddressNotAvailable {
+        /// The address.
+        local: IpAddr,
+    },
+    /// [`LocalAddresses`](super::LocalAddresses) are configured, but none of
+    /// the destination's family (IPv4 or IPv6), so no address of the target
+    /// was dialled.
+    NoLocalAddressOfFamily {
+        /// The first destination left out.
+        remote: SocketAddr,
+    },
     /// rustls refused the peer (certificate, protocol) or the configuration.
     Tls(rustls::Error),
     /// A CA file from [`TlsOptions::extra_ca_files`](super::TlsOptions::extra_ca_files)
@@ -258,6 +283,27 @@ impl fmt::Display for ConnectError {
             ConnectErrorKind::TooManyRedirects { limit } => {
                 write!(f, " failed: more than {limit} redirects in a row")
             }
+            ConnectErrorKind::SourcePortsExhausted { local, remote } => {
+                f.write_str(" failed: no source port left from ")?;
+                match local {
+                    Some(local) => write!(f, "{local}")?,
+                    None => f.write_str("this host's default source address")?,
+                }
+                write!(
+                    f,
+                    " to {remote} (about 28,000 per source address); \
+                     add addresses with --local-address"
+                )
+            }
+            ConnectErrorKind::LocalAddressNotAvailable { local } => write!(
+                f,
+                " failed: local address {local} is not an address of this host"
+            ),
+            ConnectErrorKind::NoLocalAddressOfFamily { remote } => write!(
+                f,
+                " failed: no local address is configured for an {} destination ({remote})",
+                if remote.is_ipv4() { "IPv4" } else { "IPv6" }
+            ),
             ConnectErrorKind::CaFile { .. }
             | ConnectErrorKind::ClientIdentity { .. }
             | ConnectErrorKind::NoTrustAnchors(_)
@@ -279,6 +325,9 @@ impl StdError for ConnectError {
             | ConnectErrorKind::NoAddresses
             | ConnectErrorKind::Redirect { .. }
             | ConnectErrorKind::TooManyRedirects { .. }
+            | ConnectErrorKind::SourcePortsExhausted { .. }
+            | ConnectErrorKind::LocalAddressNotAvailable { .. }
+            | ConnectErrorKind::NoLocalAddressOfFamily { .. }
             | ConnectErrorKind::CaFile { .. }
             | ConnectErrorKind::ClientIdentity { .. }
             | ConnectErrorKind::NoTrustAnchors(_)

@@ -6,7 +6,9 @@
 //! 1. **DNS**: `tokio::net::lookup_host`, bounded by [`Deadlines::dns`]; IP
 //!    literals skip it.
 //! 2. **TCP**: each resolved address in resolver order (IPv6 and IPv4), all within
-//!    [`Deadlines::tcp`], with `TCP_NODELAY` on.
+//!    [`Deadlines::tcp`], with `TCP_NODELAY` on; from a chosen source address
+//!    when [`LocalAddresses`] are configured
+//!    ([`ConnectionConfig::local_addresses`](crate::ConnectionConfig::local_addresses)).
 //! 3. **TLS** for `wss`: rustls, bounded by [`Deadlines::tls`], SNI from the URL host.
 //!
 //! Before any of it, [`Connection::connect_target`](crate::Connection::connect_target)
@@ -30,6 +32,7 @@
 
 pub mod credential;
 mod error;
+mod local;
 mod proxy;
 mod stream;
 mod tcp;
@@ -45,8 +48,12 @@ use tokio_rustls::TlsConnector;
 pub use self::credential::{Credential, CredentialError, CredentialSource, Placement};
 pub(crate) use self::error::Chain;
 pub use self::error::{ConnectError, ConnectErrorKind, Phase};
+pub use self::local::{
+    LocalAddressError, LocalAddressProblem, LocalAddresses, MAX_LOCAL_ADDRESSES,
+};
 pub use self::proxy::{Proxy, ProxyError, ProxyKind, ProxySetting};
 pub use self::stream::MaybeTlsStream;
+pub(crate) use self::tcp::LocalPick;
 pub use self::tls::{ClientIdentity, Roots, TlsOptions};
 pub use self::url::{Scheme, Target};
 
@@ -178,18 +185,21 @@ pub async fn open_via(
     tls: Option<&Arc<rustls::ClientConfig>>,
     deadlines: &Deadlines,
 ) -> Result<MaybeTlsStream, ConnectError> {
-    open_at(target, &target.authority(), proxy, tls, deadlines).await
+    let local = LocalPick::default();
+    open_at(target, &target.authority(), proxy, tls, deadlines, local).await
 }
 
 /// [`open_via`], given `target`'s [`authority`](Target::authority) (a
 /// connection has it at hand already: it names the peer), so a connect
-/// formats it once.
+/// formats it once. The TCP connection (to the target, or to the proxy)
+/// comes from the source address `local` picks.
 pub(crate) async fn open_at(
     target: &Target,
     authority: &str,
     proxy: Option<&Proxy>,
     tls: Option<&Arc<rustls::ClientConfig>>,
     deadlines: &Deadlines,
+    local: LocalPick<'_>,
 ) -> Result<MaybeTlsStream, ConnectError> {
     // Resolve the TLS configuration first, so a configuration problem costs no
     // DNS lookup or connection.
@@ -208,15 +218,17 @@ pub(crate) async fn open_at(
     // runs end to end with the target through the tunnel, unchanged.
     let tcp = match proxy {
         None => {
-            let addrs = tcp::resolve(&target.host, target.port, deadlines.dns).await?;
+            let mut addrs = tcp::resolve(&target.host, target.port, deadlines.dns).await?;
+            local.keep_reachable(authority, &mut addrs)?;
             let host_is_ip = target.host.parse::<std::net::IpAddr>().is_ok();
-            tcp::connect_tcp(authority, host_is_ip, &addrs, deadlines.tcp).await?
+            tcp::connect_tcp(authority, host_is_ip, &addrs, deadlines.tcp, local).await?
         }
         Some(proxy) => {
-            let addrs = tcp::resolve(&proxy.host, proxy.port, deadlines.dns).await?;
+            let mut addrs = tcp::resolve(&proxy.host, proxy.port, deadlines.dns).await?;
             let host_is_ip = proxy.host.parse::<std::net::IpAddr>().is_ok();
             let label = format!("{}:{}", proxy.host, proxy.port);
-            let tcp = tcp::connect_tcp(&label, host_is_ip, &addrs, deadlines.tcp).await?;
+            local.keep_reachable(&label, &mut addrs)?;
+            let tcp = tcp::connect_tcp(&label, host_is_ip, &addrs, deadlines.tcp, local).await?;
             tcp::with_deadline(
                 Phase::Proxy,
                 &label,

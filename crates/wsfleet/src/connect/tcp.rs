@@ -5,10 +5,11 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 
 use super::error::{ConnectError, ConnectErrorKind, Phase};
+use super::local::LocalAddresses;
 
 /// Runs `fut`, turning "not done within `limit`" into a [`ConnectErrorKind::Timeout`]
 /// for `phase` and `target`.
@@ -70,23 +71,118 @@ pub(crate) async fn resolve(
     Ok(addrs)
 }
 
-/// Connects to the first of `addrs` that accepts, in order, with TCP_NODELAY on.
+/// Connects to the first of `addrs` that accepts, in order, with TCP_NODELAY on,
+/// each from the source address `local` picks for it (see [`LocalPick`]).
 /// `authority` (`host:port`) and `host_is_ip` only shape error messages.
 pub(crate) async fn connect_tcp(
     authority: &str,
     host_is_ip: bool,
     addrs: &[SocketAddr],
     limit: Duration,
+    local: LocalPick<'_>,
 ) -> Result<TcpStream, ConnectError> {
     let started = Instant::now();
     // The label names the target in an error only: built then, not per connect.
     let label = || tcp_label(authority, host_is_ip, addrs);
-    let (stream, addr) = connect_each(label, addrs, limit, TcpStream::connect).await?;
+    let dial = |remote| dial(remote, local.source_for(remote));
+    let (stream, addr) = connect_each(label, addrs, limit, dial).await?;
     stream
         .set_nodelay(true)
         .map_err(|e| ConnectError::new(Phase::Tcp, addr.to_string(), ConnectErrorKind::Io(e)))?;
     tracing::debug!(%addr, elapsed = ?started.elapsed(), "tcp connected");
     Ok(stream)
+}
+
+/// Which source address a connection binds to: none configured (the system
+/// chooses), or one of [`LocalAddresses`], the slot's if it has one.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct LocalPick<'a> {
+    /// The configured addresses, if any.
+    pub(crate) addresses: Option<&'a LocalAddresses>,
+    /// The fleet slot; `None` takes the addresses in turn.
+    pub(crate) slot: Option<usize>,
+}
+
+impl LocalPick<'_> {
+    /// The address to bind to for `remote`; `None` lets the system choose.
+    fn source_for(&self, remote: SocketAddr) -> Option<IpAddr> {
+        self.addresses?.choose(self.slot, remote)
+    }
+
+    /// Drops the destinations no configured source address can reach (of a
+    /// family with none), keeping the order.
+    ///
+    /// # Errors
+    /// [`ConnectErrorKind::NoLocalAddressOfFamily`] when none is left.
+    pub(crate) fn keep_reachable(
+        &self,
+        label: &str,
+        addrs: &mut Vec<SocketAddr>,
+    ) -> Result<(), ConnectError> {
+        let (Some(local), Some(&first)) = (self.addresses, addrs.first()) else {
+            return Ok(());
+        };
+        addrs.retain(|a| local.has_family_of(*a));
+        if addrs.is_empty() {
+            return Err(ConnectError::new(
+                Phase::Tcp,
+                label,
+                ConnectErrorKind::NoLocalAddressOfFamily { remote: first },
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Opens one TCP connection to `remote`, bound to `local` first if given
+/// (port 0: the kernel picks the source port).
+async fn dial(remote: SocketAddr, local: Option<IpAddr>) -> Result<TcpStream, ConnectErrorKind> {
+    let Some(local) = local else {
+        return TcpStream::connect(remote)
+            .await
+            .map_err(|e| socket_error(Step::Connect, e, None, remote));
+    };
+    let socket = if remote.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(ConnectErrorKind::Io)?;
+    socket
+        .bind(SocketAddr::new(local, 0))
+        .map_err(|e| socket_error(Step::Bind, e, Some(local), remote))?;
+    socket
+        .connect(remote)
+        .await
+        .map_err(|e| socket_error(Step::Connect, e, Some(local), remote))
+}
+
+/// The socket call that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Bind,
+    Connect,
+}
+
+/// What a failed bind or connect means. `EADDRNOTAVAIL` at bind: `local` is
+/// not this host's. Otherwise `EADDRNOTAVAIL` or `EADDRINUSE`: no source
+/// port is left (bind with port 0 finds none free, or connect finds no
+/// free (source port, destination) pair). Anything else is an I/O error.
+fn socket_error(
+    step: Step,
+    e: io::Error,
+    local: Option<IpAddr>,
+    remote: SocketAddr,
+) -> ConnectErrorKind {
+    match (e.kind(), step, local) {
+        (io::ErrorKind::AddrNotAvailable, Step::Bind, Some(local)) => {
+            ConnectErrorKind::LocalAddressNotAvailable { local }
+        }
+        (io::ErrorKind::AddrNotAvailable | io::ErrorKind::AddrInUse, _, _) => {
+            ConnectErrorKind::SourcePortsExhausted { local, remote }
+        }
+        _ => ConnectErrorKind::Io(e),
+    }
 }
 
 /// The shortest time one address gets while later addresses are still waiting, so a
@@ -109,10 +205,10 @@ async fn connect_each<T, F, Fut>(
 ) -> Result<(T, SocketAddr), ConnectError>
 where
     F: FnMut(SocketAddr) -> Fut,
-    Fut: Future<Output = io::Result<T>>,
+    Fut: Future<Output = Result<T, ConnectErrorKind>>,
 {
     let deadline = Instant::now() + limit;
-    let mut last_error: Option<io::Error> = None;
+    let mut last_error: Option<ConnectErrorKind> = None;
     for (i, &addr) in addrs.iter().enumerate() {
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
@@ -128,7 +224,7 @@ where
         match tokio::time::timeout(attempt, connect(addr)).await {
             Ok(Ok(stream)) => return Ok((stream, addr)),
             Ok(Err(e)) => {
-                tracing::debug!(%addr, error = %e, "tcp connect attempt failed");
+                tracing::debug!(%addr, error = ?e, "tcp connect attempt failed");
                 last_error = Some(e);
             }
             Err(_elapsed) => {
@@ -141,7 +237,7 @@ where
     // or no time was left for the next address).
     let kind = match last_error {
         _ if addrs.is_empty() => ConnectErrorKind::NoAddresses,
-        Some(e) => ConnectErrorKind::Io(e),
+        Some(kind) => kind,
         None => ConnectErrorKind::Timeout(limit),
     };
     Err(ConnectError::new(Phase::Tcp, label(), kind))
@@ -239,7 +335,7 @@ mod tests {
             Duration::from_secs(10),
             |a| async move {
                 if a.is_ipv6() {
-                    pending::<io::Result<u32>>().await
+                    pending::<Result<u32, ConnectErrorKind>>().await
                 } else {
                     Ok(42)
                 }
@@ -269,7 +365,7 @@ mod tests {
                     if a == last {
                         Ok(())
                     } else {
-                        pending::<io::Result<()>>().await
+                        pending::<Result<(), ConnectErrorKind>>().await
                     }
                 }
             },
@@ -288,7 +384,7 @@ mod tests {
             || "h:1 ([::1]:1, 127.0.0.1:1)".into(),
             &addrs,
             Duration::from_secs(10),
-            |_| pending::<io::Result<()>>(),
+            |_| pending::<Result<(), ConnectErrorKind>>(),
         )
         .await
         .unwrap_err();
@@ -307,10 +403,10 @@ mod tests {
             &addrs,
             Duration::from_secs(10),
             |a| async move {
-                Err::<(), _>(io::Error::new(
+                Err::<(), _>(ConnectErrorKind::Io(io::Error::new(
                     io::ErrorKind::ConnectionRefused,
                     a.to_string(),
-                ))
+                )))
             },
         )
         .await
@@ -322,6 +418,171 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn socket_errors_name_what_ran_out() {
+        let remote = addr("127.0.0.1:9");
+        let local: IpAddr = "127.0.0.2".parse().unwrap();
+        let err = |kind| io::Error::from(kind);
+        // A bind to an address the host does not have.
+        let e = socket_error(
+            Step::Bind,
+            err(io::ErrorKind::AddrNotAvailable),
+            Some(local),
+            remote,
+        );
+        assert!(matches!(e, ConnectErrorKind::LocalAddressNotAvailable { local: l } if l == local));
+        // Bind with port 0 finding no free port, or connect finding no free
+        // (port, destination) pair.
+        for (step, kind) in [
+            (Step::Bind, io::ErrorKind::AddrInUse),
+            (Step::Connect, io::ErrorKind::AddrNotAvailable),
+            (Step::Connect, io::ErrorKind::AddrInUse),
+        ] {
+            let e = socket_error(step, err(kind), Some(local), remote);
+            assert!(
+                matches!(e, ConnectErrorKind::SourcePortsExhausted { local: Some(l), remote: r } if l == local && r == remote),
+                "{step:?} {kind:?}: {e:?}"
+            );
+        }
+        // Without a bound address, the system's ran out.
+        let e = socket_error(
+            Step::Connect,
+            err(io::ErrorKind::AddrNotAvailable),
+            None,
+            remote,
+        );
+        assert!(matches!(
+            e,
+            ConnectErrorKind::SourcePortsExhausted { local: None, .. }
+        ));
+        // Anything else stays an I/O error.
+        let e = socket_error(
+            Step::Connect,
+            err(io::ErrorKind::ConnectionRefused),
+            Some(local),
+            remote,
+        );
+        assert!(
+            matches!(e, ConnectErrorKind::Io(ref io) if io.kind() == io::ErrorKind::ConnectionRefused)
+        );
+    }
+
+    #[test]
+    fn exhausted_ports_say_what_to_do() {
+        let remote = addr("127.0.0.1:9");
+        let e = ConnectError::new(
+            Phase::Tcp,
+            "127.0.0.1:9",
+            ConnectErrorKind::SourcePortsExhausted {
+                local: Some("127.0.0.2".parse().unwrap()),
+                remote,
+            },
+        );
+        assert_eq!(
+            e.to_string(),
+            "tcp connect to 127.0.0.1:9 failed: no source port left from 127.0.0.2 to \
+             127.0.0.1:9 (about 28,000 per source address); add \
+             addresses with --local-address"
+        );
+        let e = ConnectError::new(
+            Phase::Tcp,
+            "127.0.0.1:9",
+            ConnectErrorKind::SourcePortsExhausted {
+                local: None,
+                remote,
+            },
+        );
+        assert!(
+            e.to_string()
+                .contains("from this host's default source address to 127.0.0.1:9"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn destinations_without_a_source_of_their_family_are_left_out() {
+        let only4: LocalAddresses = "127.0.0.2".parse().unwrap();
+        let pick = LocalPick {
+            addresses: Some(&only4),
+            slot: Some(0),
+        };
+        let mut addrs = vec![addr("[::1]:9"), addr("127.0.0.1:9"), addr("[::2]:9")];
+        pick.keep_reachable("localhost:9", &mut addrs).unwrap();
+        assert_eq!(addrs, [addr("127.0.0.1:9")]);
+
+        let mut addrs = vec![addr("[::1]:9")];
+        let e = pick.keep_reachable("localhost:9", &mut addrs).unwrap_err();
+        assert!(
+            matches!(e.kind(), ConnectErrorKind::NoLocalAddressOfFamily { .. }),
+            "{e:?}"
+        );
+        assert_eq!(e.phase(), Phase::Tcp);
+        assert_eq!(
+            e.to_string(),
+            "tcp connect to localhost:9 failed: no local address is configured for an IPv6 \
+             destination ([::1]:9)"
+        );
+
+        // Without local addresses every destination stays.
+        let mut addrs = vec![addr("[::1]:9"), addr("127.0.0.1:9")];
+        LocalPick::default()
+            .keep_reachable("localhost:9", &mut addrs)
+            .unwrap();
+        assert_eq!(addrs.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_bound_connection_comes_from_its_address() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let remote = listener.local_addr().unwrap();
+        let remotes = [remote];
+        let local: LocalAddresses = "127.0.0.2-127.0.0.3".parse().unwrap();
+        for slot in 0..4 {
+            let pick = LocalPick {
+                addresses: Some(&local),
+                slot: Some(slot),
+            };
+            let (stream, accepted) = tokio::join!(
+                connect_tcp("127.0.0.1", true, &remotes, Duration::from_secs(5), pick),
+                listener.accept()
+            );
+            let stream = stream.unwrap();
+            let (_, peer) = accepted.unwrap();
+            let want: IpAddr = format!("127.0.0.{}", 2 + slot % 2).parse().unwrap();
+            assert_eq!(stream.local_addr().unwrap().ip(), want);
+            assert_eq!(peer.ip(), want);
+            assert!(stream.nodelay().unwrap());
+        }
+    }
+
+    #[tokio::test]
+    async fn an_address_not_of_this_host_is_named() {
+        // TEST-NET-2 (RFC 5737): never assigned, so the bind fails and
+        // nothing is sent (the destination is loopback in any case).
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let remote = listener.local_addr().unwrap();
+        let local: LocalAddresses = "198.51.100.7".parse().unwrap();
+        let pick = LocalPick {
+            addresses: Some(&local),
+            slot: Some(0),
+        };
+        let e = connect_tcp("127.0.0.1", true, &[remote], Duration::from_secs(5), pick)
+            .await
+            .unwrap_err();
+        assert_eq!(e.phase(), Phase::Tcp);
+        assert!(
+            matches!(e.kind(), ConnectErrorKind::LocalAddressNotAvailable { local } if local.to_string() == "198.51.100.7"),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "tcp connect to {remote} failed: local address 198.51.100.7 is not an address \
+                 of this host"
+            )
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ use wsfleet_proto::deflate::DeflateConfig;
 use wsfleet_proto::{Limits, MemoryBudget};
 
 use super::Keepalive;
-use crate::connect::{Credential, Deadlines, ProxySetting};
+use crate::connect::{Credential, Deadlines, LocalAddresses, ProxySetting};
 
 /// How to open and run one connection. `Default` is what most users want:
 /// default [`Limits`], deadlines and keepalive, webpki roots for `wss`.
@@ -81,6 +81,17 @@ pub struct ConnectionConfig {
     /// `insecure_skip_verify`) on hops that left the configured origin too.
     /// Default false.
     pub keep_tls_on_redirect: bool,
+    /// Source addresses to connect from (see [`LocalAddresses`]), shared by
+    /// every connection of this configuration. `None` (the default): the
+    /// system chooses. A fleet spreads its slots over them
+    /// ([`FleetBuilder::local_addresses`](crate::fleet::FleetBuilder::local_addresses));
+    /// bare connections take them in turn.
+    pub local_addresses: Option<Arc<LocalAddresses>>,
+    /// Which of [`local_addresses`](Self::local_addresses) this connection
+    /// uses: address `slot % n` of the `n` of its destination's family (set
+    /// by the fleet to the slot's number, so a slot keeps its source
+    /// address across reconnects). `None`: the next in turn.
+    pub local_slot: Option<usize>,
 }
 
 impl ConnectionConfig {
@@ -186,6 +197,14 @@ impl ConnectionConfig {
         self
     }
 
+    /// Connects from these source addresses (see
+    /// [`local_addresses`](Self::local_addresses)).
+    #[must_use]
+    pub fn local_addresses(mut self, addresses: LocalAddresses) -> Self {
+        self.local_addresses = Some(Arc::new(addresses));
+        self
+    }
+
     /// Charges buffers to `budget`.
     #[must_use]
     pub fn budget(mut self, budget: Arc<dyn MemoryBudget>) -> Self {
@@ -214,6 +233,11 @@ impl std::fmt::Debug for ConnectionConfig {
             .field("max_redirects", &self.max_redirects)
             .field("forward_on_redirect", &self.forward_on_redirect)
             .field("keep_tls_on_redirect", &self.keep_tls_on_redirect)
+            .field(
+                "local_addresses",
+                &self.local_addresses.as_ref().map(|a| a.len()),
+            )
+            .field("local_slot", &self.local_slot)
             .finish()
     }
 }

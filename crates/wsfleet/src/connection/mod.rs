@@ -246,8 +246,12 @@ impl Connection {
         // `host:port` names the peer, in errors and logs of every phase:
         // formatted once per attempt.
         let peer = target.authority();
+        let local = connect::LocalPick {
+            addresses: config.local_addresses.as_deref(),
+            slot: config.local_slot,
+        };
         let mut stream =
-            connect::open_at(target, &peer, proxy.as_ref(), tls, &config.deadlines).await?;
+            connect::open_at(target, &peer, proxy.as_ref(), tls, &config.deadlines, local).await?;
         let (response, leftover) = handshake::client_handshake(
             &mut stream,
             target,

@@ -284,6 +284,16 @@ impl FleetBuilder {
         self
     }
 
+    /// Source addresses to connect from, spread over the slots: slot `i`
+    /// uses address `i % n` of the `n` of its destination's family, the
+    /// same across reconnects (see [`LocalAddresses`](crate::connect::LocalAddresses)).
+    /// Each address gives about 28,000 connections to one destination.
+    /// Default: the system chooses.
+    pub fn local_addresses(mut self, addresses: crate::connect::LocalAddresses) -> Self {
+        self.settings.connection.local_addresses = Some(Arc::new(addresses));
+        self
+    }
+
     /// Per-connection initialisation; see [`OnConnect`].
     ///
     /// ```no_run

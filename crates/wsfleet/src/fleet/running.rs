@@ -132,6 +132,9 @@ pub(super) async fn open(
     let budget = shared.budget.member();
     config.budget = Some(budget.clone());
     config.gate = Some(budget.clone());
+    // The slot's number across shards: its source address is the same
+    // whichever process runs it, and the fleet's slots spread evenly.
+    config.local_slot = Some(slot.id.0 as usize);
     let hook = shared.settings.on_connect.clone();
     let replayed = shared.subscriptions().carried(slot.index());
     let target = target.clone();

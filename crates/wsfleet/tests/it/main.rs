@@ -13,6 +13,7 @@ mod fleet_1k;
 mod heartbeat;
 mod hostile;
 mod interop;
+mod local_address;
 mod mtls;
 mod peers;
 mod proxy;

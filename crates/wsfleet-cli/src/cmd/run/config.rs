@@ -13,10 +13,12 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
+use wsfleet::connect::LocalAddresses;
 use wsfleet::fleet::SlowConsumer;
 use wsfleet::{ConnectionConfig, Keepalive, Progress};
 use wsfleet_bus::{
@@ -55,6 +57,8 @@ pub(crate) struct Plan {
     pub(crate) memory_budget: Option<usize>,
     /// New connections per second, if not the default.
     pub(crate) connect_rate: Option<f64>,
+    /// Source addresses to connect from (`--local-address`), if set.
+    pub(crate) local_addresses: Option<Arc<LocalAddresses>>,
     /// Outbound rate of each connection, if limited.
     pub(crate) send_rate: Option<wsfleet::fleet::SendRate>,
     /// Outbound rate of the whole fleet, if limited.
@@ -262,6 +266,7 @@ impl Plan {
             max_message: args.max_message.or(file.max_message.map(|s| s.0)),
             memory_budget: args.memory_budget.or(file.memory_budget.map(|s| s.0)),
             connect_rate: args.connect_rate.or(file.connect_rate.map(|r| r.0)),
+            local_addresses: local_addresses(args.local_addresses, file.local_address)?,
             send_rate: args.send_rate.or(file.send_rate.map(|r| r.0)),
             pool_send_rate: args.pool_send_rate.or(file.pool_send_rate.map(|r| r.0)),
             send_on_connect: list(args.send_on_connect, file.send_on_connect),
@@ -454,6 +459,7 @@ impl Plan {
             progress = progress.with_min_rate(rate);
         }
         config = config.progress(progress);
+        config.local_addresses = self.local_addresses.clone();
         for protocol in &self.protocols {
             config = config.protocol(protocol.clone());
         }
@@ -479,6 +485,7 @@ struct FileConfig {
     max_message: Option<Size>,
     memory_budget: Option<Size>,
     connect_rate: Option<Rate>,
+    local_address: Option<Vec<LocalAddressSpec>>,
     send_rate: Option<SendRateValue>,
     pool_send_rate: Option<SendRateValue>,
     send_on_connect: Option<Vec<String>>,
@@ -567,6 +574,26 @@ pub(crate) struct ProcessPart {
     memory_budget: Option<usize>,
     sink: Option<SinkConfig>,
     source: Option<SourceConfig>,
+}
+
+/// The source addresses the flags (or else the file) give, read together;
+/// `None` for none.
+fn local_addresses(
+    flags: Vec<String>,
+    file: Option<Vec<LocalAddressSpec>>,
+) -> Result<Option<Arc<LocalAddresses>>, UsageError> {
+    let (specs, key) = if flags.is_empty() {
+        (unwrap_all(file.unwrap_or_default()), "local-address")
+    } else {
+        (flags, "--local-address")
+    };
+    if specs.is_empty() {
+        return Ok(None);
+    }
+    // Each is valid alone (checked when read); together they may pass the bound.
+    LocalAddresses::parse(&specs)
+        .map(|a| Some(Arc::new(a)))
+        .map_err(|e| UsageError(format!("{key}: {e}")))
 }
 
 /// A pool's name: what metrics labels and `/connections` carry.
@@ -945,6 +972,12 @@ parsed!(
     "a ws:// or wss:// URL"
 );
 parsed!(
+    /// `local-address`: an address, a range, a block or a list of them.
+    LocalAddressSpec(String),
+    cli::parse_local_address,
+    "an address, a range A-B or a block A/N"
+);
+parsed!(
     /// `connections`: 1 to 1,000,000.
     Count(u32),
     |s| match s.trim().parse::<u32>() {
@@ -1028,6 +1061,12 @@ parsed!(
     cli::parse_header,
     "a header as \"Name: value\""
 );
+
+impl From<LocalAddressSpec> for String {
+    fn from(spec: LocalAddressSpec) -> Self {
+        spec.0
+    }
+}
 
 impl From<WsUrl> for String {
     fn from(url: WsUrl) -> Self {
@@ -1258,6 +1297,11 @@ peer-ping-limit = 0
                 "max-lifetime = \"1ms\"\n",
                 1,
                 "max-lifetime: invalid lifetime",
+            ),
+            (
+                "local-address = [\"127.0.0.9-127.0.0.2\"]\n",
+                1,
+                "local-address: local address \"127.0.0.9-127.0.0.2\": the range ends",
             ),
             ("connections = [1]\n", 1, "connections: invalid type"),
             ("connections = \n", 1, ""),
@@ -1688,5 +1732,75 @@ credential-cache = 0
             };
             assert!(e.contains(want), "{args:?}: {e}");
         }
+    }
+
+    fn ips(plan: &Plan) -> Vec<String> {
+        let addrs = plan.local_addresses.as_ref().expect("local addresses");
+        addrs.iter().map(|a| a.to_string()).collect()
+    }
+
+    #[test]
+    fn local_addresses_from_flags_or_the_file() {
+        let plan = Plan::resolve(run_args(&[])).unwrap();
+        assert!(plan.local_addresses.is_none());
+        assert!(plan.connection_config().unwrap().local_addresses.is_none());
+
+        let plan = Plan::resolve(run_args(&[
+            "--local-address",
+            "127.0.0.2-127.0.0.4",
+            "--local-address",
+            "127.0.1.0/30, 127.0.0.3",
+        ]))
+        .unwrap();
+        assert_eq!(
+            ips(&plan),
+            [
+                "127.0.0.2",
+                "127.0.0.3",
+                "127.0.0.4",
+                "127.0.1.1",
+                "127.0.1.2"
+            ]
+        );
+        // Every connection of the pool gets them, a reload compares them.
+        let config = plan.connection_config().unwrap();
+        assert_eq!(config.local_addresses, plan.local_addresses);
+        assert_eq!(plan.pool_part().local_addresses, plan.local_addresses);
+
+        let text = "local-address = [\"127.0.0.5\", \"::1\"]\n";
+        let plan = with_file("local", text, &[]).unwrap();
+        assert_eq!(ips(&plan), ["127.0.0.5", "::1"]);
+        // The flags replace the file's list.
+        let plan = with_file("local-flag", text, &["--local-address", "127.0.0.6"]).unwrap();
+        assert_eq!(ips(&plan), ["127.0.0.6"]);
+        // A pool has its own.
+        let text = "[pool.p]\nurl = [\"ws://127.0.0.1:9/\"]\nlocal-address = [\"127.0.0.8\"]\n";
+        let plan = with_file("local-pool", text, &[]).unwrap();
+        assert_eq!(ips(&plan.pools[0].1), ["127.0.0.8"]);
+    }
+
+    #[test]
+    fn bad_local_addresses_are_usage_errors_naming_the_value() {
+        let Err(e) = Cli::try_parse_from(["wsfleet", "run", "--local-address", "localhost"]) else {
+            panic!("--local-address localhost was taken");
+        };
+        let e = e.to_string();
+        assert!(
+            e.contains("localhost") && e.contains("not an IP address"),
+            "{e}"
+        );
+        // Each value fits alone; together they pass the bound.
+        let e = Plan::resolve(run_args(&[
+            "--local-address",
+            "fd00::-fd00::ffff",
+            "--local-address",
+            "127.0.0.2",
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            e,
+            "--local-address: local address \"127.0.0.2\": more than 65536 local addresses in all"
+        );
     }
 }
