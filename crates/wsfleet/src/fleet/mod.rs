@@ -931,7 +931,7 @@ impl FleetMonitor {
         self.0
             .slots
             .iter()
-            .filter(|s| s.record().state() == ConnState::Ready)
+            .filter(|s| matches!(s.record().state(), ConnState::Ready | ConnState::Paused))
             .count()
     }
 
