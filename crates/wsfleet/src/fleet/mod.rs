@@ -25,10 +25,12 @@ mod backoff;
 pub(crate) mod budget;
 mod builder;
 mod conn_task;
+mod coordinated;
 mod counters;
 mod drain;
 mod extras;
 mod heartbeat;
+mod held;
 mod inbox;
 mod intake;
 mod intensity;
@@ -367,6 +369,9 @@ pub(crate) struct Shared {
     pub(crate) wanted: AtomicUsize,
     /// Shutdown, the active slot count, pause: every slot task watches it.
     pub(crate) orders: watch::Sender<orders::Orders>,
+    /// A coordinated fleet's held slots ([`FleetBuilder::coordinated`]);
+    /// `None`: every active slot runs.
+    pub(crate) held: Option<Arc<held::HeldSet>>,
     /// Each slot position's task.
     pub(crate) slot_tasks: Mutex<Vec<Option<JoinHandle<()>>>>,
     /// Where slot tasks run.
