@@ -624,7 +624,12 @@ impl FleetBuilder {
         }
         let shared = Arc::new(shared);
         shared.slots.grow_to(positions, |p| shared.make_slot(p));
-        if !self.coordinated {
+        if self.coordinated {
+            // Shown closed until held (not "connecting").
+            for slot in shared.slots.iter() {
+                slot.record().set_state(super::ConnState::Closed);
+            }
+        } else {
             for position in 0..positions {
                 shared.spawn_slot(position);
             }
