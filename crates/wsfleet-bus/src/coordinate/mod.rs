@@ -73,10 +73,20 @@
 //! lease, 2.3 s for 10 s): a NATS outage longer than that drops every slot
 //! (fail-safe: no slot is served without a lease).
 //!
-//! Not covered by the bound: a rotation in progress (its old connection
-//! closes gracefully within the close deadline), and a `create` that timed
-//! out on our side but succeeded on the server (the key then stays
-//! unserved until it expires: at most `T` without a holder).
+//! Not covered by the bound:
+//!
+//! - A process that is *paused* (SIGSTOP, a frozen VM, a swap storm)
+//!   cannot run its fence: its sockets stay open in the kernel, so the
+//!   upstream may see the slot's old connection (idle: nobody reads or
+//!   writes it) beside the new holder's until the process resumes and
+//!   aborts it at its first tick. Leases fence what a *running* process
+//!   does; an upstream that must never see two connections of one slot
+//!   needs a token it checks (the key's revision would do).
+//! - A rotation in progress (its old connection closes gracefully within
+//!   the close deadline).
+//! - A `create` that timed out on our side but succeeded on the server:
+//!   the key then stays unserved until it expires (at most `T` without a
+//!   holder, never two).
 //!
 //! # Failover time
 //!
