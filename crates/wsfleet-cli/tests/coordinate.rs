@@ -297,6 +297,11 @@ fn three_processes_share_the_slots_and_take_over_a_killed_ones() {
         .map(|a| ready_slots(a).unwrap_or_default().len())
         .collect();
     assert_eq!(held, [10, 10, 10]);
+    // Healthy: each process's target is what it holds, not all 30.
+    for admin in &admin_refs {
+        let (status, body) = http_get(admin, "/healthz").expect("healthz");
+        assert_eq!(status, 200, "{admin}: {body}");
+    }
 
     // The proxy never saw a slot twice, nor more than 30 at once.
     {

@@ -277,7 +277,7 @@ impl Coordinator {
                 "the fleet must be built coordinated (FleetBuilder::coordinated)",
             ));
         }
-        let slots = control.monitor().target();
+        let slots = control.monitor().connections();
         let kv = open_bucket(&config.url, Some(config.timing)).await?;
         let instance = instance_id();
         let (stop_tx, stop_rx) = oneshot::channel();

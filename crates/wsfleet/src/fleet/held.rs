@@ -9,7 +9,7 @@
 //! revoking it aborts the connection at once, because another process may
 //! take the slot next.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
 /// What this process may do with one slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,19 +24,28 @@ pub(crate) enum Holding {
     Lost = 2,
 }
 
-/// One [`Holding`] per slot position, fixed in size at spawn.
+/// One [`Holding`] per slot position, fixed in size at spawn, and how
+/// many are held.
 #[derive(Debug)]
-pub(crate) struct HeldSet(Box<[AtomicU8]>);
+pub(crate) struct HeldSet(Box<[AtomicU8]>, AtomicUsize);
 
 impl HeldSet {
     /// `n` slots, every one free.
     pub(crate) fn new(n: usize) -> Self {
-        Self((0..n).map(|_| AtomicU8::new(Holding::Free as u8)).collect())
+        Self(
+            (0..n).map(|_| AtomicU8::new(Holding::Free as u8)).collect(),
+            AtomicUsize::new(0),
+        )
     }
 
     /// How many slots it covers.
     pub(crate) fn len(&self) -> usize {
         self.0.len()
+    }
+
+    /// How many are held now.
+    pub(crate) fn held(&self) -> usize {
+        self.1.load(Ordering::Acquire)
     }
 
     /// The holding of `position` (a position past the end is free).
@@ -52,6 +61,11 @@ impl HeldSet {
     /// end: nothing changed).
     pub(crate) fn set(&self, position: usize, holding: Holding) -> Option<Holding> {
         let before = self.0.get(position)?.swap(holding as u8, Ordering::AcqRel);
+        match (before == Holding::Held as u8, holding == Holding::Held) {
+            (false, true) => self.1.fetch_add(1, Ordering::AcqRel),
+            (true, false) => self.1.fetch_sub(1, Ordering::AcqRel),
+            _ => 0,
+        };
         Some(match before {
             1 => Holding::Held,
             2 => Holding::Lost,
@@ -69,8 +83,11 @@ mod tests {
         let set = HeldSet::new(3);
         assert_eq!(set.get(1), Holding::Free);
         assert_eq!(set.set(1, Holding::Held), Some(Holding::Free));
+        assert_eq!(set.set(1, Holding::Held), Some(Holding::Held));
+        assert_eq!(set.held(), 1);
         assert_eq!(set.set(1, Holding::Lost), Some(Holding::Held));
         assert_eq!(set.get(1), Holding::Lost);
+        assert_eq!(set.held(), 0);
         assert_eq!((set.get(0), set.get(2)), (Holding::Free, Holding::Free));
         assert_eq!(set.set(3, Holding::Held), None);
         assert_eq!(set.get(3), Holding::Free);

@@ -403,6 +403,15 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The connections this process keeps, with `active` slots running:
+    /// in a coordinated fleet, the slots it holds among them.
+    pub(crate) fn target_now(&self, active: usize) -> usize {
+        match &self.held {
+            Some(held) if active > 0 => held.held(),
+            _ => active,
+        }
+    }
+
     pub(crate) fn subscriptions(&self) -> std::sync::MutexGuard<'_, subscriptions::Table> {
         self.subscriptions.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -940,9 +949,10 @@ impl FleetMonitor {
             .count()
     }
 
-    /// This process's slots: the connections it keeps (0 while paused).
+    /// This process's slots: the connections it keeps (0 while paused;
+    /// the slots it holds, in a coordinated fleet).
     pub fn target(&self) -> usize {
-        self.0.orders.borrow().active
+        self.0.target_now(self.0.orders.borrow().active)
     }
 
     /// Connections wanted of the whole fleet (all shards), kept while paused.
@@ -996,7 +1006,7 @@ impl FleetMonitor {
                 .map(|r| r.snapshot(self.name())),
         );
         FleetStats {
-            target: orders.active,
+            target: self.0.target_now(orders.active),
             paused: orders.paused,
             ready,
             reconnects: self.0.reconnects.load(Ordering::Relaxed),

@@ -297,6 +297,7 @@ async fn a_coordinated_fleet_runs_only_the_slots_it_holds() {
     let slots: BTreeSet<SlotId> = book.up.values().copied().collect();
     assert_eq!(slots, BTreeSet::from([SlotId(1), SlotId(3)]));
     assert_eq!(control.held_slots(), [SlotId(1), SlotId(3)]);
+    assert_eq!(control.monitor().target(), 2, "its target is what it holds");
 
     // Released: closed gracefully; revoked: aborted, each with its reason.
     let conn_of = |book: &Book, slot| *book.up.iter().find(|(_, s)| **s == slot).unwrap().0;

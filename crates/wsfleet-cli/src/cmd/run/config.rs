@@ -1319,6 +1319,50 @@ peer-ping-limit = 0
     }
 
     #[test]
+    fn coordinate_from_flags_or_file_and_never_with_a_shard() {
+        let plan =
+            Plan::resolve(run_args(&["--coordinate", "nats://127.0.0.1:4222/feeds"])).unwrap();
+        assert_eq!(
+            plan.coordinate.as_ref().map(|c| c.bucket()),
+            Some("wsfleet_feeds".into())
+        );
+        assert_eq!(plan.lease, DEFAULT_LEASE);
+        let plan = with_file(
+            "coordinate",
+            "coordinate = \"nats://h:4222/a\"\nlease = \"2s\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            plan.coordinate.map(|c| c.fleet().to_owned()),
+            Some("a".into())
+        );
+        assert_eq!(plan.lease, Duration::from_secs(2));
+        let e = Plan::resolve(run_args(&[
+            "--coordinate",
+            "nats://h:4222/a",
+            "--shard",
+            "0/2",
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("--coordinate or --shard"), "{e}");
+        let e = with_file("lease-short", "lease = \"100ms\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at least 500ms"), "{e}");
+        let e = with_file(
+            "pool-coordinate",
+            "[pool.x]\nurl = [\"ws://h/\"]\ncoordinate = \"nats://h:1/a\"\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("setting of the process"), "{e}");
+        assert!(Cli::try_parse_from(["wsfleet", "run", "--coordinate", "nats://h:1/a.b"]).is_err());
+    }
+
+    #[test]
     fn missing_file_and_empty_shard() {
         let e = Plan::resolve(run_args(&["--config", "/no/such/wsfleet.toml"]))
             .unwrap_err()
