@@ -16,6 +16,7 @@ use wsfleet::fleet::{FleetControl, SlotId};
 
 use super::CoordinatorState;
 use super::lease::{Lease, LeaseTiming};
+use super::pace::TakePacer;
 use super::share::{Scan, fair_share, plan};
 
 /// Takes in flight at once, at most (each also paced).
@@ -74,8 +75,7 @@ pub(super) struct Driver {
     queue: VecDeque<u32>,
     /// Slots released a moment ago, not retaken before the instant.
     cooldown: BTreeMap<u32, Instant>,
-    next_take: Instant,
-    take_gap: Duration,
+    pacer: TakePacer,
     no_take_before: Instant,
     scan_at: Instant,
     scanning: bool,
@@ -99,11 +99,6 @@ impl Driver {
         let now = Instant::now();
         let mut seed = [0u8; 8];
         let _ = getrandom::fill(&mut seed);
-        let rate = if take_rate.is_finite() && take_rate > 0.0 {
-            take_rate
-        } else {
-            200.0
-        };
         Self {
             kv,
             control,
@@ -118,8 +113,7 @@ impl Driver {
             taking: BTreeSet::new(),
             queue: VecDeque::new(),
             cooldown: BTreeMap::new(),
-            next_take: now,
-            take_gap: Duration::from_secs_f64(1.0 / rate),
+            pacer: TakePacer::new(take_rate, timing.tick(), now),
             no_take_before: now + timing.renew_every(),
             scan_at: now,
             scanning: false,
@@ -239,7 +233,7 @@ impl Driver {
         }
         // 3. Takes, paced with jitter.
         self.cooldown.retain(|_, until| *until > now);
-        while now >= self.next_take
+        while self.pacer.ready(now)
             && now >= self.no_take_before
             && self.taking.len() < MAX_TAKES_IN_FLIGHT
         {
@@ -250,8 +244,8 @@ impl Driver {
                 continue;
             }
             self.take(slot, now);
-            let gap = self.take_gap.mul_f64(0.5 + self.random());
-            self.next_take = self.next_take.max(now - gap) + gap;
+            let unit = self.random();
+            self.pacer.took(now, unit);
         }
         // 4. The next scan.
         if !self.scanning && now >= self.scan_at {

@@ -100,6 +100,7 @@
 
 mod driver;
 mod lease;
+mod pace;
 mod share;
 mod status;
 
