@@ -9,6 +9,13 @@
 //! show there. Besides, every 100 ms the test reads each process's
 //! `/connections` and checks that no ready slot appears in two of them.
 //!
+//! The overlap bound at the server is 0 here, and asserted so: a SIGKILLed
+//! process's sockets close with it (the kernel closes them), and a slot
+//! given back is deleted from the bucket only once its connection has
+//! closed, so the proxy never sees more than 30 connections nor one slot
+//! twice. (A *paused* process would be another matter: see
+//! `wsfleet_bus::coordinate`.)
+//!
 //! The scenario: all 30 slots held exactly once, 10 per process; one
 //! process SIGKILLed; the survivors serve every slot again within the
 //! documented bound (lease + a scan + the ramp), measured and printed; the
