@@ -23,6 +23,9 @@
 //!
 //! Headers written on every published message: see [`headers`].
 //!
+//! [`coordinate`]: several processes share one fleet's slots through
+//! JetStream key-value leases, with failover (`--coordinate`).
+//!
 //! # Metrics
 //!
 //! [`NatsSink::metrics_handle`] and [`NatsSource::metrics_handle`] give
@@ -47,6 +50,7 @@
 //! | `wsfleet_source_answered_total` | counter | [`SourceMetrics::answered`] |
 //! | `wsfleet_source_unanswered_total` | counter | [`SourceMetrics::unanswered`] |
 
+pub mod coordinate;
 pub mod headers;
 mod metrics;
 mod nats_url;

@@ -86,6 +86,21 @@ pub(crate) enum Command {
     /// Esc quits. While the endpoint cannot be reached, top says so and
     /// keeps retrying.
     Top(TopArgs),
+    /// Show a coordinated fleet (`run --coordinate`) across its processes,
+    /// as its NATS lease bucket holds it: each member with the slots it
+    /// holds, and the free slots. Prints once and exits.
+    Status(StatusArgs),
+}
+
+/// Flags of `wsfleet status`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct StatusArgs {
+    /// The fleet, as given to `run --coordinate`: nats://HOST:PORT/FLEET.
+    #[arg(long, value_name = "URL", value_parser = parse_coordinate_url)]
+    pub(crate) coordinate: wsfleet_bus::coordinate::CoordinateUrl,
+    /// Give up after this long without an answer.
+    #[arg(long, value_name = "DUR", default_value = "5s", value_parser = parse_lifetime)]
+    pub(crate) timeout: Duration,
 }
 
 /// Flags of `wsfleet run`. Each can also be set in the --config file, as a
@@ -112,6 +127,18 @@ pub(crate) struct RunArgs {
     /// share one fleet without talking to each other [default: 0/1].
     #[arg(long, value_name = "I/N", value_parser = parse_shard)]
     pub(crate) shard: Option<Shard>,
+    /// Share the fleet's slots with the other processes started with the
+    /// same nats://HOST:PORT/FLEET, through JetStream key-value leases: each
+    /// runs a fair share, and when one dies the others take its slots within
+    /// about --lease plus the ramp. Every process gives the same
+    /// --connections and --lease. Not with --shard.
+    #[arg(long, value_name = "URL", value_parser = parse_coordinate_url)]
+    pub(crate) coordinate: Option<wsfleet_bus::coordinate::CoordinateUrl>,
+    /// With --coordinate: how long a slot's lease lives without renewal
+    /// (renewed every third of it; a slot stops being served after about
+    /// 0.57 of it without a renewal) [default: 10s; at least 500ms].
+    #[arg(long, value_name = "DUR", value_parser = parse_lease)]
+    pub(crate) lease: Option<Duration>,
     /// Replace each connection after this long, ± 10 % (e.g. 55m, 12h): the
     /// new one is opened before the old one is closed. At least 100ms
     /// [default: never].
@@ -306,6 +333,22 @@ pub(crate) struct RunArgs {
 }
 
 /// Reads `nats://HOST:PORT/SUBJECT`.
+pub(crate) fn parse_coordinate_url(
+    url: &str,
+) -> Result<wsfleet_bus::coordinate::CoordinateUrl, String> {
+    url.parse()
+        .map_err(|e: wsfleet_bus::coordinate::CoordinateError| e.to_string())
+}
+
+/// `--lease`, `lease`: a duration of at least 500ms.
+pub(crate) fn parse_lease(s: &str) -> Result<Duration, String> {
+    let d = units::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < wsfleet_bus::coordinate::MIN_LEASE {
+        return Err(format!("invalid lease {s:?}: at least 500ms"));
+    }
+    Ok(d)
+}
+
 pub(crate) fn parse_bus_url(url: &str) -> Result<wsfleet_bus::BusUrl, String> {
     url.parse()
         .map_err(|e: wsfleet_bus::BusUrlError| e.to_string())

@@ -5,6 +5,7 @@ mod connect;
 mod escape;
 mod run;
 mod serve;
+mod status;
 mod top;
 
 use std::path::PathBuf;
@@ -38,6 +39,7 @@ pub(crate) fn execute(command: Command) -> anyhow::Result<()> {
             Command::Connect(args) => connect::run(args).await,
             Command::Serve(args) => serve::run(args).await,
             Command::Top(args) => top::run(args).await,
+            Command::Status(args) => status::run(args).await,
         }
     });
     runtime.shutdown_timeout(RUNTIME_SHUTDOWN);

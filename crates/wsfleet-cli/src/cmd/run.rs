@@ -13,6 +13,7 @@
 mod budget;
 mod bus;
 mod config;
+mod coordinate;
 mod output;
 mod pools;
 mod status;
@@ -98,6 +99,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
         shard = %format_args!("{}/{}", plan.shard.index, plan.shard.count),
         "fleet started"
     );
+    let coordinator = coordinate::start(&plan, &primary_control).await?;
     // Before the admin endpoint: its /metrics serves the bus's counters.
     let bus = Bus::connect(&plan, &monitor).await?;
     let pools = Arc::new(tokio::sync::Mutex::new(pools));
@@ -200,6 +202,11 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
         "stopping: closing {} connections (1001)",
         at_stop.ready
     );
+    if let Some(coordinator) = coordinator {
+        // Its slots close gracefully and their keys go, so the other
+        // processes take them at once.
+        coordinate::leave(coordinator, &plan).await;
+    }
     let mut pools = pools.lock().await;
     let (done, mut cut_short) = tokio::select! {
         done = pools.shutdown() => (done, None),
@@ -314,6 +321,9 @@ fn builder(plan: &Plan, urls: &[String], connection: ConnectionConfig) -> FleetB
         .shard(plan.shard.index as usize, plan.shard.count as usize)
         .connection_config(connection)
         .slow_consumer(plan.slow_consumer);
+    if plan.coordinate.is_some() {
+        builder = builder.coordinated();
+    }
     if let Some(lifetime) = plan.max_lifetime {
         builder = builder.max_lifetime(lifetime);
     }

@@ -86,6 +86,8 @@ pub struct FleetBuilder {
     events_to: Option<EventSender>,
     /// Set by `conn_ids`: ids unique across several fleets.
     conn_ids: Option<ConnIds>,
+    /// Set by `coordinated`: no slot runs until held.
+    coordinated: bool,
 }
 
 impl FleetBuilder {
@@ -118,6 +120,7 @@ impl FleetBuilder {
             subscriptions: Vec::new(),
             shared_budget: None,
             events_to: None,
+            coordinated: false,
             conn_ids: None,
         }
     }
@@ -420,6 +423,17 @@ impl FleetBuilder {
         self
     }
 
+    /// Makes every slot wait until it is held: the fleet's slots are shared
+    /// with other processes, and whoever hands them out (a lease
+    /// coordinator) calls [`FleetControl::hold`](super::FleetControl::hold),
+    /// [`release`](super::FleetControl::release) and
+    /// [`revoke`](super::FleetControl::revoke). The slot count is fixed
+    /// (`set_connections` is refused) and the fleet is not sharded.
+    pub fn coordinated(mut self) -> Self {
+        self.coordinated = true;
+        self
+    }
+
     /// Validates everything and starts the slots on the current tokio runtime.
     ///
     /// # Errors
@@ -449,6 +463,13 @@ impl FleetBuilder {
                 "shard",
                 format!("{index}/{count}"),
                 "index must be below count, count at least 1",
+            );
+        }
+        if self.coordinated && count != 1 {
+            return bad(
+                "shard",
+                format!("{index}/{count}"),
+                "a coordinated fleet is not sharded: its processes share every slot",
             );
         }
         if !(self.connect_rate > 0.0 && self.connect_rate.is_finite()) {
@@ -554,6 +575,7 @@ impl FleetBuilder {
             targets,
             wanted: AtomicUsize::new(self.connections),
             orders,
+            held: None,
             slot_tasks: Mutex::new(Vec::new()),
             runtime,
             scaling: tokio::sync::Mutex::new(()),
@@ -607,10 +629,20 @@ impl FleetBuilder {
         // The first segment holds exactly the fleet's first size.
         shared.slots = SlotTable::new(positions);
         shared.orders.send_modify(|o| o.active = positions);
+        if self.coordinated {
+            shared.held = Some(Arc::new(super::held::HeldSet::new(positions)));
+        }
         let shared = Arc::new(shared);
         shared.slots.grow_to(positions, |p| shared.make_slot(p));
-        for position in 0..positions {
-            shared.spawn_slot(position);
+        if self.coordinated {
+            // Shown closed until held (not "connecting").
+            for slot in shared.slots.iter() {
+                slot.record().set_state(super::ConnState::Closed);
+            }
+        } else {
+            for position in 0..positions {
+                shared.spawn_slot(position);
+            }
         }
         Ok(Fleet {
             shared,

@@ -148,6 +148,7 @@ impl ConnTask {
                         DisconnectReason::ScaledDown => "scaled down",
                         DisconnectReason::Paused => "paused",
                         DisconnectReason::Dropped => "dropped",
+                        DisconnectReason::Released => "released",
                         _ => "shutdown",
                     };
                     if let Err(e) = conn.begin_close(CloseCode::GOING_AWAY, why) {

@@ -25,10 +25,12 @@ mod backoff;
 pub(crate) mod budget;
 mod builder;
 mod conn_task;
+mod coordinated;
 mod counters;
 mod drain;
 mod extras;
 mod heartbeat;
+mod held;
 mod inbox;
 mod intake;
 mod intensity;
@@ -367,6 +369,9 @@ pub(crate) struct Shared {
     pub(crate) wanted: AtomicUsize,
     /// Shutdown, the active slot count, pause: every slot task watches it.
     pub(crate) orders: watch::Sender<orders::Orders>,
+    /// A coordinated fleet's held slots ([`FleetBuilder::coordinated`]);
+    /// `None`: every active slot runs.
+    pub(crate) held: Option<Arc<held::HeldSet>>,
     /// Each slot position's task.
     pub(crate) slot_tasks: Mutex<Vec<Option<JoinHandle<()>>>>,
     /// Where slot tasks run.
@@ -398,6 +403,15 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The connections this process keeps, with `active` slots running:
+    /// in a coordinated fleet, the slots it holds among them.
+    pub(crate) fn target_now(&self, active: usize) -> usize {
+        match &self.held {
+            Some(held) if active > 0 => held.held(),
+            _ => active,
+        }
+    }
+
     pub(crate) fn subscriptions(&self) -> std::sync::MutexGuard<'_, subscriptions::Table> {
         self.subscriptions.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -935,9 +949,10 @@ impl FleetMonitor {
             .count()
     }
 
-    /// This process's slots: the connections it keeps (0 while paused).
+    /// This process's slots: the connections it keeps (0 while paused;
+    /// the slots it holds, in a coordinated fleet).
     pub fn target(&self) -> usize {
-        self.0.orders.borrow().active
+        self.0.target_now(self.0.orders.borrow().active)
     }
 
     /// Connections wanted of the whole fleet (all shards), kept while paused.
@@ -991,7 +1006,7 @@ impl FleetMonitor {
                 .map(|r| r.snapshot(self.name())),
         );
         FleetStats {
-            target: orders.active,
+            target: self.0.target_now(orders.active),
             paused: orders.paused,
             ready,
             reconnects: self.0.reconnects.load(Ordering::Relaxed),

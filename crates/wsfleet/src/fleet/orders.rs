@@ -6,9 +6,12 @@
 //! request for one slot waits in that slot's [`Requests`] cell and the
 //! channel's version is bumped so the slot task looks at it.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use tokio::sync::watch;
+
+use super::held::{HeldSet, Holding};
 
 /// The fleet-wide orders every slot task watches.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -27,6 +30,10 @@ pub(crate) enum Stop {
     Shutdown,
     ScaledDown,
     Paused,
+    /// A coordinated fleet no longer holds the slot: close gracefully.
+    Released,
+    /// A coordinated fleet lost the slot's lease: abort at once.
+    LeaseLost,
 }
 
 /// A one-off request for one slot's connection.
@@ -68,11 +75,24 @@ impl Requests {
 pub(crate) struct SlotOrders {
     rx: watch::Receiver<Orders>,
     position: usize,
+    /// A coordinated fleet's held slots (`None`: every active slot runs).
+    held: Option<Arc<HeldSet>>,
 }
 
 impl SlotOrders {
     pub(crate) fn new(rx: watch::Receiver<Orders>, position: usize) -> Self {
-        Self { rx, position }
+        Self {
+            rx,
+            position,
+            held: None,
+        }
+    }
+
+    /// The same, in a coordinated fleet: the slot also stops when `held`
+    /// says it is not this process's.
+    pub(crate) fn with_held(mut self, held: Option<Arc<HeldSet>>) -> Self {
+        self.held = held;
+        self
     }
 
     /// Whether, and why, the slot must stop now.
@@ -81,7 +101,11 @@ impl SlotOrders {
         if orders.shutdown {
             Some(Stop::Shutdown)
         } else if self.position < orders.active {
-            None
+            match self.held.as_ref().map(|h| h.get(self.position)) {
+                None | Some(Holding::Held) => None,
+                Some(Holding::Free) => Some(Stop::Released),
+                Some(Holding::Lost) => Some(Stop::LeaseLost),
+            }
         } else if orders.paused {
             Some(Stop::Paused)
         } else {

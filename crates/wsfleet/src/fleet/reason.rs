@@ -113,6 +113,13 @@ pub enum DisconnectReason {
     Paused,
     /// Dropped on request (the control API): closed with 1001, replaced.
     Dropped,
+    /// Its slot was released (a coordinated fleet handed it to another
+    /// process): closed with 1001, not replaced here.
+    Released,
+    /// Its slot's lease was lost (a coordinated fleet could not renew it in
+    /// time): aborted at once without a close handshake, so that two
+    /// processes never serve the slot together.
+    LeaseLost,
     /// User code (the on-connect hook) panicked.
     Panicked(String),
 }
@@ -168,6 +175,8 @@ labels! {
     Paused => "paused",
     Dropped => "dropped",
     Panicked => "panicked",
+    Released => "released",
+    LeaseLost => "lease_lost",
 }
 
 impl DisconnectReason {
@@ -213,6 +222,8 @@ impl DisconnectReason {
             Self::Paused => Label::Paused,
             Self::Dropped => Label::Dropped,
             Self::Panicked(_) => Label::Panicked,
+            Self::Released => Label::Released,
+            Self::LeaseLost => Label::LeaseLost,
         }
     }
 
@@ -221,7 +232,12 @@ impl DisconnectReason {
     pub fn is_failure(&self) -> bool {
         !matches!(
             self,
-            Self::Rotated | Self::Shutdown | Self::ScaledDown | Self::Paused | Self::Dropped
+            Self::Rotated
+                | Self::Shutdown
+                | Self::ScaledDown
+                | Self::Paused
+                | Self::Dropped
+                | Self::Released
         )
     }
 
@@ -234,6 +250,7 @@ impl DisconnectReason {
             | Self::ScaledDown
             | Self::Paused
             | Self::Dropped
+            | Self::Released
             | Self::Stale { .. }
             | Self::SequenceGap { .. } => Some(CloseCode::GOING_AWAY),
             Self::PongTimeout
@@ -343,6 +360,10 @@ impl fmt::Display for DisconnectReason {
             Self::Paused => f.write_str("fleet paused (closed with 1001)"),
             Self::Dropped => f.write_str("dropped on request (closed with 1001)"),
             Self::Panicked(what) => write!(f, "user code panicked: {what}"),
+            Self::Released => f.write_str("slot released to another process (closed with 1001)"),
+            Self::LeaseLost => f.write_str(
+                "slot lease lost (not renewed in time): aborted without a close handshake",
+            ),
         }
     }
 }

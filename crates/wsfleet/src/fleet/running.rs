@@ -39,6 +39,12 @@ impl<T> Task<T> {
     pub(super) fn is_finished(&self) -> bool {
         self.0.is_finished()
     }
+
+    /// Aborts the task (its future is dropped at its next poll; awaiting
+    /// the task then returns once it was).
+    pub(super) fn abort(&self) {
+        self.0.abort();
+    }
 }
 
 impl<T> Drop for Task<T> {

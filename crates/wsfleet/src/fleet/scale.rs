@@ -42,6 +42,9 @@ pub enum ControlError {
     UnknownConnection(ConnId),
     /// No running slot has this id.
     UnknownSlot(SlotId),
+    /// The fleet is not [`coordinated`](super::FleetBuilder::coordinated)
+    /// (holding and releasing slots), or is (its slot count is fixed).
+    Coordination(&'static str),
 }
 
 impl fmt::Display for ControlError {
@@ -51,6 +54,7 @@ impl fmt::Display for ControlError {
             Self::Subscriptions(e) => write!(f, "cannot move the subscriptions: {e}"),
             Self::UnknownConnection(id) => write!(f, "no connection {id} is running"),
             Self::UnknownSlot(id) => write!(f, "no slot {id} is running"),
+            Self::Coordination(problem) => f.write_str(problem),
         }
     }
 }
@@ -116,7 +120,8 @@ impl Shared {
     pub(crate) fn spawn_slot(self: &Arc<Self>, position: usize) {
         let (index, count) = self.shard;
         let target = self.targets[(position * count + index) % self.targets.len()].clone();
-        let orders = SlotOrders::new(self.orders.subscribe(), position);
+        let orders =
+            SlotOrders::new(self.orders.subscribe(), position).with_held(self.held.clone());
         let mut tasks = self.slot_tasks.lock().unwrap_or_else(|p| p.into_inner());
         if tasks.len() <= position {
             tasks.resize_with(position + 1, || None);
@@ -147,6 +152,9 @@ impl Shared {
         }
         if n > MAX_CONNECTIONS {
             return refuse("above the most a fleet holds (1,048,576)");
+        }
+        if self.held.is_some() {
+            return refuse("a coordinated fleet's slot count is fixed (its processes share it)");
         }
         let after = self.positions_for(n);
         if after == 0 {

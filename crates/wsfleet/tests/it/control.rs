@@ -274,3 +274,66 @@ async fn scaling_down_moves_spread_subscriptions_to_the_slots_that_stay() {
     assert_eq!(book.up.len(), 2);
     fleet.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_coordinated_fleet_runs_only_the_slots_it_holds() {
+    let server = PyServer::echo().await.expect("python echo server");
+    let mut fleet = Fleet::builder(server.url())
+        .connections(4)
+        .coordinated()
+        .spawn()
+        .unwrap();
+    let control = fleet.control();
+    let mut events = fleet.events().unwrap();
+    let mut book = Book::default();
+    book.for_(&mut events, Duration::from_millis(300)).await;
+    assert!(book.up.is_empty(), "nothing held, yet {:?} up", book.up);
+    assert!(control.is_stopped(SlotId(1)).unwrap());
+
+    assert!(control.hold(SlotId(1)).unwrap());
+    assert!(control.hold(SlotId(3)).unwrap());
+    assert!(!control.hold(SlotId(3)).unwrap(), "held twice");
+    book.until(&mut events, "2 up", |b| b.up.len() == 2).await;
+    let slots: BTreeSet<SlotId> = book.up.values().copied().collect();
+    assert_eq!(slots, BTreeSet::from([SlotId(1), SlotId(3)]));
+    assert_eq!(control.held_slots(), [SlotId(1), SlotId(3)]);
+    assert_eq!(control.monitor().target(), 2, "its target is what it holds");
+
+    // Released: closed gracefully; revoked: aborted, each with its reason.
+    let conn_of = |book: &Book, slot| *book.up.iter().find(|(_, s)| **s == slot).unwrap().0;
+    let (one, three) = (conn_of(&book, SlotId(1)), conn_of(&book, SlotId(3)));
+    assert!(control.release(SlotId(1)).unwrap());
+    assert!(control.revoke(SlotId(3)).unwrap());
+    book.until(&mut events, "both ended", |b| b.up.is_empty())
+        .await;
+    assert!(matches!(book.ended[&one], DisconnectReason::Released));
+    assert!(matches!(book.ended[&three], DisconnectReason::LeaseLost));
+    bounded("slot tasks end", async {
+        while !(control.is_stopped(SlotId(1)).unwrap() && control.is_stopped(SlotId(3)).unwrap()) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(control.held_slots().is_empty());
+
+    // Held again: it dials again.
+    assert!(control.hold(SlotId(1)).unwrap());
+    book.until(&mut events, "1 up again", |b| b.up.len() == 1)
+        .await;
+    assert!(matches!(
+        control.set_connections(8).await,
+        Err(ControlError::Target { .. })
+    ));
+    assert!(matches!(
+        control.hold(SlotId(4)),
+        Err(ControlError::UnknownSlot(SlotId(4)))
+    ));
+    fleet.shutdown().await;
+
+    let plain = Fleet::builder(server.url()).connections(1).spawn().unwrap();
+    assert!(matches!(
+        plain.control().hold(SlotId(0)),
+        Err(ControlError::Coordination(_))
+    ));
+    plain.shutdown().await;
+}

@@ -30,9 +30,12 @@ use crate::cli::{self, OutputFormat, RunArgs, Shard};
 use crate::cmd::{Transport, UsageError};
 use crate::credentials::{self, CredentialSpec, FileCredentials};
 use crate::units;
+use wsfleet_bus::coordinate::CoordinateUrl;
 
 /// Connections when neither a flag nor the file says.
 pub(crate) const DEFAULT_CONNECTIONS: u32 = 100;
+/// `--lease` when not given.
+pub(crate) const DEFAULT_LEASE: Duration = Duration::from_secs(10);
 /// `/healthz` threshold when neither a flag nor the file says.
 pub(crate) const DEFAULT_HEALTHY_SHARE: f64 = 0.9;
 /// Demo send period when neither a flag nor the file says.
@@ -47,6 +50,11 @@ pub(crate) struct Plan {
     pub(crate) connections: u32,
     /// This process's share.
     pub(crate) shard: Shard,
+    /// `--coordinate`: share the slots with other processes through NATS
+    /// leases, if set.
+    pub(crate) coordinate: Option<CoordinateUrl>,
+    /// `--lease`: the leases' time to live.
+    pub(crate) lease: Duration,
     /// Rotation period, if any.
     pub(crate) max_lifetime: Option<Duration>,
     /// Replace connections without data for this long, if set.
@@ -134,6 +142,8 @@ pub(crate) const DEFAULT_POOL: &str = "default";
 /// The keys of a process, not of a pool: refused in `[pool.NAME]`.
 const PROCESS_KEYS: &[&str] = &[
     "shard",
+    "coordinate",
+    "lease",
     "memory-budget",
     "admin",
     "admin-control",
@@ -230,6 +240,8 @@ impl Plan {
     pub(crate) fn process_part(&self) -> ProcessPart {
         ProcessPart {
             shard: self.shard,
+            coordinate: self.coordinate.clone(),
+            lease: self.lease,
             admin: self.admin,
             admin_control: self.admin_control.clone(),
             healthy_share: self.healthy_share,
@@ -261,6 +273,11 @@ impl Plan {
                 .or(file.connections.map(|c| c.0))
                 .unwrap_or(DEFAULT_CONNECTIONS),
             shard: args.shard.or(file.shard.map(|s| s.0)).unwrap_or_default(),
+            coordinate: args.coordinate.or(file.coordinate.map(|c| c.0)),
+            lease: args
+                .lease
+                .or(file.lease.map(|l| l.0))
+                .unwrap_or(DEFAULT_LEASE),
             max_lifetime: args.max_lifetime.or(file.max_lifetime.map(|d| d.0)),
             stale_after: args.stale_after.or(file.stale_after.map(|d| d.0)),
             max_message: args.max_message.or(file.max_message.map(|s| s.0)),
@@ -423,6 +440,19 @@ impl Plan {
             }
         }
         let Shard { index, count } = self.shard;
+        if self.coordinate.is_some() {
+            if count != 1 {
+                return Err(UsageError(
+                    "--coordinate or --shard, not both: coordinated processes share every slot"
+                        .into(),
+                ));
+            }
+            if !self.pools.is_empty() {
+                return Err(UsageError(
+                    "--coordinate runs one pool: [pool.NAME] tables are not coordinated".into(),
+                ));
+            }
+        }
         if index >= self.connections {
             return Err(UsageError(format!(
                 "shard {index}/{count} of {} connections would run none: \
@@ -480,6 +510,8 @@ struct FileConfig {
     url: Option<Vec<WsUrl>>,
     connections: Option<Count>,
     shard: Option<ShardValue>,
+    coordinate: Option<CoordinateValue>,
+    lease: Option<LeaseValue>,
     max_lifetime: Option<Lifetime>,
     stale_after: Option<Lifetime>,
     max_message: Option<Size>,
@@ -537,6 +569,8 @@ impl FileConfig {
     fn process_keys(&self) -> Vec<&'static str> {
         let set = [
             self.shard.is_some(),
+            self.coordinate.is_some(),
+            self.lease.is_some(),
             self.memory_budget.is_some(),
             self.admin.is_some(),
             self.admin_control.is_some(),
@@ -564,6 +598,8 @@ impl FileConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct ProcessPart {
     shard: Shard,
+    coordinate: Option<CoordinateUrl>,
+    lease: Duration,
     admin: Option<SocketAddr>,
     admin_control: Option<AdminControl>,
     healthy_share: f64,
@@ -987,6 +1023,18 @@ parsed!(
     "a number of connections"
 );
 parsed!(
+    /// `coordinate`: `nats://HOST:PORT/FLEET`.
+    CoordinateValue(CoordinateUrl),
+    cli::parse_coordinate_url,
+    "a NATS address and fleet name such as \"nats://127.0.0.1:4222/feeds\""
+);
+parsed!(
+    /// `lease`: a duration of at least 500ms.
+    LeaseValue(Duration),
+    cli::parse_lease,
+    "a duration such as \"10s\""
+);
+parsed!(
     /// `shard`: `"I/N"`.
     ShardValue(Shard),
     cli::parse_shard,
@@ -1312,6 +1360,50 @@ peer-ping-limit = 0
                 "{text:?}: {e}"
             );
         }
+    }
+
+    #[test]
+    fn coordinate_from_flags_or_file_and_never_with_a_shard() {
+        let plan =
+            Plan::resolve(run_args(&["--coordinate", "nats://127.0.0.1:4222/feeds"])).unwrap();
+        assert_eq!(
+            plan.coordinate.as_ref().map(|c| c.bucket()),
+            Some("wsfleet_feeds".into())
+        );
+        assert_eq!(plan.lease, DEFAULT_LEASE);
+        let plan = with_file(
+            "coordinate",
+            "coordinate = \"nats://h:4222/a\"\nlease = \"2s\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            plan.coordinate.map(|c| c.fleet().to_owned()),
+            Some("a".into())
+        );
+        assert_eq!(plan.lease, Duration::from_secs(2));
+        let e = Plan::resolve(run_args(&[
+            "--coordinate",
+            "nats://h:4222/a",
+            "--shard",
+            "0/2",
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("--coordinate or --shard"), "{e}");
+        let e = with_file("lease-short", "lease = \"100ms\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at least 500ms"), "{e}");
+        let e = with_file(
+            "pool-coordinate",
+            "[pool.x]\nurl = [\"ws://h/\"]\ncoordinate = \"nats://h:1/a\"\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("setting of the process"), "{e}");
+        assert!(Cli::try_parse_from(["wsfleet", "run", "--coordinate", "nats://h:1/a.b"]).is_err());
     }
 
     #[test]
