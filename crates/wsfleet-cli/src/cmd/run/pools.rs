@@ -196,6 +196,14 @@ impl Pools {
         for name in wanted.keys() {
             changes.entry(name.clone()).or_insert(Change::Add);
         }
+        // A coordinated fleet's slots are driven by its leases, which belong
+        // to the running fleet: a new one would hold nothing.
+        if plan.coordinate.is_some() && changes.values().any(|c| *c != Change::Same) {
+            return Err(format!(
+                "{}: with --coordinate, connection settings apply at a restart; nothing changed",
+                summary(&changes)
+            ));
+        }
 
         // First what can fail: new fleets, then scaling (undone if a later
         // one fails). Nothing is retired before all of it succeeded.
