@@ -230,11 +230,17 @@ impl ConnTask {
                         // without them keeps the small one it had.
                         // (The slot is looked up, not kept across the wait:
                         // a word less in every connection's task.)
-                        let intake = if shared.slots[index as usize].streams.is_some() {
+                        // One lookup a message (the table locates a slot
+                        // by arithmetic); copies, so nothing borrowed waits.
+                        let (with_streams, slot_id) = {
+                            let slot = &shared.slots[index as usize];
+                            (slot.streams.is_some(), slot.id)
+                        };
+                        let intake = if with_streams {
                             Box::pin(intake::take(&shared, &shared.slots[index as usize], &record, id, &inbox, m)).await
                         } else {
                             intake::Intake {
-                                gave_up: !shared.deliver(&record, id, shared.slots[index as usize].id, m).await,
+                                gave_up: !shared.deliver(&record, id, slot_id, m).await,
                                 reconnect: None,
                             }
                         };

@@ -230,7 +230,13 @@ impl DisconnectReason {
     /// False for the planned ends (rotation, shutdown, scaling, pause, a
     /// requested drop); true otherwise.
     pub fn is_failure(&self) -> bool {
-        !matches!(
+        !self.is_planned()
+    }
+
+    /// The ends the fleet chose (rotation, shutdown, scaling, pause, a
+    /// requested drop, a released lease): each closed with 1001.
+    fn is_planned(&self) -> bool {
+        matches!(
             self,
             Self::Rotated
                 | Self::Shutdown
@@ -245,14 +251,8 @@ impl DisconnectReason {
     pub fn close_code(&self) -> Option<CloseCode> {
         match self {
             Self::Protocol(e) => Some(e.close_code()),
-            Self::Rotated
-            | Self::Shutdown
-            | Self::ScaledDown
-            | Self::Paused
-            | Self::Dropped
-            | Self::Released
-            | Self::Stale { .. }
-            | Self::SequenceGap { .. } => Some(CloseCode::GOING_AWAY),
+            planned if planned.is_planned() => Some(CloseCode::GOING_AWAY),
+            Self::Stale { .. } | Self::SequenceGap { .. } => Some(CloseCode::GOING_AWAY),
             Self::PongTimeout
             | Self::HeartbeatTimeout { .. }
             | Self::PingFlood
