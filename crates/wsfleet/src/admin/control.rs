@@ -341,6 +341,7 @@ impl Control {
             }
         };
         let (name, pool) = self.pool(req.pool.as_deref())?;
+        let broadcast = matches!(req.to, To::All);
         let sent = tokio::time::timeout(SEND_PATIENCE, async {
             match req.to {
                 To::Any => pool
@@ -360,10 +361,18 @@ impl Control {
         })
         .await
         .map_err(|_| {
+            // A broadcast stopped midway has reached the connections before
+            // the full one: say so, not "not sent".
+            let what = if broadcast {
+                "a connection's queue stayed full: the broadcast stopped there (the \
+                 connections before it have the message)"
+            } else {
+                "the connection's queue stayed full: not sent"
+            };
             Refusal::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 None,
-                format!("the connection's queue stayed full for {SEND_PATIENCE:?}: not sent"),
+                format!("{what} (waited {SEND_PATIENCE:?})"),
             )
         })?;
         match sent {
