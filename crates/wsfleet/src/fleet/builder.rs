@@ -588,6 +588,7 @@ impl FleetBuilder {
             draining: Mutex::new(Vec::new()),
             next_id: self.conn_ids.unwrap_or_default().0,
             round_robin: AtomicUsize::new(0),
+            ready_slots: Mutex::default(),
             reconnects: AtomicU64::new(0),
             events_dropped: AtomicU64::new(0),
             counters: Default::default(),

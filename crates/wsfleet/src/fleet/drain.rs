@@ -22,7 +22,7 @@ impl Supervisor<'_> {
     /// Drains `current` because the slot stops. Boxed by the caller: it
     /// runs once per slot task, at the end.
     pub(super) async fn drain_to_stop(&self, mut current: Running, stop: Stop) -> Outcome {
-        *self.slot.inbox.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.shared.close_inbox(self.slot);
         let reason = match stop {
             Stop::Shutdown => DisconnectReason::Shutdown,
             Stop::ScaledDown => DisconnectReason::ScaledDown,

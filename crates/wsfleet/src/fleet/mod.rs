@@ -50,6 +50,7 @@ mod streams;
 mod subscriptions;
 mod supervisor;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -389,6 +390,9 @@ pub(crate) struct Shared {
     /// Shared with other fleets through [`FleetBuilder::conn_ids`].
     pub(crate) next_id: Arc<AtomicU64>,
     round_robin: AtomicUsize,
+    /// The slot of every ready connection, so `send_to` finds it without
+    /// a walk over the fleet (kept with each slot's inbox).
+    ready_slots: Mutex<HashMap<ConnId, u32>>,
     pub(crate) reconnects: AtomicU64,
     /// Received messages the slow-consumer policy dropped.
     pub(crate) events_dropped: AtomicU64,
@@ -414,6 +418,30 @@ impl Shared {
 
     pub(crate) fn subscriptions(&self) -> std::sync::MutexGuard<'_, subscriptions::Table> {
         self.subscriptions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes `inbox` the ready connection `id`'s inbox on `slot`.
+    pub(crate) fn open_inbox(&self, slot: &SlotShared, id: ConnId, inbox: Arc<Inbox>) {
+        let mut current = slot.inbox.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ready = self.ready_slots.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((gone, _)) = current.replace((id, inbox)) {
+            ready.remove(&gone);
+        }
+        ready.insert(id, slot.index);
+    }
+
+    /// `slot` has no ready connection any more: nothing more is sent to it.
+    pub(crate) fn close_inbox(&self, slot: &SlotShared) {
+        let mut current = slot.inbox.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((gone, _)) = current.take() {
+            let mut ready = self.ready_slots.lock().unwrap_or_else(|p| p.into_inner());
+            ready.remove(&gone);
+            // An emptied map gives its room back (a fleet scaled down).
+            if ready.capacity() > 64 && ready.len() < ready.capacity() / 4 {
+                let keep = ready.len() * 2;
+                ready.shrink_to(keep);
+            }
+        }
     }
 
     pub(crate) fn next_conn_id(&self) -> ConnId {
@@ -843,17 +871,23 @@ impl Shared {
 
     async fn send_to(&self, conn: ConnId, message: Message) -> Result<(), FleetSendError> {
         let message = self.charge_outbound(message);
-        for slot in self.slots.iter() {
-            if let Some((id, inbox)) = slot.inbox() {
-                if id == conn {
-                    return inbox
-                        .send(message)
-                        .await
-                        .map_err(FleetSendError::UnknownConnection);
-                }
-            }
+        let index = self
+            .ready_slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&conn)
+            .copied();
+        let inbox = index
+            .and_then(|i| self.slots.get(i as usize))
+            .and_then(SlotShared::inbox)
+            .filter(|(id, _)| *id == conn);
+        match inbox {
+            Some((_, inbox)) => inbox
+                .send(message)
+                .await
+                .map_err(FleetSendError::UnknownConnection),
+            None => Err(FleetSendError::UnknownConnection(message)),
         }
-        Err(FleetSendError::UnknownConnection(message))
     }
 
     async fn send_to_slot(&self, slot: SlotId, message: Message) -> Result<ConnId, FleetSendError> {

@@ -268,7 +268,7 @@ pub(super) async fn start(
             let _ = inbox.force_send(message.clone());
         }
         *slot.current.lock().unwrap_or_else(|p| p.into_inner()) = record.clone();
-        *slot.inbox.lock().unwrap_or_else(|p| p.into_inner()) = Some((id, inbox.clone()));
+        shared.open_inbox(slot, id, inbox.clone());
     }
     tracing::debug!(conn = %id, "connection ready");
     shared

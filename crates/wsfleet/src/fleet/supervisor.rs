@@ -66,7 +66,7 @@ pub(crate) async fn run_slot(
     };
     supervisor.supervise().instrument(span).await;
     slot.record().set_state(ConnState::Closed);
-    *slot.inbox.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    shared.close_inbox(slot);
 }
 
 impl Supervisor<'_> {
@@ -193,7 +193,7 @@ impl Supervisor<'_> {
                     Wake::Stop(stop) => return Box::pin(self.drain_to_stop(current, stop)).await,
                     Wake::Request(Request::Drop) => {
                         // Its end (the task's branch above) reconnects the slot.
-                        *self.slot.inbox.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                        self.shared.close_inbox(self.slot);
                         current.drain(DisconnectReason::Dropped, None);
                     }
                     Wake::Request(Request::Rotate) => {
@@ -225,7 +225,7 @@ impl Supervisor<'_> {
         current: &Running,
         end: Result<TaskEnd, tokio::task::JoinError>,
     ) -> Outcome {
-        *self.slot.inbox.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.shared.close_inbox(self.slot);
         current.record.set_state(ConnState::Backoff);
         current.report(self.shared, end).await;
         Outcome::Ended {

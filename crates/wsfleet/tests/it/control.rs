@@ -228,6 +228,69 @@ async fn drop_and_rotate_touch_one_connection_only() {
     fleet.shutdown().await;
 }
 
+/// `send_to` reaches exactly the connection named, and only while it is
+/// ready: after a drop (its slot reconnects) or a scale-down the old id is
+/// unknown and the slot's new connection takes its own id.
+#[tokio::test]
+async fn send_to_names_one_ready_connection_across_reconnects_and_scaling() {
+    let server = PyServer::echo().await.expect("python echo server");
+    let mut fleet = Fleet::builder(server.url())
+        .connections(6)
+        .connect_rate(200.0)
+        .spawn()
+        .unwrap();
+    let control = fleet.control();
+    let mut events = fleet.events().unwrap();
+    let mut book = Book::default();
+    book.until(&mut events, "6 up", |b| b.up.len() == 6).await;
+    for (n, conn) in book.ids().into_iter().enumerate() {
+        control
+            .send_to(conn, Message::text(format!("to-{n}")))
+            .await
+            .unwrap();
+    }
+    book.until(&mut events, "6 echoes", |b| b.echoes.len() == 6)
+        .await;
+    for (n, conn) in book.ids().into_iter().enumerate() {
+        assert_eq!(book.echoes[&conn], [format!("to-{n}")], "{conn}");
+    }
+
+    // Dropped: its id is gone, the slot's next connection answers to its own.
+    let victim = *book.up.keys().next().unwrap();
+    let slot = control.drop_connection(victim).unwrap();
+    book.until(&mut events, "slot back", |b| {
+        !b.up.contains_key(&victim) && b.up.values().filter(|s| **s == slot).count() == 1
+    })
+    .await;
+    let err = control
+        .send_to(victim, Message::text("late"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, wsfleet::fleet::FleetSendError::UnknownConnection(_)),
+        "{err:?}"
+    );
+    let successor = *book.up.iter().find(|(_, s)| **s == slot).unwrap().0;
+    control
+        .send_to(successor, Message::text("new"))
+        .await
+        .unwrap();
+    book.until(&mut events, "successor echo", |b| {
+        b.echoes.contains_key(&successor)
+    })
+    .await;
+
+    // Scaled away: the highest slots' ids are unknown, the rest still answer.
+    let before = book.up.clone();
+    control.set_connections(3).await.unwrap();
+    book.until(&mut events, "3 up", |b| b.up.len() == 3).await;
+    for (conn, slot) in before {
+        let sent = control.send_to(conn, Message::text("still")).await;
+        assert_eq!(sent.is_ok(), slot.0 < 3, "{conn} on {slot}: {sent:?}");
+    }
+    fleet.shutdown().await;
+}
+
 #[tokio::test]
 async fn scaling_down_moves_spread_subscriptions_to_the_slots_that_stay() {
     let server = PyServer::echo().await.expect("python echo server");
