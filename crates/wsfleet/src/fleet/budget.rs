@@ -28,6 +28,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -176,7 +177,7 @@ impl FleetBudget {
             held: Arc::new(AtomicUsize::new(0)),
             handed: AtomicUsize::new(0),
             evicted: AtomicBool::new(false),
-            evict: Notify::new(),
+            evict: Mutex::new(None),
             paused: AtomicBool::new(false),
             paused_ns: AtomicU64::new(0),
             paused_since: Mutex::new(None),
@@ -319,7 +320,10 @@ pub(crate) struct ConnBudget {
     /// Of `held`: bytes in messages handed to the application.
     handed: AtomicUsize,
     evicted: AtomicBool,
-    evict: Notify,
+    /// Its task's waker while it waits to hear of an eviction: polled on
+    /// every turn of the task, so a kept waker, not a registration in a
+    /// `Notify`'s list made and removed each time.
+    evict: Mutex<Option<Waker>>,
     paused: AtomicBool,
     /// Time spent in pauses that ended.
     paused_ns: AtomicU64,
@@ -341,14 +345,35 @@ impl ConnBudget {
 
     fn evict(&self) {
         self.evicted.store(true, Ordering::Relaxed);
-        self.evict.notify_one();
+        let waiting = self.evict.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(waker) = waiting {
+            waker.wake();
+        }
+    }
+
+    /// Ready once the fleet asked this connection to go; until then keeps
+    /// the waker to wake.
+    pub(crate) fn poll_evicted(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.is_evicted() {
+            return Poll::Ready(());
+        }
+        let mut waiting = self.evict.lock().unwrap_or_else(|p| p.into_inner());
+        match &mut *waiting {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        // Under the lock `evict` takes after setting the flag: either it
+        // finds this waker or the flag is seen here.
+        if self.is_evicted() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
     }
 
     /// Resolves once the fleet asked this connection to go.
     pub(crate) async fn evicted(&self) {
-        if !self.is_evicted() {
-            self.evict.notified().await;
-        }
+        std::future::poll_fn(|cx| self.poll_evicted(cx)).await;
     }
 
     /// True while the connection waits for memory.

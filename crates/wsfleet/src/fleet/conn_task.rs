@@ -175,7 +175,7 @@ impl ConnTask {
                 () = HeldRetry::new(held.is_some()), if held.is_some() => {}
                 // Another connection needs the memory this one holds: close
                 // with 1009; `recv` finishes the close and reports it.
-                () = async { match &budget { Some(b) => b.evicted().await, None => std::future::pending().await } }, if !evicted => {
+                () = std::future::poll_fn(|cx| match &budget { Some(b) => b.poll_evicted(cx), None => Poll::Pending }), if !evicted => {
                     evicted = true;
                     conn.fail_for_budget(0);
                 }

@@ -8,7 +8,9 @@
 //! connection's task), any number of producers.
 
 use std::collections::VecDeque;
+use std::future::poll_fn;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 
 use tokio::sync::Notify;
 use wsfleet_proto::Message;
@@ -21,8 +23,6 @@ const KEEP_ROOM: usize = 4;
 pub(crate) struct Inbox {
     state: Mutex<State>,
     capacity: usize,
-    /// Wakes the consumer when a message arrives or the inbox closes.
-    readable: Notify,
     /// Wakes producers waiting for room, or all of them when it closes.
     writable: Notify,
 }
@@ -30,6 +30,10 @@ pub(crate) struct Inbox {
 struct State {
     queue: VecDeque<Message>,
     closed: bool,
+    /// The consumer's waker while it waits: kept under the queue's lock,
+    /// so a wait costs no registration in a list and a producer wakes it
+    /// with what it already holds (one lock per message, not three).
+    consumer: Option<Waker>,
 }
 
 impl std::fmt::Debug for Inbox {
@@ -56,9 +60,9 @@ impl Inbox {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
                 closed: false,
+                consumer: None,
             }),
             capacity: capacity.max(1),
-            readable: Notify::new(),
             writable: Notify::new(),
         }
     }
@@ -77,8 +81,11 @@ impl Inbox {
             return Err(TrySendError::Full(message));
         }
         state.queue.push_back(message);
+        let consumer = state.consumer.take();
         drop(state);
-        self.readable.notify_one();
+        if let Some(waker) = consumer {
+            waker.wake();
+        }
         Ok(())
     }
 
@@ -92,8 +99,11 @@ impl Inbox {
             return Err(message);
         }
         state.queue.push_back(message);
+        let consumer = state.consumer.take();
         drop(state);
-        self.readable.notify_one();
+        if let Some(waker) = consumer {
+            waker.wake();
+        }
         Ok(())
     }
 
@@ -126,39 +136,56 @@ impl Inbox {
     /// Takes the next message without waiting.
     pub(crate) fn try_recv(&self) -> Option<Message> {
         let mut state = self.lock();
+        self.pop(&mut state)
+    }
+
+    /// The front message, room given back to producers.
+    fn pop(&self, state: &mut std::sync::MutexGuard<'_, State>) -> Option<Message> {
         let message = state.queue.pop_front();
         if message.is_some() {
             if state.queue.is_empty() && state.queue.capacity() > KEEP_ROOM {
                 state.queue.shrink_to(KEEP_ROOM);
             }
-            drop(state);
             self.writable.notify_one();
         }
         message
     }
 
+    /// The next message, or `Pending` with the consumer's waker kept to
+    /// be woken by the next message or the close; `None` once the inbox
+    /// is closed and empty.
+    pub(crate) fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<Message>> {
+        let mut state = self.lock();
+        if let Some(message) = self.pop(&mut state) {
+            return Poll::Ready(Some(message));
+        }
+        if state.closed {
+            return Poll::Ready(None);
+        }
+        match &mut state.consumer {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
     /// The next message; `None` once the inbox is closed and empty.
     pub(crate) async fn recv(&self) -> Option<Message> {
-        loop {
-            let arrival = self.readable.notified();
-            tokio::pin!(arrival);
-            arrival.as_mut().enable();
-            if let Some(message) = self.try_recv() {
-                return Some(message);
-            }
-            if self.lock().closed {
-                return None;
-            }
-            arrival.await;
-        }
+        poll_fn(|cx| self.poll_recv(cx)).await
     }
 
     /// Refuses new messages from now on; those queued can still be taken.
     /// Producers waiting for room get their message back.
     pub(crate) fn close(&self) {
-        self.lock().closed = true;
+        let consumer = {
+            let mut state = self.lock();
+            state.closed = true;
+            state.consumer.take()
+        };
         self.writable.notify_waiters();
-        self.readable.notify_one();
+        if let Some(waker) = consumer {
+            waker.wake();
+        }
     }
 }
 
