@@ -215,11 +215,15 @@ fn orchestrate(only: Option<Scenario>, o: &RunOpts) -> i32 {
     if o.write_docs {
         let docs = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs"));
         let docs = docs.canonicalize().unwrap_or(docs);
+        // The multi-process run's figures (`scripts/scale --json`), if any.
+        let scale = std::fs::read_to_string(docs.join("scale.json"))
+            .ok()
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok());
         let written = std::fs::create_dir_all(&docs)
             .and_then(|()| {
                 std::fs::write(
                     docs.join("benchmarks.md"),
-                    report::document(&results, &machine),
+                    report::document(&results, &machine, scale.as_ref()),
                 )
             })
             .and_then(|()| std::fs::write(docs.join("benchmarks.svg"), report::svg(&results)));

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::libs::Lib;
-use crate::scenarios::Scenario;
+use crate::scenarios::{FleetSend, Scenario};
 use crate::server::ServerImpl;
 
 /// One measured configuration: a scenario with fixed parameters.
@@ -140,29 +140,50 @@ pub(crate) fn plan(only: Option<Scenario>, quick: bool) -> Vec<Variant> {
         });
     }
     if want(Scenario::Fleet) {
-        let (n, total, cap) = if quick {
-            (300usize, 3_000u64, 2.0)
+        // The first is the fleet of record (memory, ramp, RSS target); the
+        // others measure the cost per message by fleet size at the same
+        // messages in flight per connection (one), through `Fleet::send`
+        // and through `Fleet::broadcast` (what `scripts/scale` sends at
+        // 100,000, so its figure compares with these).
+        let sizes: &[(usize, u64, FleetSend)] = if quick {
+            &[(300, 3_000, FleetSend::Any)]
         } else {
-            (10_000, 100_000, 10.0)
+            &[
+                (10_000, 300_000, FleetSend::Any),
+                (100, 300_000, FleetSend::Any),
+                (100, 300_000, FleetSend::Broadcast),
+                (10_000, 300_000, FleetSend::Broadcast),
+            ]
         };
-        v.push(Variant {
-            scenario: Scenario::Fleet,
-            title: format!(
-                "fleet (wsfleet only), {} connections ramped at 2,000/s, then {} echoes",
-                thousands(n as u64),
-                thousands(total)
-            ),
-            args: args(&[
-                ("n", n.to_string()),
-                ("rate", "2000".into()),
-                ("size", "32".into()),
-                ("total", total.to_string()),
-                ("cap-secs", cap.to_string()),
-            ]),
-            libs: vec![Lib::Wsfleet],
-            timeout: Duration::from_secs(if quick { 30 } else { 150 }),
-            conns: n,
-        });
+        let cap = if quick { 2.0 } else { 10.0 };
+        for &(n, total, send) in sizes {
+            let how = match send {
+                FleetSend::Broadcast => "`broadcast` rounds",
+                FleetSend::To => "`send_to`",
+                FleetSend::Any => "`send`",
+            };
+            v.push(Variant {
+                scenario: Scenario::Fleet,
+                title: format!(
+                    "fleet (wsfleet only), {} connections ramped at 2,000/s, then {} echoes \
+                     through {how}, one in flight per connection",
+                    thousands(n as u64),
+                    thousands(total)
+                ),
+                args: args(&[
+                    ("n", n.to_string()),
+                    ("rate", "2000".into()),
+                    ("size", "32".into()),
+                    ("total", total.to_string()),
+                    ("cap-secs", cap.to_string()),
+                    ("in-flight", "1".into()),
+                    ("send", send.arg().into()),
+                ]),
+                libs: vec![Lib::Wsfleet],
+                timeout: Duration::from_secs(if quick { 30 } else { 150 }),
+                conns: n,
+            });
+        }
     }
     v
 }

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use serde_json::Value;
 
 use crate::libs::Lib;
-use crate::orchestrate::VariantResult;
+use crate::orchestrate::{VariantResult, thousands};
 use crate::scenarios::Scenario;
 
 /// One reported number of a scenario.
@@ -117,7 +117,7 @@ pub(crate) fn stat(runs: &[Value], key: &str) -> Option<Stat> {
 pub(crate) fn fmt_num(x: f64) -> String {
     let a = x.abs();
     if a >= 100_000.0 {
-        crate::orchestrate::thousands(x.round() as u64)
+        thousands(x.round() as u64)
     } else if a >= 100.0 {
         format!("{x:.0}")
     } else if a >= 10.0 {
@@ -397,7 +397,7 @@ pub(crate) fn targets(results: &[VariantResult]) -> Vec<Target> {
                 what: "fleet of 10,000: process RSS ≤ 60 MB".into(),
                 measured: format!(
                     "{} connections: {} MB idle, {} MB after echoing",
-                    crate::orchestrate::thousands(n),
+                    thousands(n),
                     fmt_num(idle),
                     fmt_num(busy)
                 ),
@@ -601,8 +601,116 @@ pub(crate) struct Machine {
 
 const METHOD: &str = include_str!("method.md");
 
+/// The value of `--flag` in a variant's client arguments.
+fn arg_value<'a>(v: &'a VariantResult, flag: &str) -> Option<&'a str> {
+    let args = &v.variant.args;
+    let at = args.iter().position(|a| a == flag)?;
+    args.get(at + 1).map(String::as_str)
+}
+
+/// Client CPU per echo at each fleet size, one message in flight per
+/// connection: this run's fleet rows, bare connections (echo-small) for
+/// scale, and the multi-process run of `scripts/scale` (`docs/scale.json`)
+/// when there is one. Empty without fleet rows.
+pub(crate) fn per_size(results: &[VariantResult], scale: Option<&Value>) -> String {
+    let fleets: Vec<(u64, &str, f64)> = results
+        .iter()
+        .filter(|v| v.variant.scenario == Scenario::Fleet)
+        .filter_map(|v| {
+            let n = arg_value(v, "--n")?.parse().ok()?;
+            let send = arg_value(v, "--send").unwrap_or("any");
+            let cpu = median_of(v, Lib::Wsfleet, "echo_cpu_s_per_million")?;
+            Some((n, send, cpu))
+        })
+        .collect();
+    if fleets.len() < 2 {
+        return String::new();
+    }
+    let base = |send: &str| {
+        fleets
+            .iter()
+            .filter(|(_, s, _)| *s == send)
+            .min_by_key(|(n, _, _)| *n)
+            .map(|&(n, _, cpu)| (n, cpu))
+    };
+    let mut out = String::from(
+        "## Cost per message by fleet size\n\n\
+         Client CPU per echo (one 32-byte message written, its echo read), \
+         with one message in flight per connection at every size, so no size \
+         batches more messages per system call than another. \
+         \"× smallest\" divides by the smallest fleet sent to the same way.\n\n\
+         | connections | sent through | processes | client CPU µs per echo | × smallest |\n\
+         |---:|---|---|---:|---:|\n",
+    );
+    if let Some((v, cpu)) = find(results, Scenario::EchoSmall, 0)
+        .and_then(|v| Some((v, median_of(v, Lib::Wsfleet, "cpu_s_per_million")?)))
+    {
+        let n = arg_value(v, "--n").unwrap_or("?");
+        let _ = writeln!(
+            out,
+            "| {n} | bare `Connection`s (echo-small) | 1 | {cpu:.2} | – |"
+        );
+    }
+    for &(n, send, cpu) in &fleets {
+        let ratio = match base(send) {
+            Some((b, bc)) if b != n && bc > 0.0 => format!("{:.2}×", cpu / bc),
+            _ => "1×".into(),
+        };
+        let _ = writeln!(
+            out,
+            "| {} | `Fleet::{}` | 1 | {cpu:.2} | {ratio} |",
+            thousands(n),
+            if send == "broadcast" {
+                "broadcast"
+            } else if send == "to" {
+                "send_to"
+            } else {
+                "send"
+            },
+        );
+    }
+    if let Some(s) = scale {
+        let get = |k: &str| s.get(k).and_then(Value::as_f64);
+        if let (Some(n), Some(shards), Some(cpu)) =
+            (get("connections"), get("shards"), get("cpu_us_per_echo"))
+        {
+            let ratio = match base("broadcast") {
+                Some((_, bc)) if bc > 0.0 => format!("{:.2}×", cpu / bc),
+                _ => "–".into(),
+            };
+            let _ = writeln!(
+                out,
+                "| {} | control API broadcast rounds (`scripts/scale`) | {shards:.0} `wsfleet run` shards | {cpu:.2} | {ratio} |",
+                thousands(n as u64)
+            );
+            let _ = writeln!(
+                out,
+                "\n### {} connections on this machine (`scripts/scale`)\n\n\
+                 Run of {} at {} (not this run: `scripts/scale --json docs/scale.json`, \
+                 about 5 minutes; see [scale.md](scale.md)).\n\n\
+                 | connections | processes | ramp s | RSS B/conn | idle CPU % of a core (hold s) | client CPU µs per echo | messages echoed | reconnects | fds/process (max) |\n\
+                 |---:|---|---:|---:|---:|---:|---:|---:|---:|\n\
+                 | {} | {shards:.0} shards + {shards:.0} echo servers | {:.1} | {:.0} | {:.1} ({:.0}) | {cpu:.2} | {} | {:.0} | {:.0} |",
+                thousands(n as u64),
+                s.get("date").and_then(Value::as_str).unwrap_or("?"),
+                s.get("revision").and_then(Value::as_str).unwrap_or("?"),
+                thousands(n as u64),
+                get("ramp_s").unwrap_or(f64::NAN),
+                get("rss_per_conn").unwrap_or(f64::NAN),
+                get("idle_cpu_pct").unwrap_or(f64::NAN),
+                get("hold_s").unwrap_or(f64::NAN),
+                thousands(get("echoed").unwrap_or(0.0) as u64),
+                get("reconnects").unwrap_or(f64::NAN),
+                get("fds_max").unwrap_or(f64::NAN),
+            );
+        }
+    }
+    out.push('\n');
+    out
+}
+
 /// The whole docs/benchmarks.md.
-pub(crate) fn document(results: &[VariantResult], m: &Machine) -> String {
+pub(crate) fn document(results: &[VariantResult], m: &Machine, scale: Option<&Value>) -> String {
     let mut out = String::new();
     out.push_str(
         "# Benchmarks: wsfleet against tokio-tungstenite, fastwebsockets and tokio-websockets\n\n\
@@ -640,6 +748,7 @@ pub(crate) fn document(results: &[VariantResult], m: &Machine) -> String {
          ↑ a rate (above 1× is better).\n\n",
     );
     out.push_str(&tables(results));
+    out.push_str(&per_size(results, scale));
     let _ = writeln!(out, "## Targets (issue 6)\n");
     out.push_str(&targets_table(&targets(results)));
     let _ = writeln!(
@@ -656,7 +765,7 @@ pub(crate) fn document(results: &[VariantResult], m: &Machine) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::orchestrate::{Variant, plan, thousands};
+    use crate::orchestrate::{Variant, plan};
     use serde_json::json;
 
     fn variant(scenario: Scenario, runs: Vec<(Lib, Vec<Value>)>) -> VariantResult {
@@ -745,6 +854,49 @@ mod tests {
             4,
             "two metrics, two clients"
         );
+    }
+
+    #[test]
+    fn cost_per_message_by_size_divides_by_the_smallest_fleet_sent_the_same_way() {
+        let fleet = |n: u64, send: &str, cpu: f64| {
+            let mut v = variant(
+                Scenario::Fleet,
+                vec![(Lib::Wsfleet, vec![json!({"echo_cpu_s_per_million": cpu})])],
+            );
+            v.variant.args = ["--n", &n.to_string(), "--send", send]
+                .map(String::from)
+                .to_vec();
+            v
+        };
+        let results = [
+            fleet(10_000, "any", 15.0),
+            fleet(100, "any", 10.0),
+            fleet(100, "broadcast", 8.0),
+            fleet(10_000, "broadcast", 12.0),
+        ];
+        let scale = json!({"connections": 100000, "shards": 8, "cpu_us_per_echo": 20.0,
+            "date": "2026-12-03", "revision": "abc", "ramp_s": 9.0, "rss_per_conn": 6400,
+            "idle_cpu_pct": 20.0, "hold_s": 180, "echoed": 1000000, "reconnects": 0, "fds_max": 12510});
+        let md = per_size(&results, Some(&scale));
+        assert!(
+            md.contains("| 10,000 | `Fleet::send` | 1 | 15.00 | 1.50× |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 100 | `Fleet::send` | 1 | 10.00 | 1× |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 10,000 | `Fleet::broadcast` | 1 | 12.00 | 1.50× |"),
+            "{md}"
+        );
+        assert!(md.contains("| 20.00 | 2.50× |"), "{md}");
+        assert!(
+            md.contains("| 100,000 | 8 shards + 8 echo servers | 9.0 | 6400 |"),
+            "{md}"
+        );
+        // Without fleet rows to compare, nothing.
+        assert!(per_size(&results[..1], Some(&scale)).is_empty());
     }
 
     #[test]

@@ -62,6 +62,39 @@ pub(crate) struct Params {
     /// Fleet connect rate, per second.
     #[arg(long, default_value_t = 2000.0)]
     pub(crate) rate: f64,
+    /// Fleet echoes in flight per connection (the window is this times
+    /// `n`, at least 1): equal at every fleet size, so fleets of different
+    /// sizes batch the same number of messages per system call.
+    #[arg(long, default_value_t = 1.0)]
+    pub(crate) in_flight: f64,
+    /// The fleet's event queue (`FleetBuilder::event_capacity`).
+    #[arg(long, default_value_t = 1024)]
+    pub(crate) event_capacity: usize,
+    /// How the fleet scenario sends.
+    #[arg(long, value_enum, default_value = "any")]
+    pub(crate) send: FleetSend,
+}
+
+/// How the fleet scenario hands its messages to the fleet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum FleetSend {
+    /// `Fleet::send`: the next ready connection, round robin.
+    Any,
+    /// `Fleet::send_to`: each connection by id in turn.
+    To,
+    /// `Fleet::broadcast`: one message to every connection, then wait for
+    /// every echo (one in flight per connection, `in_flight` ignored).
+    Broadcast,
+}
+
+impl FleetSend {
+    pub(crate) fn arg(self) -> &'static str {
+        match self {
+            FleetSend::Any => "any",
+            FleetSend::To => "to",
+            FleetSend::Broadcast => "broadcast",
+        }
+    }
 }
 
 /// Upper bound on any wait for connections to come up.
@@ -368,7 +401,7 @@ async fn connect<C: Client>(url: Arc<str>, p: &Params) -> Result<Value, String> 
 }
 
 /// wsfleet's Fleet: `n` connections ramped at `rate`, idle, then `total`
-/// small echoes through `fleet.send` with at most 1,000 in flight.
+/// small echoes through `fleet.send` with `in_flight` per connection.
 async fn fleet(url: Arc<str>, p: &Params) -> Result<Value, String> {
     use wsfleet::fleet::{EventKind, Fleet};
     let heap0 = live_bytes();
@@ -378,20 +411,38 @@ async fn fleet(url: Arc<str>, p: &Params) -> Result<Value, String> {
     let mut fleet = Fleet::builder(url.to_string())
         .connections(p.n)
         .connect_rate(p.rate)
+        .event_capacity(p.event_capacity)
         .spawn()
         .map_err(|e| e.to_string())?;
     let mut events = fleet.events().ok_or("events taken")?;
-    let window = Arc::new(Semaphore::new(1000));
+    let window_size = ((p.n as f64 * p.in_flight).round() as usize).max(1);
+    let window = Arc::new(Semaphore::new(window_size));
     let echoed = Arc::new(AtomicU64::new(0));
     let disconnects = Arc::new(AtomicU64::new(0));
+    let ids = Arc::new(std::sync::Mutex::new(Vec::with_capacity(p.n)));
+    // A broadcast round ends when the echoes reach `round_end`.
+    let round_end = Arc::new(AtomicU64::new(u64::MAX));
+    let round_done = Arc::new(tokio::sync::Notify::new());
     let consumer = {
-        let (window, echoed, disconnects) = (window.clone(), echoed.clone(), disconnects.clone());
+        let (window, echoed, disconnects, ids) = (
+            window.clone(),
+            echoed.clone(),
+            disconnects.clone(),
+            ids.clone(),
+        );
+        let (round_end, round_done) = (round_end.clone(), round_done.clone());
         tokio::spawn(async move {
             while let Some(ev) = events.recv().await {
                 match ev.kind {
                     EventKind::Message(_) => {
-                        echoed.fetch_add(1, Ordering::Relaxed);
+                        let now = echoed.fetch_add(1, Ordering::Relaxed) + 1;
                         window.add_permits(1);
+                        if now == round_end.load(Ordering::Relaxed) {
+                            round_done.notify_one();
+                        }
+                    }
+                    EventKind::Connected { .. } => {
+                        ids.lock().unwrap_or_else(|e| e.into_inner()).push(ev.conn);
                     }
                     EventKind::Disconnected(_) => {
                         disconnects.fetch_add(1, Ordering::Relaxed);
@@ -402,7 +453,10 @@ async fn fleet(url: Arc<str>, p: &Params) -> Result<Value, String> {
         })
     };
     let ramp_cap = SETUP_CAP.min(Duration::from_secs_f64(p.n as f64 / p.rate * 3.0 + 30.0));
-    while fleet.ready() < p.n && t0.elapsed() < ramp_cap {
+    // Counted from the events, not `fleet.ready()` (a pass over every
+    // slot): the ramp's own cost does not depend on how long it takes.
+    let connected = || ids.lock().unwrap_or_else(|e| e.into_inner()).len();
+    while connected() < p.n && t0.elapsed() < ramp_cap {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let ramp = t0.elapsed().as_secs_f64();
@@ -419,14 +473,44 @@ async fn fleet(url: Arc<str>, p: &Params) -> Result<Value, String> {
     let cap = Duration::from_secs_f64(p.cap_secs);
     let cpu1 = cpu_time();
     let t1 = Instant::now();
+    let ids = std::mem::take(&mut *ids.lock().unwrap_or_else(|e| e.into_inner()));
     let mut sent = 0u64;
     while sent < p.total && t1.elapsed() < cap {
+        if p.send == FleetSend::Broadcast {
+            // A round: every connection one message, then every echo.
+            round_end.store(sent + p.n as u64, Ordering::Relaxed);
+            let took = fleet.broadcast(msg.clone()).await as u64;
+            sent += took;
+            round_end.store(sent, Ordering::Relaxed);
+            while took > 0 && echoed.load(Ordering::Relaxed) < sent {
+                // Bounded: a lost echo ends the run at the cap's grace.
+                let left = (cap + Duration::from_secs(5)).saturating_sub(t1.elapsed());
+                if tokio::time::timeout(left.min(Duration::from_millis(100)), round_done.notified())
+                    .await
+                    .is_err()
+                    && t1.elapsed() > cap + Duration::from_secs(5)
+                {
+                    break;
+                }
+            }
+            if took == 0 {
+                break;
+            }
+            continue;
+        }
         let Ok(Ok(permit)) = tokio::time::timeout(Duration::from_secs(5), window.acquire()).await
         else {
             break;
         };
         permit.forget();
-        if fleet.send(msg.clone()).await.is_err() {
+        let took = match p.send {
+            FleetSend::To if !ids.is_empty() => fleet
+                .send_to(ids[sent as usize % ids.len()], msg.clone())
+                .await
+                .is_ok(),
+            _ => fleet.send(msg.clone()).await.is_ok(),
+        };
+        if !took {
             break;
         }
         sent += 1;
@@ -448,6 +532,8 @@ async fn fleet(url: Arc<str>, p: &Params) -> Result<Value, String> {
         "heap_per_conn": per(heap_idle as f64, ready),
         "rss_per_conn": per(rss_idle as f64, ready),
         "rss_total_mb": rss_idle_total as f64 / 1e6,
+        "in_flight": if p.send == FleetSend::Broadcast { ready } else { window_size },
+        "send": p.send.arg(),
         "echo_sent": sent,
         "echoed": got,
         "echo_msgs_per_s": got as f64 / echo_secs,
