@@ -5,15 +5,15 @@ use std::io;
 
 use bytes::{BufMut, Bytes};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use wsfleet_proto::handshake::{ClientHandshake, HandshakeRequest, HandshakeResponse};
+use wsfleet_proto::handshake::{ClientHandshake, HandshakeRequest, Negotiated};
 
 use super::ConnectionConfig;
 use crate::connect::credential::Resolved;
 use crate::connect::{ConnectError, ConnectErrorKind, MaybeTlsStream, Phase, Target};
 use crate::keys;
 
-/// Sends the upgrade request and validates the answer. Returns the response
-/// and any WebSocket bytes that arrived with it. With `same_origin` false
+/// Sends the upgrade request and validates the answer. Returns what it
+/// settled and any WebSocket bytes that arrived with it. With `same_origin` false
 /// (a redirect has left the configured origin), only the headers and
 /// subprotocols named in `forward_on_redirect` go. `authority` is
 /// `target`'s, as errors name it. `credentials`' headers go as configured
@@ -25,7 +25,7 @@ pub(crate) async fn client_handshake(
     config: &ConnectionConfig,
     credentials: &Resolved,
     same_origin: bool,
-) -> Result<(HandshakeResponse, Bytes), ConnectError> {
+) -> Result<(Negotiated, Bytes), ConnectError> {
     let sent = |name: &str| {
         same_origin
             || config
@@ -74,7 +74,7 @@ pub(crate) async fn client_handshake(
             .flush()
             .await
             .map_err(|e| fail(ConnectErrorKind::Io(e)))?;
-        read_head(stream, max, |buf| expect.parse_response(buf))
+        read_head(stream, max, |buf| expect.validate_response(buf))
             .await
             .map_err(|e| match e {
                 HeadError::Io(e) => fail(ConnectErrorKind::Io(e)),
