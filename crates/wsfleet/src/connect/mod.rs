@@ -33,6 +33,7 @@
 pub mod credential;
 mod error;
 mod local;
+mod plain_url;
 mod proxy;
 mod stream;
 mod tcp;
