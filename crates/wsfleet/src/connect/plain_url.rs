@@ -82,11 +82,23 @@ fn plain_host(host: &str) -> bool {
     }
     let last = host.rsplit('.').next().unwrap_or(host);
     if last.bytes().all(|b| b.is_ascii_digit()) {
-        return host
-            .parse::<std::net::Ipv4Addr>()
-            .is_ok_and(|ip| ip.to_string() == host);
+        return canonical_dotted_quad(host);
     }
     !last.starts_with("0x")
+}
+
+/// Four decimal parts of 0 to 255 without leading zeros: an IPv4 address
+/// the WHATWG parser writes back unchanged.
+fn canonical_dotted_quad(host: &str) -> bool {
+    let canonical_part = |part: &str| {
+        let digits = part.as_bytes();
+        !digits.is_empty()
+            && digits.len() <= 3
+            && digits.iter().all(u8::is_ascii_digit)
+            && (digits.len() == 1 || digits[0] != b'0')
+            && part.parse::<u8>().is_ok()
+    };
+    host.split('.').count() == 4 && host.split('.').all(canonical_part)
 }
 
 /// A path the WHATWG parser keeps as it is: empty or starting with `/`, of
@@ -150,6 +162,7 @@ mod tests {
             "wss://1.2.3.4:443/",
             "ws://255.255.255.255/",
             "ws://0.0.0.0:1/",
+            "ws://10.200.0.99/",
         ] {
             assert!(agrees(url).is_some(), "{url}");
         }
@@ -168,6 +181,10 @@ mod tests {
             "ws://127.0.0.01/",
             "ws://1.2.3.4.5/",
             "ws://1.2.3/",
+            "ws://1.2.3.256/",
+            "ws://01.2.3.4/",
+            "ws://a.2.3.4/",
+            "ws://1.2.3.4./",
             "ws://256.1.1.1/",
             "ws://a.0x1/",
             "ws://a.1/",
@@ -212,8 +229,8 @@ mod tests {
     /// Pieces that trip WHATWG rules, so generated URLs reach every branch.
     const PIECES: &[&str] = &[
         "ws://", "wss://", "WS://", "ws:", "a", "Z", "0", "1", "9", "-", ".", "..", ":", "/", "?",
-        "%", "%2e", "%2E", "#", "@", "'", "\"", " ", "\t", "\\", "x", "xn--", "0x", "127", "255",
-        "256", "65535", "65536", "80", "443", "~", "é", "[", "]", "::1",
+        "%", "%2e", "%2E", "#", "@", "'", "\"", " ", "\t", "\\", "x", "xn--", "0x", "00", "01",
+        "127", "255", "256", "65535", "65536", "80", "443", "~", "é", "[", "]", "::1",
     ];
 
     proptest! {
