@@ -226,14 +226,16 @@ pub(crate) async fn open_at(
     // runs end to end with the target through the tunnel, unchanged.
     let tcp = match proxy {
         None => {
-            let mut addrs = tcp::resolve(&target.host, target.port, deadlines.dns).await?;
+            let literal = target.host.parse().ok();
+            let mut addrs = tcp::resolve(&target.host, literal, target.port, deadlines.dns).await?;
             local.keep_reachable(authority, &mut addrs)?;
-            let host_is_ip = target.host.parse::<std::net::IpAddr>().is_ok();
+            let host_is_ip = literal.is_some();
             tcp::connect_tcp(authority, host_is_ip, &addrs, deadlines.tcp, local, timer).await?
         }
         Some(proxy) => {
-            let mut addrs = tcp::resolve(&proxy.host, proxy.port, deadlines.dns).await?;
-            let host_is_ip = proxy.host.parse::<std::net::IpAddr>().is_ok();
+            let literal = proxy.host.parse().ok();
+            let mut addrs = tcp::resolve(&proxy.host, literal, proxy.port, deadlines.dns).await?;
+            let host_is_ip = literal.is_some();
             let label = format!("{}:{}", proxy.host, proxy.port);
             local.keep_reachable(&label, &mut addrs)?;
             let tcp =

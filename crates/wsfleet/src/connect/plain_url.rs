@@ -24,10 +24,12 @@ pub(super) fn parse(url: &str) -> Option<Target> {
     } else {
         (Scheme::Wss, url.strip_prefix("wss://")?)
     };
-    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    // Byte scans throughout: `str`'s char searches cost more than the
+    // whole check on strings this short.
+    let end = position(rest, |b| b == b'/' || b == b'?').unwrap_or(rest.len());
     let (authority, path_and_query) = rest.split_at(end);
-    let (host, port) = match authority.split_once(':') {
-        Some((host, port)) => (host, explicit_port(port)?),
+    let (host, port) = match position(authority, |b| b == b':') {
+        Some(colon) => (&authority[..colon], explicit_port(&authority[colon + 1..])?),
         None => (authority, scheme.default_port()),
     };
     if !plain_host(host) {
@@ -36,8 +38,8 @@ pub(super) fn parse(url: &str) -> Option<Target> {
     if scheme == Scheme::Wss && server_name(host).is_err() {
         return None;
     }
-    let (path, query) = match path_and_query.split_once('?') {
-        Some((path, query)) => (path, Some(query)),
+    let (path, query) = match position(path_and_query, |b| b == b'?') {
+        Some(mark) => (&path_and_query[..mark], Some(&path_and_query[mark + 1..])),
         None => (path_and_query, None),
     };
     if !plain_path(path) || !query.is_none_or(|q| q.bytes().all(is_plain_query_byte)) {
@@ -56,6 +58,16 @@ pub(super) fn parse(url: &str) -> Option<Target> {
     })
 }
 
+/// Where the first byte of `s` that `is` picks is.
+fn position(s: &str, is: impl Fn(u8) -> bool) -> Option<usize> {
+    s.bytes().position(is)
+}
+
+/// `s`'s parts between the `separator` bytes.
+fn parts(s: &str, separator: u8) -> impl DoubleEndedIterator<Item = &[u8]> {
+    s.as_bytes().split(move |&b| b == separator)
+}
+
 /// A port of one to five digits, 1 to 65535 (the WHATWG parser reads
 /// leading zeros as decimal too); `None` otherwise (empty, 0, too large).
 fn explicit_port(digits: &str) -> Option<u16> {
@@ -70,35 +82,34 @@ fn explicit_port(digits: &str) -> Option<u16> {
 /// and the last label not a number (then the host is IPv4, kept only as a
 /// canonical dotted quad) nor `0x`-prefixed (a hexadecimal IPv4 part).
 fn plain_host(host: &str) -> bool {
-    let plain_label = |label: &str| {
+    let plain_label = |label: &[u8]| {
         !label.is_empty()
-            && !label.starts_with("xn--")
+            && !label.starts_with(b"xn--")
             && label
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                .iter()
+                .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
     };
-    if !host.split('.').all(plain_label) {
+    if !parts(host, b'.').all(plain_label) {
         return false;
     }
-    let last = host.rsplit('.').next().unwrap_or(host);
-    if last.bytes().all(|b| b.is_ascii_digit()) {
+    let last = parts(host, b'.').next_back().unwrap_or_default();
+    if last.iter().all(u8::is_ascii_digit) {
         return canonical_dotted_quad(host);
     }
-    !last.starts_with("0x")
+    !last.starts_with(b"0x")
 }
 
 /// Four decimal parts of 0 to 255 without leading zeros: an IPv4 address
 /// the WHATWG parser writes back unchanged.
 fn canonical_dotted_quad(host: &str) -> bool {
-    let canonical_part = |part: &str| {
-        let digits = part.as_bytes();
-        !digits.is_empty()
-            && digits.len() <= 3
-            && digits.iter().all(u8::is_ascii_digit)
-            && (digits.len() == 1 || digits[0] != b'0')
-            && part.parse::<u8>().is_ok()
+    let canonical_part = |digits: &[u8]| match *digits {
+        [b'0'..=b'9'] | [b'1'..=b'9', b'0'..=b'9'] => true,
+        [a @ b'1'..=b'2', b @ b'0'..=b'9', c @ b'0'..=b'9'] => {
+            u32::from(a - b'0') * 100 + u32::from(b - b'0') * 10 + u32::from(c - b'0') <= 255
+        }
+        _ => false,
     };
-    host.split('.').count() == 4 && host.split('.').all(canonical_part)
+    parts(host, b'.').count() == 4 && parts(host, b'.').all(canonical_part)
 }
 
 /// A path the WHATWG parser keeps as it is: empty or starting with `/`, of
@@ -106,9 +117,7 @@ fn canonical_dotted_quad(host: &str) -> bool {
 fn plain_path(path: &str) -> bool {
     (path.is_empty() || path.starts_with('/'))
         && path.bytes().all(is_plain_path_byte)
-        && path
-            .split('/')
-            .all(|segment| segment != "." && segment != "..")
+        && parts(path, b'/').all(|segment| segment != b"." && segment != b"..")
     // `%2e` spellings of dot segments cannot occur: `%` is not plain.
 }
 
@@ -163,6 +172,7 @@ mod tests {
             "ws://255.255.255.255/",
             "ws://0.0.0.0:1/",
             "ws://10.200.0.99/",
+            "ws://199.249.250.255/",
         ] {
             assert!(agrees(url).is_some(), "{url}");
         }
@@ -182,6 +192,8 @@ mod tests {
             "ws://1.2.3.4.5/",
             "ws://1.2.3/",
             "ws://1.2.3.256/",
+            "ws://1.2.3.300/",
+            "ws://1.2.3.260/",
             "ws://01.2.3.4/",
             "ws://a.2.3.4/",
             "ws://1.2.3.4./",

@@ -34,17 +34,19 @@ where
 }
 
 /// Resolves `host` to socket addresses, in the resolver's order, without duplicates.
-/// An IP literal is used as is, without a lookup.
+/// An IP literal is used as is, without a lookup: `literal` is `host` parsed
+/// as one (by the caller, which needs it too).
 ///
 /// The lookup is `tokio::net::lookup_host` (the system resolver on the blocking
 /// pool). On timeout the blocking lookup itself cannot be cancelled; it finishes in
 /// the background and its result is dropped.
 pub(crate) async fn resolve(
     host: &str,
+    literal: Option<IpAddr>,
     port: u16,
     limit: Duration,
 ) -> Result<Vec<SocketAddr>, ConnectError> {
-    if let Ok(ip) = host.parse::<IpAddr>() {
+    if let Some(ip) = literal {
         return Ok(vec![SocketAddr::new(ip, port)]);
     }
     let started = Instant::now();
@@ -314,17 +316,24 @@ mod tests {
 
     #[tokio::test]
     async fn ip_literal_skips_dns() {
-        let addrs = resolve("::1", 9001, Duration::from_secs(1)).await.unwrap();
-        assert_eq!(addrs, vec![addr("[::1]:9001")]);
-        let addrs = resolve("127.0.0.1", 80, Duration::from_secs(1))
+        let addrs = resolve("::1", "::1".parse().ok(), 9001, Duration::from_secs(1))
             .await
             .unwrap();
+        assert_eq!(addrs, vec![addr("[::1]:9001")]);
+        let addrs = resolve(
+            "127.0.0.1",
+            "127.0.0.1".parse().ok(),
+            80,
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
         assert_eq!(addrs, vec![addr("127.0.0.1:80")]);
     }
 
     #[tokio::test]
     async fn localhost_resolves_to_loopback() {
-        let addrs = resolve("localhost", 80, Duration::from_secs(5))
+        let addrs = resolve("localhost", None, 80, Duration::from_secs(5))
             .await
             .unwrap();
         assert!(!addrs.is_empty());

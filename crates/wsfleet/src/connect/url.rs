@@ -199,7 +199,7 @@ impl Target {
     pub fn authority(&self) -> String {
         // Pushed piece by piece: `format!` was a tenth of a URL's share of a
         // connect, and every connect names its peer with this.
-        let ipv6 = self.host.contains(':');
+        let ipv6 = self.host.as_bytes().contains(&b':');
         let mut out = String::with_capacity(self.host.len() + 8);
         if ipv6 {
             out.push('[');
@@ -214,7 +214,7 @@ impl Target {
     }
 
     fn bracketed_host(&self) -> String {
-        if self.host.contains(':') {
+        if self.host.as_bytes().contains(&b':') {
             format!("[{}]", self.host)
         } else {
             self.host.clone()
