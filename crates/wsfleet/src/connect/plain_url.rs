@@ -245,6 +245,18 @@ mod tests {
         "127", "255", "256", "65535", "65536", "80", "443", "~", "é", "[", "]", "::1",
     ];
 
+    /// Host pieces: mostly plain, some not.
+    const HOST: &[&str] = &[
+        "a", "b", "z", "ab", "a", "b", "z", "0", "1", "9", "127", "255", "-", ".", ".", "xn--",
+        "0x", "00", "01", "256", "A", "_",
+    ];
+
+    /// Path and query pieces: mostly plain, some not.
+    const REST: &[&str] = &[
+        "/", "/", "/", "a", "b", "1", "=", "&", "?", ":", "@", "~", "+", "-", "_", "!", "*", ".",
+        "..", "%", "%2e", "'", " ", "#", "{", "é", "\\",
+    ];
+
     proptest! {
         #[test]
         fn the_fast_path_agrees_with_the_full_parser(
@@ -258,6 +270,28 @@ mod tests {
             for piece in pieces {
                 url.push_str(piece);
             }
+            agrees(&url);
+        }
+
+        /// Shaped like a URL, so more of them take the fast path.
+        #[test]
+        fn url_shaped_inputs_agree_too(
+            tls in any::<bool>(),
+            host in proptest::collection::vec(proptest::sample::select(HOST), 1..5),
+            port in proptest::option::of(proptest::sample::select(&["0", "1", "80", "0080", "65535", "65536", "", "x"][..])),
+            rest in proptest::collection::vec(proptest::sample::select(REST), 0..6),
+            slash in proptest::bool::weighted(0.8),
+        ) {
+            let mut url = String::from(if tls { "wss://" } else { "ws://" });
+            url.push_str(&host.concat());
+            if let Some(port) = port {
+                url.push(':');
+                url.push_str(port);
+            }
+            if slash {
+                url.push('/');
+            }
+            url.push_str(&rest.concat());
             agrees(&url);
         }
     }
