@@ -253,8 +253,17 @@ pub(crate) async fn open_at(
     match tls_config {
         None => Ok(MaybeTlsStream::Plain(tcp)),
         Some(config) => {
-            let stream =
-                tls_handshake(tcp, target, authority, config, deadlines.tls, timer).await?;
+            // Boxed: the TLS handshake's state is large, and every connect's
+            // future (ws:// too) would otherwise carry room for it.
+            let stream = Box::pin(tls_handshake(
+                tcp,
+                target,
+                authority,
+                config,
+                deadlines.tls,
+                timer,
+            ))
+            .await?;
             Ok(MaybeTlsStream::Tls(Box::new(stream)))
         }
     }
