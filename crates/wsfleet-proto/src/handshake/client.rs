@@ -214,6 +214,18 @@ pub struct HandshakeResponse {
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
+/// What a successful handshake response settled: the
+/// [`HandshakeResponse`] without the copy of every header, as
+/// [`ClientHandshake::validate_response`] gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Negotiated {
+    /// The subprotocol the server chose, if any.
+    pub protocol: Option<String>,
+    /// permessage-deflate as negotiated, if the server accepted it.
+    pub deflate: Option<DeflateParams>,
+}
+
 /// Validates the server's answer to a [`HandshakeRequest`].
 #[derive(Debug, Clone)]
 pub struct ClientHandshake {
@@ -248,6 +260,36 @@ impl ClientHandshake {
         &self,
         buf: &[u8],
     ) -> Result<Option<(HandshakeResponse, usize)>, HandshakeError> {
+        self.parse_with(buf, |negotiated, headers| HandshakeResponse {
+            protocol: negotiated.protocol,
+            deflate: negotiated.deflate,
+            headers: headers
+                .iter()
+                .map(|h| (h.name.to_owned(), h.value.to_vec()))
+                .collect(),
+        })
+    }
+
+    /// As [`parse_response`](Self::parse_response), with the same checks
+    /// and errors, keeping only what the response settled: no copy of its
+    /// headers (two allocations each), for a caller that does not read them.
+    ///
+    /// # Errors
+    /// As [`parse_response`](Self::parse_response).
+    pub fn validate_response(
+        &self,
+        buf: &[u8],
+    ) -> Result<Option<(Negotiated, usize)>, HandshakeError> {
+        self.parse_with(buf, |negotiated, _headers| negotiated)
+    }
+
+    /// Parses and checks the response; a valid one becomes `finish`'s answer
+    /// to what it settled and its headers (borrowed from `buf`).
+    fn parse_with<T>(
+        &self,
+        buf: &[u8],
+        finish: impl FnOnce(Negotiated, &[httparse::Header<'_>]) -> T,
+    ) -> Result<Option<(T, usize)>, HandshakeError> {
         // Up to the default limit the header slots live on the stack: no
         // 2 KiB allocation per answer (or per partial read of one).
         let mut on_stack = [httparse::EMPTY_HEADER; STACK_HEADERS];
@@ -356,16 +398,8 @@ impl ClientHandshake {
                     .map_err(HandshakeError::BadExtension)?,
             ),
         };
-        let headers = headers
-            .iter()
-            .map(|h| (h.name.to_owned(), h.value.to_vec()))
-            .collect();
         Ok(Some((
-            HandshakeResponse {
-                protocol,
-                deflate,
-                headers,
-            },
+            finish(Negotiated { protocol, deflate }, headers),
             used,
         )))
     }
@@ -400,6 +434,41 @@ mod tests {
         bytes.extend_from_slice(&[0x81, 0x00]);
         let (resp, used) = hs.parse_response(&bytes).unwrap().unwrap();
         assert_eq!((resp.protocol.as_deref(), used), (Some("b"), n));
+    }
+
+    /// The lean answer is the full one without the headers, on success and
+    /// on every error.
+    #[test]
+    fn validate_response_agrees_with_parse_response() {
+        let (req, hs) = pair();
+        let good = ok_response(&req, "Sec-WebSocket-Protocol: a\r\nX-Extra: 1\r\n");
+        let bad = ok_response(&req, "Sec-WebSocket-Protocol: c\r\n");
+        for bytes in [
+            &good[..],
+            &good[..good.len() - 1],
+            &bad[..],
+            b"HTTP/1.1 404 No\r\n\r\n",
+        ] {
+            let full = hs.parse_response(bytes).map(|r| {
+                r.map(|(resp, used)| {
+                    assert_eq!(resp.headers.len(), 5, "all headers kept");
+                    ((resp.protocol, resp.deflate), used)
+                })
+            });
+            let lean = hs
+                .validate_response(bytes)
+                .map(|r| r.map(|(n, used)| ((n.protocol, n.deflate), used)));
+            assert_eq!(full, lean, "{:?}", String::from_utf8_lossy(bytes));
+        }
+        assert_eq!(
+            hs.validate_response(&good)
+                .unwrap()
+                .unwrap()
+                .0
+                .protocol
+                .as_deref(),
+            Some("a")
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ mod error;
 mod server;
 
 pub use accept_key::accept_key;
-pub use client::{ClientHandshake, HandshakeRequest, HandshakeResponse};
+pub use client::{ClientHandshake, HandshakeRequest, HandshakeResponse, Negotiated};
 pub use error::{HandshakeError, redact_query};
 pub use server::{ServerRequest, accept_response, parse_request, reject_response};
 

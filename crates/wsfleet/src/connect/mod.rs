@@ -33,9 +33,11 @@
 pub mod credential;
 mod error;
 mod local;
+mod plain_url;
 mod proxy;
 mod stream;
 mod tcp;
+mod timer;
 mod tls;
 mod url;
 
@@ -54,6 +56,7 @@ pub use self::local::{
 pub use self::proxy::{Proxy, ProxyError, ProxyKind, ProxySetting};
 pub use self::stream::MaybeTlsStream;
 pub(crate) use self::tcp::LocalPick;
+pub(crate) use self::timer::PhaseTimer;
 pub use self::tls::{ClientIdentity, Roots, TlsOptions};
 pub use self::url::{Scheme, Target};
 
@@ -186,13 +189,17 @@ pub async fn open_via(
     deadlines: &Deadlines,
 ) -> Result<MaybeTlsStream, ConnectError> {
     let local = LocalPick::default();
-    open_at(target, &target.authority(), proxy, tls, deadlines, local).await
+    let sleep = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
+    let mut timer = PhaseTimer::new(sleep);
+    let authority = target.authority();
+    open_at(target, &authority, proxy, tls, deadlines, local, &mut timer).await
 }
 
 /// [`open_via`], given `target`'s [`authority`](Target::authority) (a
 /// connection has it at hand already: it names the peer), so a connect
 /// formats it once. The TCP connection (to the target, or to the proxy)
-/// comes from the source address `local` picks.
+/// comes from the source address `local` picks. `timer` bounds the TCP
+/// attempts and TLS, each at its own deadline.
 pub(crate) async fn open_at(
     target: &Target,
     authority: &str,
@@ -200,6 +207,7 @@ pub(crate) async fn open_at(
     tls: Option<&Arc<rustls::ClientConfig>>,
     deadlines: &Deadlines,
     local: LocalPick<'_>,
+    timer: &mut PhaseTimer<'_>,
 ) -> Result<MaybeTlsStream, ConnectError> {
     // Resolve the TLS configuration first, so a configuration problem costs no
     // DNS lookup or connection.
@@ -218,17 +226,20 @@ pub(crate) async fn open_at(
     // runs end to end with the target through the tunnel, unchanged.
     let tcp = match proxy {
         None => {
-            let mut addrs = tcp::resolve(&target.host, target.port, deadlines.dns).await?;
+            let literal = target.host.parse().ok();
+            let mut addrs = tcp::resolve(&target.host, literal, target.port, deadlines.dns).await?;
             local.keep_reachable(authority, &mut addrs)?;
-            let host_is_ip = target.host.parse::<std::net::IpAddr>().is_ok();
-            tcp::connect_tcp(authority, host_is_ip, &addrs, deadlines.tcp, local).await?
+            let host_is_ip = literal.is_some();
+            tcp::connect_tcp(authority, host_is_ip, &addrs, deadlines.tcp, local, timer).await?
         }
         Some(proxy) => {
-            let mut addrs = tcp::resolve(&proxy.host, proxy.port, deadlines.dns).await?;
-            let host_is_ip = proxy.host.parse::<std::net::IpAddr>().is_ok();
+            let literal = proxy.host.parse().ok();
+            let mut addrs = tcp::resolve(&proxy.host, literal, proxy.port, deadlines.dns).await?;
+            let host_is_ip = literal.is_some();
             let label = format!("{}:{}", proxy.host, proxy.port);
             local.keep_reachable(&label, &mut addrs)?;
-            let tcp = tcp::connect_tcp(&label, host_is_ip, &addrs, deadlines.tcp, local).await?;
+            let tcp =
+                tcp::connect_tcp(&label, host_is_ip, &addrs, deadlines.tcp, local, timer).await?;
             tcp::with_deadline(
                 Phase::Proxy,
                 &label,
@@ -242,19 +253,30 @@ pub(crate) async fn open_at(
     match tls_config {
         None => Ok(MaybeTlsStream::Plain(tcp)),
         Some(config) => {
-            let stream = tls_handshake(tcp, target, authority, config, deadlines.tls).await?;
+            // Boxed: the TLS handshake's state is large, and every connect's
+            // future (ws:// too) would otherwise carry room for it.
+            let stream = Box::pin(tls_handshake(
+                tcp,
+                target,
+                authority,
+                config,
+                deadlines.tls,
+                timer,
+            ))
+            .await?;
             Ok(MaybeTlsStream::Tls(Box::new(stream)))
         }
     }
 }
 
-/// Runs the TLS client handshake over `tcp`, bounded by `limit`.
+/// Runs the TLS client handshake over `tcp`, bounded by `limit` on `timer`.
 async fn tls_handshake(
     tcp: TcpStream,
     target: &Target,
     authority: &str,
     config: Arc<rustls::ClientConfig>,
     limit: Duration,
+    timer: &mut PhaseTimer<'_>,
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ConnectError> {
     let name = url::server_name(&target.host).map_err(|why| {
         ConnectError::new(
@@ -265,13 +287,11 @@ async fn tls_handshake(
     })?;
     let started = tokio::time::Instant::now();
     let connector = TlsConnector::from(config);
-    let stream = tcp::with_deadline(Phase::Tls, authority, limit, async {
-        connector
-            .connect(name, tcp)
-            .await
-            .map_err(|e| ConnectError::new(Phase::Tls, authority, tls_error_kind(e)))
-    })
-    .await?;
+    let stream = timer
+        .within(limit, connector.connect(name, tcp))
+        .await
+        .ok_or_else(|| ConnectError::new(Phase::Tls, authority, ConnectErrorKind::Timeout(limit)))?
+        .map_err(|e| ConnectError::new(Phase::Tls, authority, tls_error_kind(e)))?;
     tracing::debug!(
         target = %authority,
         version = ?stream.get_ref().1.protocol_version(),

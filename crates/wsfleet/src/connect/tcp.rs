@@ -10,6 +10,7 @@ use tokio::time::Instant;
 
 use super::error::{ConnectError, ConnectErrorKind, Phase};
 use super::local::LocalAddresses;
+use super::timer::PhaseTimer;
 
 /// Runs `fut`, turning "not done within `limit`" into a [`ConnectErrorKind::Timeout`]
 /// for `phase` and `target`.
@@ -33,17 +34,19 @@ where
 }
 
 /// Resolves `host` to socket addresses, in the resolver's order, without duplicates.
-/// An IP literal is used as is, without a lookup.
+/// An IP literal is used as is, without a lookup: `literal` is `host` parsed
+/// as one (by the caller, which needs it too).
 ///
 /// The lookup is `tokio::net::lookup_host` (the system resolver on the blocking
 /// pool). On timeout the blocking lookup itself cannot be cancelled; it finishes in
 /// the background and its result is dropped.
 pub(crate) async fn resolve(
     host: &str,
+    literal: Option<IpAddr>,
     port: u16,
     limit: Duration,
 ) -> Result<Vec<SocketAddr>, ConnectError> {
-    if let Ok(ip) = host.parse::<IpAddr>() {
+    if let Some(ip) = literal {
         return Ok(vec![SocketAddr::new(ip, port)]);
     }
     let started = Instant::now();
@@ -73,19 +76,21 @@ pub(crate) async fn resolve(
 
 /// Connects to the first of `addrs` that accepts, in order, with TCP_NODELAY on,
 /// each from the source address `local` picks for it (see [`LocalPick`]).
-/// `authority` (`host:port`) and `host_is_ip` only shape error messages.
+/// `authority` (`host:port`) and `host_is_ip` only shape error messages;
+/// `timer` bounds each attempt.
 pub(crate) async fn connect_tcp(
     authority: &str,
     host_is_ip: bool,
     addrs: &[SocketAddr],
     limit: Duration,
     local: LocalPick<'_>,
+    timer: &mut PhaseTimer<'_>,
 ) -> Result<TcpStream, ConnectError> {
     let started = Instant::now();
     // The label names the target in an error only: built then, not per connect.
     let label = || tcp_label(authority, host_is_ip, addrs);
     let dial = |remote| dial(remote, local.source_for(remote));
-    let (stream, addr) = connect_each(label, addrs, limit, dial).await?;
+    let (stream, addr) = connect_each(label, addrs, limit, timer, dial).await?;
     stream
         .set_nodelay(true)
         .map_err(|e| ConnectError::new(Phase::Tcp, addr.to_string(), ConnectErrorKind::Io(e)))?;
@@ -196,11 +201,13 @@ const MIN_ATTEMPT: Duration = Duration::from_secs(2);
 /// never more than what remains), so one address that never answers does not use up
 /// the whole deadline. If the deadline runs out the error is
 /// [`ConnectErrorKind::Timeout`]`(limit)`; otherwise it is the last address's error.
-/// `label` names the target in that error (called only then).
+/// `label` names the target in that error (called only then); `timer`
+/// bounds each attempt.
 async fn connect_each<T, F, Fut>(
     label: impl FnOnce() -> String,
     addrs: &[SocketAddr],
     limit: Duration,
+    timer: &mut PhaseTimer<'_>,
     mut connect: F,
 ) -> Result<(T, SocketAddr), ConnectError>
 where
@@ -221,13 +228,13 @@ where
         } else {
             (remaining / left).max(MIN_ATTEMPT.min(remaining))
         };
-        match tokio::time::timeout(attempt, connect(addr)).await {
-            Ok(Ok(stream)) => return Ok((stream, addr)),
-            Ok(Err(e)) => {
+        match timer.within(attempt, connect(addr)).await {
+            Some(Ok(stream)) => return Ok((stream, addr)),
+            Some(Err(e)) => {
                 tracing::debug!(%addr, error = ?e, "tcp connect attempt failed");
                 last_error = Some(e);
             }
-            Err(_elapsed) => {
+            None => {
                 tracing::debug!(%addr, ?attempt, "tcp connect attempt timed out");
                 last_error = None;
             }
@@ -271,6 +278,7 @@ fn tcp_label(authority: &str, host_is_ip: bool, addrs: &[SocketAddr]) -> String 
 mod tests {
     use super::*;
     use std::future::pending;
+    use std::pin::pin;
 
     fn addr(s: &str) -> SocketAddr {
         s.parse().unwrap()
@@ -308,17 +316,24 @@ mod tests {
 
     #[tokio::test]
     async fn ip_literal_skips_dns() {
-        let addrs = resolve("::1", 9001, Duration::from_secs(1)).await.unwrap();
-        assert_eq!(addrs, vec![addr("[::1]:9001")]);
-        let addrs = resolve("127.0.0.1", 80, Duration::from_secs(1))
+        let addrs = resolve("::1", "::1".parse().ok(), 9001, Duration::from_secs(1))
             .await
             .unwrap();
+        assert_eq!(addrs, vec![addr("[::1]:9001")]);
+        let addrs = resolve(
+            "127.0.0.1",
+            "127.0.0.1".parse().ok(),
+            80,
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
         assert_eq!(addrs, vec![addr("127.0.0.1:80")]);
     }
 
     #[tokio::test]
     async fn localhost_resolves_to_loopback() {
-        let addrs = resolve("localhost", 80, Duration::from_secs(5))
+        let addrs = resolve("localhost", None, 80, Duration::from_secs(5))
             .await
             .unwrap();
         assert!(!addrs.is_empty());
@@ -333,6 +348,7 @@ mod tests {
             || "h:1".into(),
             &addrs,
             Duration::from_secs(10),
+            &mut PhaseTimer::new(pin!(tokio::time::sleep(Duration::ZERO))),
             |a| async move {
                 if a.is_ipv6() {
                     pending::<Result<u32, ConnectErrorKind>>().await
@@ -359,6 +375,7 @@ mod tests {
             || "h:1".into(),
             &addrs,
             Duration::from_secs(10),
+            &mut PhaseTimer::new(pin!(tokio::time::sleep(Duration::ZERO))),
             |a| {
                 tried.set(tried.get() + 1);
                 async move {
@@ -384,6 +401,7 @@ mod tests {
             || "h:1 ([::1]:1, 127.0.0.1:1)".into(),
             &addrs,
             Duration::from_secs(10),
+            &mut PhaseTimer::new(pin!(tokio::time::sleep(Duration::ZERO))),
             |_| pending::<Result<(), ConnectErrorKind>>(),
         )
         .await
@@ -402,6 +420,7 @@ mod tests {
             || "h:1".into(),
             &addrs,
             Duration::from_secs(10),
+            &mut PhaseTimer::new(pin!(tokio::time::sleep(Duration::ZERO))),
             |a| async move {
                 Err::<(), _>(ConnectErrorKind::Io(io::Error::new(
                     io::ErrorKind::ConnectionRefused,
@@ -544,8 +563,17 @@ mod tests {
                 addresses: Some(&local),
                 slot: Some(slot),
             };
+            let sleep = pin!(tokio::time::sleep(Duration::ZERO));
+            let mut timer = PhaseTimer::new(sleep);
             let (stream, accepted) = tokio::join!(
-                connect_tcp("127.0.0.1", true, &remotes, Duration::from_secs(5), pick),
+                connect_tcp(
+                    "127.0.0.1",
+                    true,
+                    &remotes,
+                    Duration::from_secs(5),
+                    pick,
+                    &mut timer
+                ),
                 listener.accept()
             );
             let stream = stream.unwrap();
@@ -568,9 +596,16 @@ mod tests {
             addresses: Some(&local),
             slot: Some(0),
         };
-        let e = connect_tcp("127.0.0.1", true, &[remote], Duration::from_secs(5), pick)
-            .await
-            .unwrap_err();
+        let e = connect_tcp(
+            "127.0.0.1",
+            true,
+            &[remote],
+            Duration::from_secs(5),
+            pick,
+            &mut PhaseTimer::new(pin!(tokio::time::sleep(Duration::ZERO))),
+        )
+        .await
+        .unwrap_err();
         assert_eq!(e.phase(), Phase::Tcp);
         assert!(
             matches!(e.kind(), ConnectErrorKind::LocalAddressNotAvailable { local } if local.to_string() == "198.51.100.7"),

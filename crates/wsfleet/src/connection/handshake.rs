@@ -5,19 +5,20 @@ use std::io;
 
 use bytes::{BufMut, Bytes};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use wsfleet_proto::handshake::{ClientHandshake, HandshakeRequest, HandshakeResponse};
+use wsfleet_proto::handshake::{ClientHandshake, HandshakeRequest, Negotiated};
 
 use super::ConnectionConfig;
 use crate::connect::credential::Resolved;
-use crate::connect::{ConnectError, ConnectErrorKind, MaybeTlsStream, Phase, Target};
+use crate::connect::{ConnectError, ConnectErrorKind, MaybeTlsStream, Phase, PhaseTimer, Target};
 use crate::keys;
 
-/// Sends the upgrade request and validates the answer. Returns the response
-/// and any WebSocket bytes that arrived with it. With `same_origin` false
+/// Sends the upgrade request and validates the answer. Returns what it
+/// settled and any WebSocket bytes that arrived with it. With `same_origin` false
 /// (a redirect has left the configured origin), only the headers and
 /// subprotocols named in `forward_on_redirect` go. `authority` is
 /// `target`'s, as errors name it. `credentials`' headers go as configured
-/// headers do, in place of any of the same name.
+/// headers do, in place of any of the same name. `timer` bounds the
+/// exchange at the handshake deadline.
 pub(crate) async fn client_handshake(
     stream: &mut MaybeTlsStream,
     target: &Target,
@@ -25,7 +26,8 @@ pub(crate) async fn client_handshake(
     config: &ConnectionConfig,
     credentials: &Resolved,
     same_origin: bool,
-) -> Result<(HandshakeResponse, Bytes), ConnectError> {
+    timer: &mut PhaseTimer<'_>,
+) -> Result<(Negotiated, Bytes), ConnectError> {
     let sent = |name: &str| {
         same_origin
             || config
@@ -74,7 +76,7 @@ pub(crate) async fn client_handshake(
             .flush()
             .await
             .map_err(|e| fail(ConnectErrorKind::Io(e)))?;
-        read_head(stream, max, |buf| expect.parse_response(buf))
+        read_head(stream, max, |buf| expect.validate_response(buf))
             .await
             .map_err(|e| match e {
                 HeadError::Io(e) => fail(ConnectErrorKind::Io(e)),
@@ -87,9 +89,9 @@ pub(crate) async fn client_handshake(
                 HeadError::Invalid(e) => fail(ConnectErrorKind::Handshake(e)),
             })
     };
-    match tokio::time::timeout(config.deadlines.handshake, exchange).await {
-        Ok(result) => result,
-        Err(_) => Err(fail(ConnectErrorKind::Timeout(config.deadlines.handshake))),
+    match timer.within(config.deadlines.handshake, exchange).await {
+        Some(result) => result,
+        None => Err(fail(ConnectErrorKind::Timeout(config.deadlines.handshake))),
     }
 }
 

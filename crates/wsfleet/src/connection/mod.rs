@@ -250,8 +250,19 @@ impl Connection {
             addresses: config.local_addresses.as_deref(),
             slot: config.local_slot,
         };
-        let mut stream =
-            connect::open_at(target, &peer, proxy.as_ref(), tls, &config.deadlines, local).await?;
+        // One timer for TCP, TLS and the handshake, each at its deadline.
+        let sleep = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
+        let mut timer = connect::PhaseTimer::new(sleep);
+        let mut stream = connect::open_at(
+            target,
+            &peer,
+            proxy.as_ref(),
+            tls,
+            &config.deadlines,
+            local,
+            &mut timer,
+        )
+        .await?;
         let (response, leftover) = handshake::client_handshake(
             &mut stream,
             target,
@@ -259,6 +270,7 @@ impl Connection {
             config,
             credentials,
             same_origin,
+            &mut timer,
         )
         .await?;
         let mut proto = Protocol::client(config.limits, Box::new(OsRngKeys));
