@@ -145,18 +145,21 @@ pub(crate) fn plan(only: Option<Scenario>, quick: bool) -> Vec<Variant> {
         // messages in flight per connection (one), through `Fleet::send`
         // and through `Fleet::broadcast` (what `scripts/scale` sends at
         // 100,000, so its figure compares with these).
-        let sizes: &[(usize, u64, FleetSend)] = if quick {
-            &[(300, 3_000, FleetSend::Any)]
+        // (connections, echoes, per-connection in flight, how).
+        let sizes: &[(usize, u64, &str, FleetSend)] = if quick {
+            &[(300, 3_000, "1", FleetSend::Any)]
         } else {
             &[
-                (10_000, 300_000, FleetSend::Any),
-                (100, 300_000, FleetSend::Any),
-                (100, 300_000, FleetSend::Broadcast),
-                (10_000, 300_000, FleetSend::Broadcast),
+                // The fleet of record, as issue 6 set it: 1,000 in flight.
+                (10_000, 100_000, "0.1", FleetSend::Any),
+                (100, 200_000, "1", FleetSend::Any),
+                (10_000, 200_000, "1", FleetSend::Any),
+                (100, 200_000, "1", FleetSend::Broadcast),
+                (10_000, 200_000, "1", FleetSend::Broadcast),
             ]
         };
         let cap = if quick { 2.0 } else { 10.0 };
-        for &(n, total, send) in sizes {
+        for &(n, total, in_flight, send) in sizes {
             let how = match send {
                 FleetSend::Broadcast => "`broadcast` rounds",
                 FleetSend::To => "`send_to`",
@@ -166,9 +169,15 @@ pub(crate) fn plan(only: Option<Scenario>, quick: bool) -> Vec<Variant> {
                 scenario: Scenario::Fleet,
                 title: format!(
                     "fleet (wsfleet only), {} connections ramped at 2,000/s, then {} echoes \
-                     through {how}, one in flight per connection",
+                     through {how}, {}",
                     thousands(n as u64),
-                    thousands(total)
+                    thousands(total),
+                    if in_flight == "1" {
+                        "one in flight per connection".to_string()
+                    } else {
+                        let window = n as f64 * in_flight.parse::<f64>().unwrap_or(1.0);
+                        format!("{} in flight", thousands(window as u64))
+                    }
                 ),
                 args: args(&[
                     ("n", n.to_string()),
@@ -176,7 +185,7 @@ pub(crate) fn plan(only: Option<Scenario>, quick: bool) -> Vec<Variant> {
                     ("size", "32".into()),
                     ("total", total.to_string()),
                     ("cap-secs", cap.to_string()),
-                    ("in-flight", "1".into()),
+                    ("in-flight", in_flight.into()),
                     ("send", send.arg().into()),
                 ]),
                 libs: vec![Lib::Wsfleet],

@@ -616,6 +616,7 @@ pub(crate) fn per_size(results: &[VariantResult], scale: Option<&Value>) -> Stri
     let fleets: Vec<(u64, &str, f64)> = results
         .iter()
         .filter(|v| v.variant.scenario == Scenario::Fleet)
+        .filter(|v| arg_value(v, "--in-flight") == Some("1"))
         .filter_map(|v| {
             let n = arg_value(v, "--n")?.parse().ok()?;
             let send = arg_value(v, "--send").unwrap_or("any");
@@ -863,7 +864,7 @@ mod tests {
                 Scenario::Fleet,
                 vec![(Lib::Wsfleet, vec![json!({"echo_cpu_s_per_million": cpu})])],
             );
-            v.variant.args = ["--n", &n.to_string(), "--send", send]
+            v.variant.args = ["--n", &n.to_string(), "--send", send, "--in-flight", "1"]
                 .map(String::from)
                 .to_vec();
             v
