@@ -46,8 +46,9 @@ Faults (all off by default; --seed makes the random choices reproducible up to t
 
     --skip-ratio P            each sequence number of a channel is skipped with probability
                               P: sent to no one, the counter still advances
-    --silence-every SECS      every SECS one random live (connection, channel) subscription
-                              goes silent: that channel is no longer sent to that connection
+    --silence-every SECS      every SECS one random live (connection, channel) subscription,
+                              of a channel no other connection subscribes to, goes silent:
+                              that channel is no longer sent to that connection
                               (pings, other channels and requests are still answered) until
                               the connection unsubscribes it or subscribes it again
     --kill-ratio-per-minute P spread over each minute, that share of the live connections is
@@ -301,11 +302,15 @@ class Feed:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(every)
+            # Only a channel no other connection carries: while a rotation
+            # overlaps two connections of one slot, the other one still
+            # delivers the stream, so the client cannot see the silence
+            # (and must not renew) until the overlap ends.
             live = [
                 (conn, name)
                 for conn in self.conns.values()
                 for name in conn.subs
-                if name not in conn.silenced
+                if name not in conn.silenced and len(self.channels[name].members) == 1
             ]
             if not live:
                 continue
