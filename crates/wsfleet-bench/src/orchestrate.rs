@@ -146,37 +146,37 @@ pub(crate) fn plan(only: Option<Scenario>, quick: bool) -> Vec<Variant> {
         // and through `Fleet::broadcast` (what `scripts/scale` sends at
         // 100,000, so its figure compares with these).
         // (connections, echoes, per-connection in flight, how).
-        let sizes: &[(usize, u64, &str, FleetSend)] = if quick {
-            &[(300, 3_000, "1", FleetSend::Any)]
+        let sizes: &[(usize, u64, f64, FleetSend)] = if quick {
+            &[(300, 3_000, 1.0, FleetSend::Any)]
         } else {
             &[
                 // The fleet of record, as issue 6 set it: 1,000 in flight.
-                (10_000, 100_000, "0.1", FleetSend::Any),
-                (100, 200_000, "1", FleetSend::Any),
-                (10_000, 200_000, "1", FleetSend::Any),
-                (100, 200_000, "1", FleetSend::Broadcast),
-                (10_000, 200_000, "1", FleetSend::Broadcast),
+                (10_000, 100_000, 0.1, FleetSend::Any),
+                (100, 200_000, 1.0, FleetSend::Any),
+                (10_000, 200_000, 1.0, FleetSend::Any),
+                (100, 200_000, 1.0, FleetSend::Broadcast),
+                (10_000, 200_000, 1.0, FleetSend::Broadcast),
             ]
         };
         let cap = if quick { 2.0 } else { 10.0 };
         for &(n, total, in_flight, send) in sizes {
-            let how = match send {
-                FleetSend::Broadcast => "`broadcast` rounds",
-                FleetSend::To => "`send_to`",
-                FleetSend::Any => "`send`",
+            let rounds = if send == FleetSend::Broadcast {
+                " rounds"
+            } else {
+                ""
             };
             v.push(Variant {
                 scenario: Scenario::Fleet,
                 title: format!(
                     "fleet (wsfleet only), {} connections ramped at 2,000/s, then {} echoes \
-                     through {how}, {}",
+                     through `{}`{rounds}, {}",
                     thousands(n as u64),
                     thousands(total),
-                    if in_flight == "1" {
+                    send.method(),
+                    if in_flight == 1.0 {
                         "one in flight per connection".to_string()
                     } else {
-                        let window = n as f64 * in_flight.parse::<f64>().unwrap_or(1.0);
-                        format!("{} in flight", thousands(window as u64))
+                        format!("{} in flight", thousands((n as f64 * in_flight) as u64))
                     }
                 ),
                 args: args(&[
@@ -185,7 +185,7 @@ pub(crate) fn plan(only: Option<Scenario>, quick: bool) -> Vec<Variant> {
                     ("size", "32".into()),
                     ("total", total.to_string()),
                     ("cap-secs", cap.to_string()),
-                    ("in-flight", in_flight.into()),
+                    ("in-flight", in_flight.to_string()),
                     ("send", send.arg().into()),
                 ]),
                 libs: vec![Lib::Wsfleet],

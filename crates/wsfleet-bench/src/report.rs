@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::libs::Lib;
 use crate::orchestrate::{VariantResult, thousands};
-use crate::scenarios::Scenario;
+use crate::scenarios::{FleetSend, Scenario};
 
 /// One reported number of a scenario.
 #[derive(Debug, Clone, Copy)]
@@ -613,13 +613,15 @@ fn arg_value<'a>(v: &'a VariantResult, flag: &str) -> Option<&'a str> {
 /// scale, and the multi-process run of `scripts/scale` (`docs/scale.json`)
 /// when there is one. Empty without fleet rows.
 pub(crate) fn per_size(results: &[VariantResult], scale: Option<&Value>) -> String {
-    let fleets: Vec<(u64, &str, f64)> = results
+    let fleets: Vec<(u64, FleetSend, f64)> = results
         .iter()
         .filter(|v| v.variant.scenario == Scenario::Fleet)
         .filter(|v| arg_value(v, "--in-flight") == Some("1"))
         .filter_map(|v| {
             let n = arg_value(v, "--n")?.parse().ok()?;
-            let send = arg_value(v, "--send").unwrap_or("any");
+            let send = arg_value(v, "--send")
+                .and_then(|s| <FleetSend as clap::ValueEnum>::from_str(s, false).ok())
+                .unwrap_or(FleetSend::Any);
             let cpu = median_of(v, Lib::Wsfleet, "echo_cpu_s_per_million")?;
             Some((n, send, cpu))
         })
@@ -627,7 +629,7 @@ pub(crate) fn per_size(results: &[VariantResult], scale: Option<&Value>) -> Stri
     if fleets.len() < 2 {
         return String::new();
     }
-    let base = |send: &str| {
+    let base = |send: FleetSend| {
         fleets
             .iter()
             .filter(|(_, s, _)| *s == send)
@@ -661,13 +663,7 @@ pub(crate) fn per_size(results: &[VariantResult], scale: Option<&Value>) -> Stri
             out,
             "| {} | `Fleet::{}` | 1 | {cpu:.2} | {ratio} |",
             thousands(n),
-            if send == "broadcast" {
-                "broadcast"
-            } else if send == "to" {
-                "send_to"
-            } else {
-                "send"
-            },
+            send.method(),
         );
     }
     if let Some(s) = scale {
@@ -675,7 +671,7 @@ pub(crate) fn per_size(results: &[VariantResult], scale: Option<&Value>) -> Stri
         if let (Some(n), Some(shards), Some(cpu)) =
             (get("connections"), get("shards"), get("cpu_us_per_echo"))
         {
-            let ratio = match base("broadcast") {
+            let ratio = match base(FleetSend::Broadcast) {
                 Some((_, bc)) if bc > 0.0 => format!("{:.2}×", cpu / bc),
                 _ => "–".into(),
             };
@@ -691,18 +687,18 @@ pub(crate) fn per_size(results: &[VariantResult], scale: Option<&Value>) -> Stri
                  about 5 minutes; see [scale.md](scale.md)).\n\n\
                  | connections | processes | ramp s | RSS B/conn | idle CPU % of a core (hold s) | client CPU µs per echo | messages echoed | reconnects | fds/process (max) |\n\
                  |---:|---|---:|---:|---:|---:|---:|---:|---:|\n\
-                 | {} | {shards:.0} shards + {shards:.0} echo servers | {:.1} | {:.0} | {:.1} ({:.0}) | {cpu:.2} | {} | {:.0} | {:.0} |",
+                 | {} | {shards:.0} shards + {shards:.0} echo servers | {:.1} | {} | {:.1} ({:.0}) | {cpu:.2} | {} | {:.0} | {} |",
                 thousands(n as u64),
                 s.get("date").and_then(Value::as_str).unwrap_or("?"),
                 s.get("revision").and_then(Value::as_str).unwrap_or("?"),
                 thousands(n as u64),
                 get("ramp_s").unwrap_or(f64::NAN),
-                get("rss_per_conn").unwrap_or(f64::NAN),
+                thousands(get("rss_per_conn").unwrap_or(0.0) as u64),
                 get("idle_cpu_pct").unwrap_or(f64::NAN),
                 get("hold_s").unwrap_or(f64::NAN),
                 thousands(get("echoed").unwrap_or(0.0) as u64),
                 get("reconnects").unwrap_or(f64::NAN),
-                get("fds_max").unwrap_or(f64::NAN),
+                thousands(get("fds_max").unwrap_or(0.0) as u64),
             );
         }
     }
@@ -893,7 +889,7 @@ mod tests {
         );
         assert!(md.contains("| 20.00 | 2.50× |"), "{md}");
         assert!(
-            md.contains("| 100,000 | 8 shards + 8 echo servers | 9.0 | 6400 |"),
+            md.contains("| 100,000 | 8 shards + 8 echo servers | 9.0 | 6,400 |"),
             "{md}"
         );
         // Without fleet rows to compare, nothing.

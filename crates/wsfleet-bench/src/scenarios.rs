@@ -95,6 +95,15 @@ impl FleetSend {
             FleetSend::Broadcast => "broadcast",
         }
     }
+
+    /// The `Fleet` method it measures, for reports.
+    pub(crate) fn method(self) -> &'static str {
+        match self {
+            FleetSend::Any => "send",
+            FleetSend::To => "send_to",
+            FleetSend::Broadcast => "broadcast",
+        }
+    }
 }
 
 /// Upper bound on any wait for connections to come up.
@@ -477,24 +486,20 @@ async fn fleet(url: Arc<str>, p: &Params) -> Result<Value, String> {
     let mut sent = 0u64;
     while sent < p.total && t1.elapsed() < cap {
         if p.send == FleetSend::Broadcast {
-            // A round: every connection one message, then every echo.
-            round_end.store(sent + p.n as u64, Ordering::Relaxed);
+            // A round: every connection one message, then every echo
+            // (the consumer signals the round's last; a lost echo ends the
+            // wait at the cap's grace).
             let took = fleet.broadcast(msg.clone()).await as u64;
-            sent += took;
-            round_end.store(sent, Ordering::Relaxed);
-            while took > 0 && echoed.load(Ordering::Relaxed) < sent {
-                // Bounded: a lost echo ends the run at the cap's grace.
-                let left = (cap + Duration::from_secs(5)).saturating_sub(t1.elapsed());
-                if tokio::time::timeout(left.min(Duration::from_millis(100)), round_done.notified())
-                    .await
-                    .is_err()
-                    && t1.elapsed() > cap + Duration::from_secs(5)
-                {
-                    break;
-                }
-            }
             if took == 0 {
                 break;
+            }
+            sent += took;
+            round_end.store(sent, Ordering::Relaxed);
+            while echoed.load(Ordering::Relaxed) < sent
+                && t1.elapsed() < cap + Duration::from_secs(5)
+            {
+                let _ =
+                    tokio::time::timeout(Duration::from_millis(100), round_done.notified()).await;
             }
             continue;
         }

@@ -73,20 +73,26 @@ impl Inbox {
 
     /// Queues `message` if there is room.
     pub(crate) fn try_send(&self, message: Message) -> Result<(), TrySendError> {
-        let mut state = self.lock();
+        let state = self.lock();
         if state.closed {
             return Err(TrySendError::Closed(message));
         }
         if state.queue.len() >= self.capacity {
             return Err(TrySendError::Full(message));
         }
+        Self::push(state, message);
+        Ok(())
+    }
+
+    /// Queues `message` and wakes the consumer if it waits (after the
+    /// lock is released).
+    fn push(mut state: std::sync::MutexGuard<'_, State>, message: Message) {
         state.queue.push_back(message);
         let consumer = state.consumer.take();
         drop(state);
         if let Some(waker) = consumer {
             waker.wake();
         }
-        Ok(())
     }
 
     /// Queues `message` even past the capacity; gives it back if closed.
@@ -94,16 +100,11 @@ impl Inbox {
     /// subscriptions' catch-up, bounded by the subscription table), queued
     /// under the table's lock where waiting for room is not possible.
     pub(crate) fn force_send(&self, message: Message) -> Result<(), Message> {
-        let mut state = self.lock();
+        let state = self.lock();
         if state.closed {
             return Err(message);
         }
-        state.queue.push_back(message);
-        let consumer = state.consumer.take();
-        drop(state);
-        if let Some(waker) = consumer {
-            waker.wake();
-        }
+        Self::push(state, message);
         Ok(())
     }
 
@@ -135,18 +136,19 @@ impl Inbox {
 
     /// Takes the next message without waiting.
     pub(crate) fn try_recv(&self) -> Option<Message> {
-        let mut state = self.lock();
-        self.pop(&mut state)
+        let message = Self::pop(&mut self.lock());
+        if message.is_some() {
+            self.writable.notify_one();
+        }
+        message
     }
 
-    /// The front message, room given back to producers.
-    fn pop(&self, state: &mut std::sync::MutexGuard<'_, State>) -> Option<Message> {
+    /// The front message; a drained queue gives its burst room back.
+    /// The caller wakes a producer (room) once the lock is released.
+    fn pop(state: &mut State) -> Option<Message> {
         let message = state.queue.pop_front();
-        if message.is_some() {
-            if state.queue.is_empty() && state.queue.capacity() > KEEP_ROOM {
-                state.queue.shrink_to(KEEP_ROOM);
-            }
-            self.writable.notify_one();
+        if message.is_some() && state.queue.is_empty() && state.queue.capacity() > KEEP_ROOM {
+            state.queue.shrink_to(KEEP_ROOM);
         }
         message
     }
@@ -156,7 +158,9 @@ impl Inbox {
     /// is closed and empty.
     pub(crate) fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<Message>> {
         let mut state = self.lock();
-        if let Some(message) = self.pop(&mut state) {
+        if let Some(message) = Self::pop(&mut state) {
+            drop(state);
+            self.writable.notify_one();
             return Poll::Ready(Some(message));
         }
         if state.closed {

@@ -314,8 +314,10 @@ pub(crate) struct SlotShared {
     pub(crate) index: u32,
     pub(crate) url: Arc<str>,
     pub(crate) current: Mutex<Arc<ConnRecord>>,
-    /// Inbox of the ready connection; `None` when none is ready.
-    pub(crate) inbox: Mutex<Option<(ConnId, Arc<Inbox>)>>,
+    /// Inbox of the ready connection; `None` when none is ready. Written
+    /// only by [`Shared::open_inbox`] and [`Shared::close_inbox`], which
+    /// keep the id-to-slot index with it.
+    inbox: Mutex<Option<(ConnId, Arc<Inbox>)>>,
     /// Its streams' state, only with [`Streams`] configured (boxed: an
     /// idle slot without it carries a pointer).
     pub(crate) streams: Option<Box<SlotStreamsCell>>,
