@@ -9,12 +9,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::oneshot;
 use wsfleet_proto::{CloseCode, Message};
 
 use super::extras::{Extra, Extras};
 use super::heartbeat::Due;
-use super::inbox::{Inbox, Receiver};
+use super::inbox::{Inbox, Next, Receiver};
 use super::intake;
 use super::reason::DisconnectReason;
 use super::send_gate::{Admit, SendGate};
@@ -72,10 +71,9 @@ pub(super) struct ConnTask {
     pub(super) index: u32,
     pub(super) id: ConnId,
     pub(super) conn: Box<Connection>,
-    /// What the fleet sends this connection.
+    /// What the fleet sends this connection, and the supervisor's request
+    /// to close (rotation or shutdown).
     pub(super) inbox: Receiver,
-    /// The supervisor's request to close (rotation or shutdown).
-    pub(super) drain: oneshot::Receiver<Drain>,
     pub(super) record: Arc<ConnRecord>,
 }
 
@@ -90,7 +88,6 @@ impl ConnTask {
             id,
             mut conn,
             inbox,
-            mut drain,
             record,
         } = self;
         let mut inflight: VecDeque<(u64, Message)> = VecDeque::new();
@@ -128,38 +125,39 @@ impl ConnTask {
                 && !SendGate::blocked(&gate);
             tokio::select! {
                 biased;
-                command = &mut drain, if draining.is_none() => {
-                    let command = command.unwrap_or(Drain { reason: DisconnectReason::Shutdown, forward: None });
-                    inbox.close();
-                    while let Some(m) = inbox.try_recv() {
-                        match &command.forward {
-                            Some(next) => {
-                                if let Err(back) = next.send(m).await {
-                                    undelivered.push(back);
+                // The drain request first, then a message to write.
+                next = std::future::poll_fn(|cx| inbox.poll_next(cx, true, can_take)), if draining.is_none() => match next {
+                    Next::Drain(command) => {
+                        let command = *command;
+                        inbox.close();
+                        while let Some(m) = inbox.try_recv() {
+                            match &command.forward {
+                                Some(next) => {
+                                    if let Err(back) = next.send(m).await {
+                                        undelivered.push(back);
+                                    }
                                 }
+                                None => undelivered.push(m),
                             }
-                            None => undelivered.push(m),
                         }
+                        inbox_open = false;
+                        record.set_state(ConnState::Draining);
+                        let why = match command.reason {
+                            DisconnectReason::Rotated => "rotation",
+                            DisconnectReason::ScaledDown => "scaled down",
+                            DisconnectReason::Paused => "paused",
+                            DisconnectReason::Dropped => "dropped",
+                            DisconnectReason::Released => "released",
+                            _ => "shutdown",
+                        };
+                        if let Err(e) = conn.begin_close(CloseCode::GOING_AWAY, why) {
+                            break DisconnectReason::from_error(&e);
+                        }
+                        draining = Some(command.reason);
                     }
-                    inbox_open = false;
-                    record.set_state(ConnState::Draining);
-                    let why = match command.reason {
-                        DisconnectReason::Rotated => "rotation",
-                        DisconnectReason::ScaledDown => "scaled down",
-                        DisconnectReason::Paused => "paused",
-                        DisconnectReason::Dropped => "dropped",
-                        DisconnectReason::Released => "released",
-                        _ => "shutdown",
-                    };
-                    if let Err(e) = conn.begin_close(CloseCode::GOING_AWAY, why) {
-                        break DisconnectReason::from_error(&e);
-                    }
-                    draining = Some(command.reason);
-                }
-                message = inbox.recv(), if can_take => match message {
                     // Over the rate: it waits at the inbox's front.
-                    Some(m) if SendGate::admit(&mut gate, &shared, tokio::time::Instant::now()) == Admit::Wait => inbox.put_back(m),
-                    Some(m) => match conn.try_send(m.clone()) {
+                    Next::Message(m) if SendGate::admit(&mut gate, &shared, tokio::time::Instant::now()) == Admit::Wait => inbox.put_back(m),
+                    Next::Message(m) => match conn.try_send(m.clone()) {
                         Ok(()) => inflight.push_back((conn.outbound_offsets().0, m)),
                         Err(Error::Send(e)) => held = Some(e.into_message()),
                         Err(e) => {
@@ -167,7 +165,7 @@ impl ConnTask {
                             break DisconnectReason::from_error(&e);
                         }
                     },
-                    None => inbox_open = false,
+                    Next::Closed => inbox_open = false,
                 },
                 // A token is due: the loop takes the waiting message again.
                 () = std::future::poll_fn(|cx| SendGate::poll_wake(&mut gate, cx)), if SendGate::blocked(&gate) => {}
@@ -320,14 +318,12 @@ mod size_tests {
         let conn = Connection::connect(&server.url(), &ConnectionConfig::default())
             .await
             .expect("connect");
-        let (_drain, drain) = oneshot::channel();
         let task = ConnTask {
             shared: fleet.shared.clone(),
             index: 0,
             id: ConnId(1),
             conn: Box::new(conn),
             inbox: Receiver::new(Arc::new(Inbox::new(4))),
-            drain,
             record: Arc::new(ConnRecord::new(SlotId(0), Arc::from("ws://x/"))),
         };
         let size = size_of_val(&task.run());

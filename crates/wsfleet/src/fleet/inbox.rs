@@ -1,4 +1,5 @@
-//! The bounded queue of messages waiting to be written on one connection.
+//! The bounded queue of messages waiting to be written on one connection,
+//! and the supervisor's one request that it drain.
 //!
 //! Why not `tokio::sync::mpsc`: a bounded mpsc channel allocates its first
 //! block of 32 slots when it is made, about 1.8 KiB per connection that an
@@ -6,14 +7,20 @@
 //! allocates on the first message and gives bursts' room back once empty,
 //! so an idle connection's inbox is one small allocation. One consumer (the
 //! connection's task), any number of producers.
+//!
+//! The drain request rides here too, rather than in a oneshot channel of
+//! its own: the task already waits on this queue's waker, so a request
+//! costs no second allocation per connection (about 128 B) and no second
+//! poll on every turn of the task.
 
 use std::collections::VecDeque;
-use std::future::poll_fn;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
 use tokio::sync::Notify;
 use wsfleet_proto::Message;
+
+use super::conn_task::Drain;
 
 /// Room kept when a burst drains: enough for steady one-or-two in flight
 /// without reallocating, small enough to be nothing when idle.
@@ -34,6 +41,23 @@ struct State {
     /// so a wait costs no registration in a list and a producer wakes it
     /// with what it already holds (one lock per message, not three).
     consumer: Option<Waker>,
+    /// Whether the waiting consumer takes messages now: one that cannot
+    /// (no room on its socket) waits only for a drain request or the close,
+    /// and is not woken by every message queued meanwhile.
+    wants_messages: bool,
+    /// The supervisor's request to close, until the consumer takes it
+    /// (boxed: asked once in a connection's life).
+    drain: Option<Box<Drain>>,
+}
+
+/// What the consumer of an inbox is handed next.
+pub(super) enum Next {
+    /// The supervisor asks the connection to close.
+    Drain(Box<Drain>),
+    /// A message to write.
+    Message(Message),
+    /// The inbox is closed and empty.
+    Closed,
 }
 
 impl std::fmt::Debug for Inbox {
@@ -61,6 +85,8 @@ impl Inbox {
                 queue: VecDeque::new(),
                 closed: false,
                 consumer: None,
+                wants_messages: true,
+                drain: None,
             }),
             capacity: capacity.max(1),
             writable: Notify::new(),
@@ -88,7 +114,11 @@ impl Inbox {
     /// lock is released).
     fn push(mut state: std::sync::MutexGuard<'_, State>, message: Message) {
         state.queue.push_back(message);
-        let consumer = state.consumer.take();
+        let consumer = if state.wants_messages {
+            state.consumer.take()
+        } else {
+            None
+        };
         drop(state);
         if let Some(waker) = consumer {
             waker.wake();
@@ -153,19 +183,40 @@ impl Inbox {
         message
     }
 
-    /// The next message, or `Pending` with the consumer's waker kept to
-    /// be woken by the next message or the close; `None` once the inbox
-    /// is closed and empty.
-    pub(crate) fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<Message>> {
+    /// The next message; `None` once the inbox is closed and empty.
+    #[cfg(test)]
+    pub(crate) async fn recv(&self) -> Option<Message> {
+        std::future::poll_fn(|cx| {
+            self.poll_next(cx, false, true).map(|next| match next {
+                Next::Message(m) => Some(m),
+                Next::Closed => None,
+                Next::Drain(_) => unreachable!("not asked for"),
+            })
+        })
+        .await
+    }
+
+    /// What the consumer takes next: a drain request first (if `drains`),
+    /// then a message (if `takes`). `Pending` keeps the consumer's waker,
+    /// woken by the next message, the close, or a drain request.
+    pub(super) fn poll_next(&self, cx: &mut Context<'_>, drains: bool, takes: bool) -> Poll<Next> {
         let mut state = self.lock();
-        if let Some(message) = Self::pop(&mut state) {
-            drop(state);
-            self.writable.notify_one();
-            return Poll::Ready(Some(message));
+        if drains {
+            if let Some(drain) = state.drain.take() {
+                return Poll::Ready(Next::Drain(drain));
+            }
         }
-        if state.closed {
-            return Poll::Ready(None);
+        if takes {
+            if let Some(message) = Self::pop(&mut state) {
+                drop(state);
+                self.writable.notify_one();
+                return Poll::Ready(Next::Message(message));
+            }
+            if state.closed {
+                return Poll::Ready(Next::Closed);
+            }
         }
+        state.wants_messages = takes;
         match &mut state.consumer {
             Some(waker) if waker.will_wake(cx.waker()) => {}
             slot => *slot = Some(cx.waker().clone()),
@@ -173,9 +224,17 @@ impl Inbox {
         Poll::Pending
     }
 
-    /// The next message; `None` once the inbox is closed and empty.
-    pub(crate) async fn recv(&self) -> Option<Message> {
-        poll_fn(|cx| self.poll_recv(cx)).await
+    /// Asks the consumer to drain (a later request replaces one not yet
+    /// taken) and wakes it.
+    pub(super) fn request_drain(&self, drain: Drain) {
+        let consumer = {
+            let mut state = self.lock();
+            state.drain = Some(Box::new(drain));
+            state.consumer.take()
+        };
+        if let Some(waker) = consumer {
+            waker.wake();
+        }
     }
 
     /// Refuses new messages from now on; those queued can still be taken.
@@ -282,6 +341,62 @@ mod tests {
         // What was queued before the close is still delivered, then None.
         assert_eq!(body(inbox.recv().await.unwrap()), "queued");
         assert!(inbox.recv().await.is_none());
+    }
+
+    /// Counts its wakes.
+    struct CountingWaker(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_drain_request_comes_first_and_wakes_a_consumer_that_takes_no_messages() {
+        use super::super::DisconnectReason;
+        let inbox = Inbox::new(4);
+        let wakes = Arc::new(CountingWaker(Default::default()));
+        let waker = Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let woken = || wakes.0.load(std::sync::atomic::Ordering::SeqCst);
+        // A consumer with no room to write waits for a drain or the close
+        // only: messages queued meanwhile do not wake it.
+        assert!(inbox.poll_next(&mut cx, true, false).is_pending());
+        inbox.try_send(text("a")).ok().unwrap();
+        inbox.try_send(text("b")).ok().unwrap();
+        assert_eq!(woken(), 0, "a message woke a consumer that takes none");
+        inbox.request_drain(Drain {
+            reason: DisconnectReason::Rotated,
+            forward: None,
+        });
+        assert_eq!(woken(), 1, "a drain request wakes the consumer");
+        // The request goes before the messages queued ahead of it, once.
+        match inbox.poll_next(&mut cx, true, true) {
+            Poll::Ready(Next::Drain(d)) => assert!(matches!(d.reason, DisconnectReason::Rotated)),
+            _ => panic!("expected the drain request first"),
+        }
+        match inbox.poll_next(&mut cx, true, true) {
+            Poll::Ready(Next::Message(m)) => assert_eq!(body(m), "a"),
+            _ => panic!("expected the first message"),
+        }
+        // A consumer taking messages is woken by the next one.
+        assert!(matches!(
+            inbox.poll_next(&mut cx, true, true),
+            Poll::Ready(Next::Message(_))
+        ));
+        assert!(inbox.poll_next(&mut cx, true, true).is_pending());
+        inbox.try_send(text("c")).ok().unwrap();
+        assert_eq!(woken(), 2, "a message wakes a consumer that takes them");
+        inbox.close();
+        assert!(matches!(
+            inbox.poll_next(&mut cx, true, true),
+            Poll::Ready(Next::Message(_))
+        ));
+        assert!(matches!(
+            inbox.poll_next(&mut cx, true, true),
+            Poll::Ready(Next::Closed)
+        ));
     }
 
     #[tokio::test]

@@ -9,7 +9,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -70,7 +69,8 @@ pub(super) struct Running {
     pub(super) slot: SlotId,
     pub(super) record: Arc<ConnRecord>,
     pub(super) task: Task<TaskEnd>,
-    drain: Option<oneshot::Sender<Drain>>,
+    /// Whether it was asked to drain (asked once).
+    drained: bool,
     pub(super) inbox: Arc<Inbox>,
     pub(super) since: Instant,
 }
@@ -79,8 +79,8 @@ impl Running {
     /// Asks the task to close (once): `forward` takes the messages still
     /// waiting in its inbox.
     pub(super) fn drain(&mut self, reason: DisconnectReason, forward: Option<Arc<Inbox>>) {
-        if let Some(tx) = self.drain.take() {
-            let _ = tx.send(Drain { reason, forward });
+        if !std::mem::replace(&mut self.drained, true) {
+            self.inbox.request_drain(Drain { reason, forward });
         }
     }
 
@@ -240,7 +240,6 @@ pub(super) async fn start(
     } = *opened;
     let record = Arc::new(ConnRecord::successor(&slot.record(), id, budget));
     let inbox = Arc::new(Inbox::new(shared.settings.inbox_capacity));
-    let (drain_tx, drain_rx) = oneshot::channel();
     let span = tracing::info_span!("conn", conn = %id);
     let task = Task(tokio::spawn(
         ConnTask {
@@ -249,7 +248,6 @@ pub(super) async fn start(
             id,
             conn,
             inbox: Receiver::new(inbox.clone()),
-            drain: drain_rx,
             record: record.clone(),
         }
         .run()
@@ -279,7 +277,7 @@ pub(super) async fn start(
         slot: slot.id,
         record,
         task,
-        drain: Some(drain_tx),
+        drained: false,
         inbox,
         since: Instant::now(),
     }

@@ -182,7 +182,9 @@ impl ConnRecord {
     }
 
     /// Copies a connection's counters in (cheap relaxed stores) and adds
-    /// what changed to the fleet totals.
+    /// what changed to the fleet totals. Only the connection's task writes
+    /// its record, so a load and a store suffice; a counter that did not
+    /// change costs no write to the totals, which every task shares.
     pub(crate) fn update(&self, s: &ConnectionStats, totals: &Counters) {
         for (mine, total, now) in [
             (&self.bytes_in, &totals.bytes_in, s.bytes_in),
@@ -190,16 +192,24 @@ impl ConnRecord {
             (&self.msgs_in, &totals.msgs_in, s.msgs_in),
             (&self.msgs_out, &totals.msgs_out, s.msgs_out),
         ] {
-            let before = mine.swap(now, Ordering::Relaxed);
-            total.fetch_add(now.saturating_sub(before), Ordering::Relaxed);
+            let before = mine.load(Ordering::Relaxed);
+            if now != before {
+                mine.store(now, Ordering::Relaxed);
+                total.fetch_add(now.saturating_sub(before), Ordering::Relaxed);
+            }
         }
-        self.peak_buffered
-            .fetch_max(s.peak_buffered_bytes, Ordering::Relaxed);
-        if s.pongs != self.pongs.swap(s.pongs, Ordering::Relaxed) && s.last_ping_rtt_us > 0 {
-            let rtt = Duration::from_micros(u64::from(s.last_ping_rtt_us));
-            totals.ping_rtt.observe(rtt);
-            self.ping_rtt_us
-                .store(s.last_ping_rtt_us, Ordering::Relaxed);
+        if s.peak_buffered_bytes > self.peak_buffered.load(Ordering::Relaxed) {
+            self.peak_buffered
+                .fetch_max(s.peak_buffered_bytes, Ordering::Relaxed);
+        }
+        if s.pongs != self.pongs.load(Ordering::Relaxed) {
+            self.pongs.store(s.pongs, Ordering::Relaxed);
+            if s.last_ping_rtt_us > 0 {
+                let rtt = Duration::from_micros(u64::from(s.last_ping_rtt_us));
+                totals.ping_rtt.observe(rtt);
+                self.ping_rtt_us
+                    .store(s.last_ping_rtt_us, Ordering::Relaxed);
+            }
         }
     }
 
