@@ -72,27 +72,32 @@ pub(crate) fn plan(only: Option<Scenario>, quick: bool) -> Vec<Variant> {
         }
     }
     if want(Scenario::EchoSmall) {
-        let (n, total, cap) = if quick {
-            (20, 20_000u64, 1.0)
+        // The second size shows what 10,000 connections cost each library
+        // without a fleet, one message in flight per connection: the floor
+        // the fleet's own rows at 10,000 compare with.
+        let sizes: &[(usize, u64, f64)] = if quick {
+            &[(20, 20_000, 1.0)]
         } else {
-            (100, 1_000_000, 5.0)
+            &[(100, 1_000_000, 5.0), (10_000, 300_000, 10.0)]
         };
-        v.push(Variant {
-            scenario: Scenario::EchoSmall,
-            title: format!(
-                "echo-small, {n} connections, 32-byte text, {} round trips or {cap} s",
-                thousands(total)
-            ),
-            args: args(&[
-                ("n", n.to_string()),
-                ("size", "32".into()),
-                ("total", total.to_string()),
-                ("cap-secs", cap.to_string()),
-            ]),
-            libs: all.clone(),
-            timeout: Duration::from_secs(60),
-            conns: n,
-        });
+        for &(n, total, cap) in sizes {
+            v.push(Variant {
+                scenario: Scenario::EchoSmall,
+                title: format!(
+                    "echo-small, {n} connections, 32-byte text, {} round trips or {cap} s",
+                    thousands(total)
+                ),
+                args: args(&[
+                    ("n", n.to_string()),
+                    ("size", "32".into()),
+                    ("total", total.to_string()),
+                    ("cap-secs", cap.to_string()),
+                ]),
+                libs: all.clone(),
+                timeout: Duration::from_secs(if n > 1_000 { 150 } else { 60 }),
+                conns: n,
+            });
+        }
     }
     if want(Scenario::EchoLarge) {
         for (mib, total_full, total_quick) in [(1usize, 1024u64, 32u64), (16, 64, 4)] {

@@ -457,8 +457,21 @@ fn chart_rows(results: &[VariantResult]) -> Vec<(String, Vec<(Lib, f64)>)> {
                 add(v, "rss_per_conn", format!("idle RSS/conn ({n})"));
             }
             Scenario::EchoSmall => {
-                add(v, "cpu_s_per_million", "echo-small CPU/round trip".into());
-                add(v, "msgs_per_s", "echo-small time/round trip".into());
+                let n = thousands(
+                    arg_value(v, "--n")
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or(0),
+                );
+                add(
+                    v,
+                    "cpu_s_per_million",
+                    format!("echo-small CPU/round trip (N = {n})"),
+                );
+                add(
+                    v,
+                    "msgs_per_s",
+                    format!("echo-small time/round trip (N = {n})"),
+                );
             }
             Scenario::EchoLarge => {
                 let size = if v.variant.title.contains("16 MiB") {
@@ -636,35 +649,81 @@ pub(crate) fn per_size(results: &[VariantResult], scale: Option<&Value>) -> Stri
             .min_by_key(|(n, _, _)| *n)
             .map(|&(n, _, cpu)| (n, cpu))
     };
+    // Bare connections (echo-small), one in flight each: (size, variant).
+    let mut bare: Vec<(u64, &VariantResult)> = results
+        .iter()
+        .filter(|v| v.variant.scenario == Scenario::EchoSmall)
+        .filter_map(|v| Some((arg_value(v, "--n")?.parse().ok()?, v)))
+        .collect();
+    bare.sort_by_key(|&(n, _)| n);
+    let bare_wsfleet = |n: u64| {
+        bare.iter()
+            .find(|&&(b, _)| b == n)
+            .and_then(|&(_, v)| median_of(v, Lib::Wsfleet, "cpu_s_per_million"))
+    };
     let mut out = String::from(
         "## Cost per message by fleet size\n\n\
          Client CPU per echo (one 32-byte message written, its echo read), \
          with one message in flight per connection at every size, so no size \
          batches more messages per system call than another. \
-         \"× smallest\" divides by the smallest fleet sent to the same way.\n\n\
-         | connections | sent through | processes | client CPU µs per echo | × smallest |\n\
-         |---:|---|---|---:|---:|\n",
+         \"× smallest\" divides by the smallest fleet sent to the same way; \
+         \"× bare\" by wsfleet's bare `Connection`s at the same size, which is \
+         what the fleet itself adds.\n\n\
+         | connections | sent through | processes | client CPU µs per echo | × smallest | × bare |\n\
+         |---:|---|---|---:|---:|---:|\n",
     );
-    if let Some((v, cpu)) = find(results, Scenario::EchoSmall, 0)
-        .and_then(|v| Some((v, median_of(v, Lib::Wsfleet, "cpu_s_per_million")?)))
-    {
-        let n = arg_value(v, "--n").unwrap_or("?");
-        let _ = writeln!(
-            out,
-            "| {n} | bare `Connection`s (echo-small) | 1 | {cpu:.2} | – |"
-        );
+    for &(n, v) in &bare {
+        if let Some(cpu) = median_of(v, Lib::Wsfleet, "cpu_s_per_million") {
+            let _ = writeln!(
+                out,
+                "| {} | bare `Connection`s (echo-small) | 1 | {cpu:.2} | – | 1× |",
+                thousands(n)
+            );
+        }
     }
     for &(n, send, cpu) in &fleets {
         let ratio = match base(send) {
             Some((b, bc)) if b != n && bc > 0.0 => format!("{:.2}×", cpu / bc),
             _ => "1×".into(),
         };
+        let over_bare = match bare_wsfleet(n) {
+            Some(b) if b > 0.0 => format!("{:.2}×", cpu / b),
+            _ => "–".into(),
+        };
         let _ = writeln!(
             out,
-            "| {} | `Fleet::{}` | 1 | {cpu:.2} | {ratio} |",
+            "| {} | `Fleet::{}` | 1 | {cpu:.2} | {ratio} | {over_bare} |",
             thousands(n),
             send.method(),
         );
+    }
+    if bare.len() >= 2 {
+        let (small, large) = (bare[0], bare[bare.len() - 1]);
+        let _ = writeln!(
+            out,
+            "\nThe same growth without a fleet, for every library: bare connections, \
+             one message in flight each (echo-small at {} and at {} connections, same \
+             server, same run). What grows here is the machine's, not a library's: \
+             every socket's state, in the kernel and in the client, goes cold in the \
+             caches when thousands take turns.\n\n\
+             | library | µs per echo, {} connections | µs per echo, {} connections | × |\n\
+             |---|---:|---:|---:|",
+            thousands(small.0),
+            thousands(large.0),
+            thousands(small.0),
+            thousands(large.0),
+        );
+        for lib in Lib::ALL {
+            let at = |v: &VariantResult| median_of(v, lib, "cpu_s_per_million");
+            if let (Some(a), Some(b)) = (at(small.1), at(large.1)) {
+                let _ = writeln!(
+                    out,
+                    "| {} | {a:.2} | {b:.2} | {:.2}× |",
+                    lib.display(),
+                    b / a.max(f64::MIN_POSITIVE)
+                );
+            }
+        }
     }
     if let Some(s) = scale {
         let get = |k: &str| s.get(k).and_then(Value::as_f64);
@@ -677,7 +736,7 @@ pub(crate) fn per_size(results: &[VariantResult], scale: Option<&Value>) -> Stri
             };
             let _ = writeln!(
                 out,
-                "| {} | control API broadcast rounds (`scripts/scale`) | {shards:.0} `wsfleet run` shards | {cpu:.2} | {ratio} |",
+                "| {} | control API broadcast rounds (`scripts/scale`) | {shards:.0} `wsfleet run` shards | {cpu:.2} | {ratio} | – |",
                 thousands(n as u64)
             );
             let _ = writeln!(
@@ -894,6 +953,44 @@ mod tests {
         );
         // Without fleet rows to compare, nothing.
         assert!(per_size(&results[..1], Some(&scale)).is_empty());
+
+        // Bare connections at both sizes: the fleet's own share, and every
+        // library's growth.
+        let bare = |n: u64, wsfleet: f64, peer: f64| {
+            let mut v = variant(
+                Scenario::EchoSmall,
+                vec![
+                    (Lib::Wsfleet, vec![json!({"cpu_s_per_million": wsfleet})]),
+                    (
+                        Lib::TokioWebsockets,
+                        vec![json!({"cpu_s_per_million": peer})],
+                    ),
+                ],
+            );
+            v.variant.args = ["--n", &n.to_string()].map(String::from).to_vec();
+            v
+        };
+        let mut with_bare = results.to_vec();
+        with_bare.push(bare(10_000, 12.5, 14.0));
+        with_bare.push(bare(100, 8.0, 7.0));
+        let md = per_size(&with_bare, None);
+        assert!(
+            md.contains("| 100 | bare `Connection`s (echo-small) | 1 | 8.00 | – | 1× |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 10,000 | `Fleet::send` | 1 | 15.00 | 1.50× | 1.20× |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 100 | `Fleet::broadcast` | 1 | 8.00 | 1× | 1.00× |"),
+            "{md}"
+        );
+        assert!(md.contains("| wsfleet | 8.00 | 12.50 | 1.56× |"), "{md}");
+        assert!(
+            md.contains("| tokio-websockets | 7.00 | 14.00 | 2.00× |"),
+            "{md}"
+        );
     }
 
     #[test]
