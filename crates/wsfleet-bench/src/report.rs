@@ -697,15 +697,53 @@ pub(crate) fn per_size(results: &[VariantResult], scale: Option<&Value>) -> Stri
             send.method(),
         );
     }
+    // The 100,000 row closes the table; its own section follows the
+    // bare connections' table.
+    let mut section = String::new();
+    if let Some(s) = scale {
+        let get = |k: &str| s.get(k).and_then(Value::as_f64);
+        if let (Some(n), Some(shards), Some(cpu)) =
+            (get("connections"), get("shards"), get("cpu_us_per_echo"))
+        {
+            let ratio = match base(FleetSend::Broadcast) {
+                Some((_, bc)) if bc > 0.0 => format!("{:.2}×", cpu / bc),
+                _ => "–".into(),
+            };
+            let _ = writeln!(
+                out,
+                "| {} | control API broadcast rounds (`scripts/scale`) | {shards:.0} `wsfleet run` shards | {cpu:.2} | {ratio} | – |",
+                thousands(n as u64)
+            );
+            section = format!(
+                "\n### {} connections on this machine (`scripts/scale`)\n\n\
+                 Run of {} at {} (not this run: `scripts/scale --json docs/scale.json`, \
+                 about 5 minutes; see [scale.md](scale.md)).\n\n\
+                 | connections | processes | ramp s | RSS B/conn | idle CPU % of a core (hold s) | client CPU µs per echo | messages echoed | reconnects | fds/process (max) |\n\
+                 |---:|---|---:|---:|---:|---:|---:|---:|---:|\n\
+                 | {} | {shards:.0} shards + {shards:.0} echo servers | {:.1} | {} | {:.1} ({:.0}) | {cpu:.2} | {} | {:.0} | {} |\n",
+                thousands(n as u64),
+                s.get("date").and_then(Value::as_str).unwrap_or("?"),
+                s.get("revision").and_then(Value::as_str).unwrap_or("?"),
+                thousands(n as u64),
+                get("ramp_s").unwrap_or(f64::NAN),
+                thousands(get("rss_per_conn").unwrap_or(0.0) as u64),
+                get("idle_cpu_pct").unwrap_or(f64::NAN),
+                get("hold_s").unwrap_or(f64::NAN),
+                thousands(get("echoed").unwrap_or(0.0) as u64),
+                get("reconnects").unwrap_or(f64::NAN),
+                thousands(get("fds_max").unwrap_or(0.0) as u64),
+            );
+        }
+    }
     if bare.len() >= 2 {
         let (small, large) = (bare[0], bare[bare.len() - 1]);
         let _ = writeln!(
             out,
             "\nThe same growth without a fleet, for every library: bare connections, \
              one message in flight each (echo-small at {} and at {} connections, same \
-             server, same run). What grows here is the machine's, not a library's: \
-             every socket's state, in the kernel and in the client, goes cold in the \
-             caches when thousands take turns.\n\n\
+             server, same run). Every library's cost grows with the number of \
+             sockets taking turns: each one's state, in the kernel and in the \
+             client, is cold in the caches by the time its turn comes.\n\n\
              | library | µs per echo, {} connections | µs per echo, {} connections | × |\n\
              |---|---:|---:|---:|",
             thousands(small.0),
@@ -725,42 +763,7 @@ pub(crate) fn per_size(results: &[VariantResult], scale: Option<&Value>) -> Stri
             }
         }
     }
-    if let Some(s) = scale {
-        let get = |k: &str| s.get(k).and_then(Value::as_f64);
-        if let (Some(n), Some(shards), Some(cpu)) =
-            (get("connections"), get("shards"), get("cpu_us_per_echo"))
-        {
-            let ratio = match base(FleetSend::Broadcast) {
-                Some((_, bc)) if bc > 0.0 => format!("{:.2}×", cpu / bc),
-                _ => "–".into(),
-            };
-            let _ = writeln!(
-                out,
-                "| {} | control API broadcast rounds (`scripts/scale`) | {shards:.0} `wsfleet run` shards | {cpu:.2} | {ratio} | – |",
-                thousands(n as u64)
-            );
-            let _ = writeln!(
-                out,
-                "\n### {} connections on this machine (`scripts/scale`)\n\n\
-                 Run of {} at {} (not this run: `scripts/scale --json docs/scale.json`, \
-                 about 5 minutes; see [scale.md](scale.md)).\n\n\
-                 | connections | processes | ramp s | RSS B/conn | idle CPU % of a core (hold s) | client CPU µs per echo | messages echoed | reconnects | fds/process (max) |\n\
-                 |---:|---|---:|---:|---:|---:|---:|---:|---:|\n\
-                 | {} | {shards:.0} shards + {shards:.0} echo servers | {:.1} | {} | {:.1} ({:.0}) | {cpu:.2} | {} | {:.0} | {} |",
-                thousands(n as u64),
-                s.get("date").and_then(Value::as_str).unwrap_or("?"),
-                s.get("revision").and_then(Value::as_str).unwrap_or("?"),
-                thousands(n as u64),
-                get("ramp_s").unwrap_or(f64::NAN),
-                thousands(get("rss_per_conn").unwrap_or(0.0) as u64),
-                get("idle_cpu_pct").unwrap_or(f64::NAN),
-                get("hold_s").unwrap_or(f64::NAN),
-                thousands(get("echoed").unwrap_or(0.0) as u64),
-                get("reconnects").unwrap_or(f64::NAN),
-                thousands(get("fds_max").unwrap_or(0.0) as u64),
-            );
-        }
-    }
+    out.push_str(&section);
     out.push('\n');
     out
 }
@@ -973,7 +976,7 @@ mod tests {
         let mut with_bare = results.to_vec();
         with_bare.push(bare(10_000, 12.5, 14.0));
         with_bare.push(bare(100, 8.0, 7.0));
-        let md = per_size(&with_bare, None);
+        let md = per_size(&with_bare, Some(&scale));
         assert!(
             md.contains("| 100 | bare `Connection`s (echo-small) | 1 | 8.00 | – | 1× |"),
             "{md}"

@@ -16,6 +16,7 @@ use super::heartbeat::Due;
 use super::inbox::{Inbox, Next, Receiver};
 use super::intake;
 use super::reason::DisconnectReason;
+use super::room;
 use super::send_gate::{Admit, SendGate};
 use super::stats::{ConnRecord, ConnState};
 use super::{ConnId, Shared};
@@ -108,10 +109,11 @@ impl ConnTask {
             while inflight.front().is_some_and(|(end, _)| *end <= written) {
                 inflight.pop_front();
             }
+            room::give_back(&mut inflight);
             if let Some(m) = held.take() {
                 // A message refused for lack of room: retry now that there may be some.
                 match conn.try_send(m.clone()) {
-                    Ok(()) => inflight.push_back((conn.outbound_offsets().0, m)),
+                    Ok(()) => room::push_back(&mut inflight, (conn.outbound_offsets().0, m)),
                     Err(Error::Send(e)) => held = Some(e.into_message()),
                     Err(e) => break DisconnectReason::from_error(&e),
                 }
@@ -158,7 +160,7 @@ impl ConnTask {
                     // Over the rate: it waits at the inbox's front.
                     Next::Message(m) if SendGate::admit(&mut gate, &shared, tokio::time::Instant::now()) == Admit::Wait => inbox.put_back(m),
                     Next::Message(m) => match conn.try_send(m.clone()) {
-                        Ok(()) => inflight.push_back((conn.outbound_offsets().0, m)),
+                        Ok(()) => room::push_back(&mut inflight, (conn.outbound_offsets().0, m)),
                         Err(Error::Send(e)) => held = Some(e.into_message()),
                         Err(e) => {
                             undelivered.push(m);

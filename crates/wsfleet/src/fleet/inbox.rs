@@ -21,10 +21,7 @@ use tokio::sync::Notify;
 use wsfleet_proto::Message;
 
 use super::conn_task::Drain;
-
-/// Room kept when a burst drains: enough for steady one-or-two in flight
-/// without reallocating, small enough to be nothing when idle.
-const KEEP_ROOM: usize = 4;
+use super::room;
 
 /// A bounded multi-producer, single-consumer queue of messages.
 pub(crate) struct Inbox {
@@ -113,7 +110,7 @@ impl Inbox {
     /// Queues `message` and wakes the consumer if it waits (after the
     /// lock is released).
     fn push(mut state: std::sync::MutexGuard<'_, State>, message: Message) {
-        state.queue.push_back(message);
+        room::push_back(&mut state.queue, message);
         let consumer = if state.wants_messages {
             state.consumer.take()
         } else {
@@ -177,8 +174,8 @@ impl Inbox {
     /// The caller wakes a producer (room) once the lock is released.
     fn pop(state: &mut State) -> Option<Message> {
         let message = state.queue.pop_front();
-        if message.is_some() && state.queue.is_empty() && state.queue.capacity() > KEEP_ROOM {
-            state.queue.shrink_to(KEEP_ROOM);
+        if message.is_some() {
+            room::give_back(&mut state.queue);
         }
         message
     }
@@ -315,7 +312,7 @@ mod tests {
         }
         assert!(inbox.lock().queue.capacity() >= 64);
         while inbox.try_recv().is_some() {}
-        assert!(inbox.lock().queue.capacity() <= KEEP_ROOM);
+        assert!(inbox.lock().queue.capacity() <= room::KEEP_ROOM);
     }
 
     #[tokio::test]

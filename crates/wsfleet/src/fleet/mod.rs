@@ -38,6 +38,7 @@ mod orders;
 mod pool;
 mod rate;
 mod reason;
+mod room;
 mod rotation;
 mod running;
 mod scale;
