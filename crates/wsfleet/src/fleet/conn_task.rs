@@ -128,7 +128,7 @@ impl ConnTask {
             tokio::select! {
                 biased;
                 // The drain request first, then a message to write.
-                next = std::future::poll_fn(|cx| inbox.poll_next(cx, true, can_take)), if draining.is_none() => match next {
+                next = std::future::poll_fn(|cx| inbox.poll_next(cx, can_take)), if draining.is_none() => match next {
                     Next::Drain(command) => {
                         let command = *command;
                         inbox.close();

@@ -184,24 +184,22 @@ impl Inbox {
     #[cfg(test)]
     pub(crate) async fn recv(&self) -> Option<Message> {
         std::future::poll_fn(|cx| {
-            self.poll_next(cx, false, true).map(|next| match next {
+            self.poll_next(cx, true).map(|next| match next {
                 Next::Message(m) => Some(m),
                 Next::Closed => None,
-                Next::Drain(_) => unreachable!("not asked for"),
+                Next::Drain(_) => unreachable!("these tests request no drain"),
             })
         })
         .await
     }
 
-    /// What the consumer takes next: a drain request first (if `drains`),
-    /// then a message (if `takes`). `Pending` keeps the consumer's waker,
-    /// woken by the next message, the close, or a drain request.
-    pub(super) fn poll_next(&self, cx: &mut Context<'_>, drains: bool, takes: bool) -> Poll<Next> {
+    /// What the consumer takes next: a drain request first, then a message
+    /// (if `takes`). `Pending` keeps the consumer's waker, woken by the
+    /// next message, the close, or a drain request.
+    pub(super) fn poll_next(&self, cx: &mut Context<'_>, takes: bool) -> Poll<Next> {
         let mut state = self.lock();
-        if drains {
-            if let Some(drain) = state.drain.take() {
-                return Poll::Ready(Next::Drain(drain));
-            }
+        if let Some(drain) = state.drain.take() {
+            return Poll::Ready(Next::Drain(drain));
         }
         if takes {
             if let Some(message) = Self::pop(&mut state) {
@@ -359,7 +357,7 @@ mod tests {
         let woken = || wakes.0.load(std::sync::atomic::Ordering::SeqCst);
         // A consumer with no room to write waits for a drain or the close
         // only: messages queued meanwhile do not wake it.
-        assert!(inbox.poll_next(&mut cx, true, false).is_pending());
+        assert!(inbox.poll_next(&mut cx, false).is_pending());
         inbox.try_send(text("a")).ok().unwrap();
         inbox.try_send(text("b")).ok().unwrap();
         assert_eq!(woken(), 0, "a message woke a consumer that takes none");
@@ -369,29 +367,29 @@ mod tests {
         });
         assert_eq!(woken(), 1, "a drain request wakes the consumer");
         // The request goes before the messages queued ahead of it, once.
-        match inbox.poll_next(&mut cx, true, true) {
+        match inbox.poll_next(&mut cx, true) {
             Poll::Ready(Next::Drain(d)) => assert!(matches!(d.reason, DisconnectReason::Rotated)),
             _ => panic!("expected the drain request first"),
         }
-        match inbox.poll_next(&mut cx, true, true) {
+        match inbox.poll_next(&mut cx, true) {
             Poll::Ready(Next::Message(m)) => assert_eq!(body(m), "a"),
             _ => panic!("expected the first message"),
         }
         // A consumer taking messages is woken by the next one.
         assert!(matches!(
-            inbox.poll_next(&mut cx, true, true),
+            inbox.poll_next(&mut cx, true),
             Poll::Ready(Next::Message(_))
         ));
-        assert!(inbox.poll_next(&mut cx, true, true).is_pending());
+        assert!(inbox.poll_next(&mut cx, true).is_pending());
         inbox.try_send(text("c")).ok().unwrap();
         assert_eq!(woken(), 2, "a message wakes a consumer that takes them");
         inbox.close();
         assert!(matches!(
-            inbox.poll_next(&mut cx, true, true),
+            inbox.poll_next(&mut cx, true),
             Poll::Ready(Next::Message(_))
         ));
         assert!(matches!(
-            inbox.poll_next(&mut cx, true, true),
+            inbox.poll_next(&mut cx, true),
             Poll::Ready(Next::Closed)
         ));
     }

@@ -200,7 +200,7 @@ impl ConnRecord {
         }
         if s.peak_buffered_bytes > self.peak_buffered.load(Ordering::Relaxed) {
             self.peak_buffered
-                .fetch_max(s.peak_buffered_bytes, Ordering::Relaxed);
+                .store(s.peak_buffered_bytes, Ordering::Relaxed);
         }
         if s.pongs != self.pongs.load(Ordering::Relaxed) {
             self.pongs.store(s.pongs, Ordering::Relaxed);
